@@ -1,0 +1,73 @@
+"""The one protocol the perception pipeline uses to talk to a model: :class:`Grounder`.
+
+A grounder is given an instruction once (:meth:`Grounder.set_instruction`, where it embeds the
+instruction and caches it) and then grounds every frame against it (:meth:`Grounder.ground`).
+The FIND model and the HSV colour baseline both implement it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from find_ros.instruction import Instruction
+
+__all__ = ["EntityResult", "FrameGrounding", "Grounder", "GrounderError", "mask_box"]
+
+
+class GrounderError(RuntimeError):
+    """A grounder cannot run (no instruction set, bad frame); the message says why."""
+
+
+@dataclasses.dataclass
+class EntityResult:
+    """The best match in one frame for one entity of the instruction."""
+
+    phrase: str
+    """The entity phrase as written in the instruction."""
+    entity_index: int
+    """Index into ``Instruction.entities``."""
+    score: float
+    """Match confidence in [0, 1]; callers threshold it."""
+    mask: np.ndarray
+    """(H, W) bool at the input frame's resolution."""
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) pixel box of the mask, x1/y1 exclusive; (0, 0, 0, 0) when the mask is empty."""
+
+
+@dataclasses.dataclass
+class FrameGrounding:
+    """Everything a grounder returns for one frame."""
+
+    entities: list[EntityResult]
+    """One result per instruction entity, in instruction order."""
+    pixel_embeddings: np.ndarray | None = None
+    """(h, w, D) float32 unit-norm per-pixel embeddings in the grounder's semantic space, at any
+    resolution (callers resize); ``None`` for grounders without an embedding space."""
+
+
+@runtime_checkable
+class Grounder(Protocol):
+    """Set an instruction once, then ground frames against it."""
+
+    name: str
+    """Short name used in logs and reports (e.g. ``"find"``, ``"hsv-baseline"``)."""
+
+    def set_instruction(self, instruction: Instruction) -> None:
+        """Embed and cache ``instruction``; replaces the previous one."""
+
+    def clear_instruction(self) -> None:
+        """Forget the current instruction; :meth:`ground` then raises :class:`GrounderError`."""
+
+    def ground(self, rgb: np.ndarray) -> FrameGrounding:
+        """Ground the current instruction in an (H, W, 3) uint8 RGB frame."""
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight (x0, y0, x1, y1) box of a bool mask, exclusive upper bounds; zeros when empty."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    if ys.size == 0:
+        return (0, 0, 0, 0)
+    xs = np.flatnonzero(mask.any(axis=0))
+    return (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
