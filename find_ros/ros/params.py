@@ -1,0 +1,249 @@
+"""The perception node's parameters: one table, declared once with descriptors, validated in one place.
+
+Every parameter is a :class:`ParamSpec` row of :data:`PARAMS` (name, type, default, description,
+numeric range or string choices). :func:`declare_parameters` declares the rows on a node with a
+``ParameterDescriptor`` (``FloatingPointRange`` / ``IntegerRange`` for numbers) and returns the
+values; :func:`validate_value` is the one check shared by configure, runtime ``set_parameters``
+and the YAML test. ``config/perception.yaml`` holds the same names with comments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+__all__ = [
+    "ParamSpec",
+    "ParameterError",
+    "PARAMS",
+    "PARAMS_BY_NAME",
+    "NODE_NAME",
+    "descriptor",
+    "validate_value",
+    "validate_all",
+    "declare_parameters",
+    "load_yaml_parameters",
+    "pipeline_kwargs",
+]
+
+NODE_NAME = "perception_node"
+"""Default node name; also the top-level key of ``config/perception.yaml``."""
+
+
+class ParameterError(ValueError):
+    """One or more parameter values are invalid; the message names each parameter and value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter."""
+
+    name: str
+    type: type
+    """``bool``, ``int``, ``float`` or ``str``."""
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    """Inclusive ``(low, high)`` for ``int``/``float`` parameters."""
+    choices: tuple[str, ...] | None = None
+    """Allowed values of a ``str`` parameter."""
+    pattern: str | None = None
+    """Regular expression a ``str`` value must match in full (when ``choices`` is None)."""
+    pipeline_field: str | None = None
+    """Name of the ``PipelineConfig`` field this parameter sets, if any."""
+    live: bool = False
+    """True when a runtime change takes effect immediately; otherwise at the next configure/activate."""
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("autostart", bool, False,
+              "Configure and activate at start (for graphs without a lifecycle manager)."),
+    ParamSpec("grounder", str, "hsv-baseline",
+              "Model behind the node: 'find' (FIND model) or 'hsv-baseline' (colour-word HSV baseline).",
+              choices=("find", "hsv-baseline")),
+    ParamSpec("model_path", str, "",
+              "FIND model directory (from save_pretrained); empty = the model shipped with the package."),
+    ParamSpec("device", str, "cpu", "torch device for the model: cpu, cuda, cuda:N or mps.",
+              pattern=r"cpu|cuda(:\d+)?|mps"),
+    ParamSpec("score_threshold", float, 0.5,
+              "Minimum (smoothed) score for an entity to count as found and be published as a target.",
+              range=(0.0, 1.0), pipeline_field="score_threshold", live=True),
+    ParamSpec("sync_slop_s", float, 0.02,
+              "Largest stamp difference (s) between colour, depth, camera_info and pose of one frame set.",
+              range=(0.0, 1.0)),
+    ParamSpec("max_stamp_age_s", float, 1.0,
+              "Frame sets older than this (s, node clock minus stamp) are dropped; 0 disables the check.",
+              range=(0.0, 3600.0), live=True),
+    ParamSpec("depth_scale", float, 0.001,
+              "Metres per unit of 16UC1/mono16 depth (0.001 = millimetres); 32FC1 depth is metres already.",
+              range=(1e-6, 10.0)),
+    ParamSpec("world_frame", str, "map", "Frame id of world poses (frame of the camera pose input).",
+              pattern=r"[A-Za-z_][A-Za-z0-9_/]*"),
+    ParamSpec("camera_pose_source", str, "pose",
+              "Camera pose input: 'pose' (camera/pose PoseStamped), 'odom' (camera/odom Odometry), "
+              "'tf' (tf2: world_frame -> colour optical frame) or 'none'.",
+              choices=("pose", "odom", "tf", "none")),
+    ParamSpec("publish_overlay", bool, True, "Publish find/overlay (rgb8 visualisation).", live=True),
+    ParamSpec("publish_markers", bool, True, "Publish find/markers (a cube and a label per target).",
+              live=True),
+    ParamSpec("erode_px", int, 2,
+              "Mask erosion (pixels) before back-projection, to drop depth-edge pixels.",
+              range=(0, 50), pipeline_field="erode_px"),
+    ParamSpec("min_points", int, 30,
+              "Fewest valid 3D points a mask needs for a target pose.",
+              range=(1, 1_000_000), pipeline_field="min_points"),
+    ParamSpec("log_throttle_s", float, 5.0,
+              "A warning of one kind (bad encoding, missing camera_info, ...) is logged at most once per this "
+              "many seconds.", range=(0.0, 3600.0), live=True),
+    ParamSpec("status_period_s", float, 1.0,
+              "Period (s) of the find/status JSON counters (frames in / processed / dropped).",
+              range=(0.05, 3600.0)),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+_ROS_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ``ParameterDescriptor`` of ``spec`` (type, description, range, choices as constraints)."""
+    d = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type], description=spec.description)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if spec.type is float:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        else:
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        d.additional_constraints = f"in [{_fmt(lo)}, {_fmt(hi)}]"
+    elif spec.choices is not None:
+        d.additional_constraints = "one of: " + ", ".join(spec.choices)
+    elif spec.pattern is not None:
+        d.additional_constraints = f"matches {spec.pattern}"
+    return d
+
+
+def validate_value(spec: ParamSpec, value: Any) -> Any:
+    """Check ``value`` for ``spec`` and return it (ints are accepted for float parameters).
+
+    Raises :class:`ParameterError` naming the parameter and value.
+    """
+    name = spec.name
+    if spec.type is bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"{name}={value!r} must be a bool (true/false)")
+        return value
+    if spec.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{name}={value!r} must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ParameterError(f"{name}={value} must be finite")
+    elif spec.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParameterError(f"{name}={value!r} must be an integer")
+    elif spec.type is str:
+        if not isinstance(value, str):
+            raise ParameterError(f"{name}={value!r} must be a string")
+    if spec.range is not None:
+        lo, hi = spec.range
+        if not lo <= value <= hi:
+            raise ParameterError(f"{name}={_fmt(value)} is outside [{_fmt(lo)}, {_fmt(hi)}]")
+    if spec.choices is not None and value not in spec.choices:
+        raise ParameterError(f"{name}={value!r} is not one of {', '.join(spec.choices)}")
+    if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
+        raise ParameterError(f"{name}={value!r} does not match {spec.pattern}")
+    return value
+
+
+def validate_all(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate a name -> value mapping (unknown names are errors); all problems in one message."""
+    errors, out = [], {}
+    for name, value in values.items():
+        spec = PARAMS_BY_NAME.get(name)
+        if spec is None:
+            errors.append(f"{name} is not a parameter of {NODE_NAME} (known: {', '.join(PARAMS_BY_NAME)})")
+            continue
+        try:
+            out[name] = validate_value(spec, value)
+        except ParameterError as e:
+            errors.append(str(e))
+    if errors:
+        raise ParameterError("; ".join(errors))
+    return out
+
+
+def declare_parameters(node: Any) -> dict[str, Any]:
+    """Declare every parameter not yet declared on ``node`` and return all values by name.
+
+    Values come from the node's overrides (``--ros-args -p`` / ``--params-file``) or the defaults.
+    Raises :class:`ParameterError` naming every invalid parameter and value; parameters that
+    failed are left undeclared so that a later configure retries them.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.parameter import Parameter
+
+    errors, values = [], {}
+    overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps no public accessor
+    for spec in PARAMS:
+        if not node.has_parameter(spec.name):
+            given = overrides.get(spec.name)
+            raw = given.value if given is not None else spec.default
+            if spec.type is float and isinstance(raw, int) and not isinstance(raw, bool):
+                # YAML "1" for a double parameter: accept it as 1.0 rather than fail on the type.
+                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(raw))
+                raw = float(raw)
+            try:
+                validate_value(spec, raw)
+            except ParameterError as e:
+                errors.append(str(e))
+                continue
+            try:
+                node.declare_parameter(spec.name, spec.default, descriptor(spec))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as e:
+                errors.append(f"{spec.name}={raw!r}: {e}")
+                continue
+        value = node.get_parameter(spec.name).value
+        try:
+            values[spec.name] = validate_value(spec, value)
+        except ParameterError as e:
+            errors.append(str(e))
+    if errors:
+        raise ParameterError("; ".join(errors))
+    return values
+
+
+def load_yaml_parameters(path: str | Path, *, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The ``ros__parameters`` mapping of ``node_name`` in a ROS 2 parameter YAML file."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: top level is not a mapping")
+    for key in (node_name, f"/{node_name}", "/**", "**"):
+        block = data.get(key)
+        if isinstance(block, dict) and isinstance(block.get("ros__parameters"), dict):
+            return dict(block["ros__parameters"])
+    raise ParameterError(f"{path}: no '{node_name}: ros__parameters:' block (keys: {list(data)})")
+
+
+def pipeline_kwargs(values: dict[str, Any], allowed: set[str] | None = None) -> dict[str, Any]:
+    """``PipelineConfig`` keyword arguments from parameter values (restricted to ``allowed`` fields)."""
+    out = {}
+    for spec in PARAMS:
+        f = spec.pipeline_field
+        if f is not None and spec.name in values and (allowed is None or f in allowed):
+            out[f] = values[spec.name]
+    return out

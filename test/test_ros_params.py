@@ -1,0 +1,141 @@
+"""Perception-node parameters: the table, descriptors, validation, the shipped YAML, a real rclpy node."""
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rclpy.parameter import Parameter  # noqa: E402
+
+from find_ros.ros import params as P  # noqa: E402
+
+YAML = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
+
+
+def test_table_has_the_required_parameters():
+    required = {"grounder", "model_path", "device", "score_threshold", "sync_slop_s", "max_stamp_age_s",
+                "depth_scale", "world_frame", "camera_pose_source", "publish_overlay", "publish_markers",
+                "erode_px", "min_points", "autostart"}
+    assert required <= set(P.PARAMS_BY_NAME)
+    assert len(P.PARAMS_BY_NAME) == len(P.PARAMS), "duplicate parameter names"
+    assert P.PARAMS_BY_NAME["grounder"].choices == ("find", "hsv-baseline")
+
+
+@pytest.mark.parametrize("spec", P.PARAMS, ids=lambda s: s.name)
+def test_every_default_is_valid_and_described(spec):
+    assert P.validate_value(spec, spec.default) == spec.default
+    assert spec.description.strip()
+    d = P.descriptor(spec)
+    assert d.name == spec.name and d.description == spec.description
+    if spec.range is not None and spec.type is float:
+        assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == spec.range
+    elif spec.range is not None:
+        assert (d.integer_range[0].from_value, d.integer_range[0].to_value) == spec.range
+    else:
+        assert not d.floating_point_range and not d.integer_range
+    assert spec.type in (bool, int, float, str)
+    assert spec.type is not str or spec.range is None
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("score_threshold", 1.7, "score_threshold=1.7 is outside [0, 1]"),
+        ("score_threshold", -0.1, "score_threshold=-0.1 is outside [0, 1]"),
+        ("score_threshold", "high", "score_threshold='high' must be a number"),
+        ("score_threshold", float("nan"), "score_threshold=nan must be finite"),
+        ("grounder", "yolo", "grounder='yolo' is not one of find, hsv-baseline"),
+        ("camera_pose_source", "gps", "camera_pose_source='gps' is not one of"),
+        ("erode_px", 2.5, "erode_px=2.5 must be an integer"),
+        ("erode_px", 99, "erode_px=99 is outside [0, 50]"),
+        ("publish_overlay", 1, "publish_overlay=1 must be a bool"),
+        ("device", "gpu", "device='gpu' does not match"),
+        ("world_frame", "", "world_frame='' does not match"),
+    ],
+)
+def test_invalid_values_name_parameter_and_value(name, value, message):
+    with pytest.raises(P.ParameterError) as e:
+        P.validate_value(P.PARAMS_BY_NAME[name], value)
+    assert message in str(e.value)
+
+
+def test_ints_are_accepted_for_floats_and_devices_parse():
+    assert P.validate_value(P.PARAMS_BY_NAME["score_threshold"], 1) == 1.0
+    for dev in ("cpu", "cuda", "cuda:1", "mps"):
+        assert P.validate_value(P.PARAMS_BY_NAME["device"], dev) == dev
+
+
+def test_validate_all_reports_every_problem_and_unknown_names():
+    with pytest.raises(P.ParameterError) as e:
+        P.validate_all({"score_threshold": 2.0, "grounder": "x", "no_such_param": 1})
+    msg = str(e.value)
+    assert "score_threshold=2 is outside" in msg and "grounder='x'" in msg and "no_such_param is not a parameter" in msg
+
+
+def test_shipped_yaml_declares_every_parameter_with_a_valid_value():
+    values = P.load_yaml_parameters(YAML)
+    assert set(values) == set(P.PARAMS_BY_NAME), (set(values) ^ set(P.PARAMS_BY_NAME))
+    P.validate_all(values)
+    text = YAML.read_text()
+    for name in values:  # every key carries a comment just above it (or in its group)
+        assert f"\n    {name}:" in text
+
+
+def test_load_yaml_errors_name_the_file(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("other_node:\n  ros__parameters:\n    a: 1\n")
+    with pytest.raises(P.ParameterError, match="no 'perception_node: ros__parameters:'"):
+        P.load_yaml_parameters(f)
+
+
+def test_pipeline_kwargs_maps_fields():
+    vals = {"score_threshold": 0.4, "erode_px": 3, "min_points": 10, "grounder": "find"}
+    assert P.pipeline_kwargs(vals) == {"score_threshold": 0.4, "erode_px": 3, "min_points": 10}
+    assert P.pipeline_kwargs(vals, allowed={"erode_px"}) == {"erode_px": 3}
+
+
+@pytest.fixture
+def ros_context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    ctx.try_shutdown()
+
+
+def _node(ctx, overrides):
+    return rclpy.create_node("perception_node", context=ctx, parameter_overrides=overrides,
+                             automatically_declare_parameters_from_overrides=False)
+
+
+def test_declare_on_a_real_node_uses_overrides_and_descriptors(ros_context):
+    node = _node(ros_context, [Parameter("score_threshold", value=0.3), Parameter("grounder", value="find"),
+                               Parameter("max_stamp_age_s", value=2)])
+    try:
+        values = P.declare_parameters(node)
+        assert values["score_threshold"] == 0.3 and values["grounder"] == "find"
+        assert values["max_stamp_age_s"] == 2.0 and isinstance(values["max_stamp_age_s"], float)
+        assert values["erode_px"] == P.PARAMS_BY_NAME["erode_px"].default
+        d = node.describe_parameter("score_threshold")
+        assert d.floating_point_range[0].to_value == 1.0 and "[0, 1]" in d.additional_constraints
+        # the descriptor range is enforced on runtime changes too
+        assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
+        assert node.set_parameters([Parameter("score_threshold", value=0.9)])[0].successful
+        # declaring again (a second configure) is a no-op returning the current values
+        assert P.declare_parameters(node)["score_threshold"] == 0.9
+    finally:
+        node.destroy_node()
+
+
+def test_declare_on_a_real_node_rejects_bad_overrides(ros_context):
+    node = _node(ros_context, [Parameter("score_threshold", value=1.7), Parameter("camera_pose_source", value="gps"),
+                               Parameter("erode_px", value="three")])
+    try:
+        with pytest.raises(P.ParameterError) as e:
+            P.declare_parameters(node)
+        msg = str(e.value)
+        assert "score_threshold=1.7 is outside [0, 1]" in msg
+        assert "camera_pose_source='gps' is not one of" in msg
+        assert "erode_px='three' must be an integer" in msg
+        assert not node.has_parameter("score_threshold") and node.has_parameter("depth_scale")
+    finally:
+        node.destroy_node()
