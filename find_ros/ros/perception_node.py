@@ -1,0 +1,689 @@
+"""The perception node: RGB-D frames + an instruction in, grounding results, masks and target poses out.
+
+A ``rclpy`` lifecycle node (run it with ``python -m find_ros.ros.perception_node`` or the
+``perception_node`` executable):
+
+- configure: declare and validate the parameters (:mod:`find_ros.ros.params`), create the publishers;
+- activate: build the grounder (``find`` or the ``hsv-baseline`` colour baseline) and the video
+  pipeline, subscribe, offer the instruction services, start the worker;
+- deactivate: stop the worker, drop subscriptions and services, free the model;
+- cleanup / shutdown: drop the publishers too.
+
+With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed).
+
+Frame path: colour, depth and camera_info are matched by stamp (``message_filters`` when it is
+importable, else :class:`find_ros.ros.sync.ApproximateSync`); the matched set goes into a one-slot
+mailbox read by a single worker thread, so the newest frame wins and inference never queues behind
+the camera (a set replaced before the worker took it counts as dropped). The camera pose is looked
+up by stamp from ``camera/pose`` / ``camera/odom`` (or tf2). Every output copies the colour
+image's header. Bad input (wrong encoding, size mismatch, no valid depth, missing camera_info,
+bad instruction) is logged once per kind per ``log_throttle_s`` and the frame is dropped; the
+node keeps running. Counters are published as JSON on ``find/status``.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
+from nav_msgs.msg import Odometry
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+from std_msgs.msg import ColorRGBA, String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from find_ros.instruction import InstructionError, Reference, parse_instruction
+from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
+from find_ros.ros import conversions as conv
+from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
+from find_ros.ros.params import validate_value
+from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS
+from find_ros.srv import SetInstruction
+
+try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
+    import message_filters as _mf
+except ImportError:  # pragma: no cover - depends on the install
+    _mf = None
+
+__all__ = ["PerceptionNode", "main", "Counters"]
+
+_INSTRUCTION_QOS = 10
+_POSE_BUFFER = 64
+_MARKER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.35), (0.95, 0.8, 0.2),
+                   (0.75, 0.35, 0.9), (0.2, 0.85, 0.85))
+
+
+class FrameRejected(ValueError):
+    """A frame set that cannot be grounded; ``kind`` keys the throttled warning."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclasses.dataclass
+class Counters:
+    """What the node has seen and done since activation (published on ``find/status``)."""
+
+    frames_in: int = 0
+    """Colour images received."""
+    frame_sets: int = 0
+    """Colour + depth + camera_info sets matched by stamp."""
+    processed: int = 0
+    """Frame sets grounded and published."""
+    dropped: int = 0
+    """Frame sets replaced in the mailbox by a newer one before the worker took them."""
+    stale: int = 0
+    """Frame sets older than max_stamp_age_s when the worker took them."""
+    rejected: int = 0
+    """Frame sets refused for bad content (encoding, sizes, depth, camera_info)."""
+    idle: int = 0
+    """Frame sets taken while no instruction was set (nothing published)."""
+    waiting_camera_info: int = 0
+    """Colour images received while no camera_info had arrived yet."""
+    instructions: int = 0
+    """Instructions accepted."""
+    instructions_rejected: int = 0
+    problems: dict = dataclasses.field(default_factory=dict)
+    """Warning kind -> count."""
+
+
+def _stamp_s(header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def _pose_msg(position, orientation_xyzw) -> Pose:
+    p = np.asarray(position, dtype=float)
+    q = np.asarray(orientation_xyzw, dtype=float)
+    return Pose(position=Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def _default_model_dir() -> Path:
+    """The FIND model shipped with the package (``find_ros/models/find``) unless the model says otherwise."""
+    try:
+        from find_ros.model import grounder as g
+
+        d = getattr(g, "DEFAULT_MODEL_DIR", None)
+        if d:
+            return Path(d)
+    except ImportError:
+        pass
+    import find_ros
+
+    return Path(find_ros.__file__).resolve().parent / "models" / "find"
+
+
+class PerceptionNode(LifecycleNode):
+    """Lifecycle node grounding interleaved instructions in an RGB-D stream (see the module docstring)."""
+
+    def __init__(self, *, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        spec = PARAMS_BY_NAME["autostart"]
+        from find_ros.ros.params import descriptor
+
+        self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        self._p: dict[str, Any] = {}
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._srvs: list[Any] = []
+        self._tmrs: list[Any] = []
+        self._sync: Any = None
+        self._mf_sync: Any = None
+        self._grounder: Any = None
+        self._pipeline: Any = None
+        self._instruction: Any = None
+        self._pipeline_lock = threading.Lock()
+        self._mail_cv = threading.Condition()
+        self._mailbox: tuple | None = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._poses: collections.deque = collections.deque(maxlen=_POSE_BUFFER)
+        self._pose_lock = threading.Lock()
+        self._seen: set[str] = set()
+        self._last_warn: dict[str, float] = {}
+        self._counters = Counters()
+        self._count_lock = threading.Lock()
+        self._tf_buffer: Any = None
+        self._tf_listener: Any = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------ logging and counting
+    def _warn(self, kind: str, message: str, *, level: str = "warning") -> None:
+        """Log ``message`` at most once per ``log_throttle_s`` for this ``kind``; always count it."""
+        with self._count_lock:
+            self._counters.problems[kind] = self._counters.problems.get(kind, 0) + 1
+            n = self._counters.problems[kind]
+        now = time.monotonic()
+        period = float(self._p.get("log_throttle_s", 5.0))
+        last = self._last_warn.get(kind)
+        if last is not None and now - last < period:
+            return
+        self._last_warn[kind] = now
+        text = f"[{kind}] {message} (seen {n}x)"
+        logger = self.get_logger()  # rclpy wants one severity per call site: one line per level
+        if level == "error":
+            logger.error(text)
+        elif level == "info":
+            logger.info(text)
+        else:
+            logger.warning(text)
+
+    def _count(self, name: str, k: int = 1) -> None:
+        with self._count_lock:
+            setattr(self._counters, name, getattr(self._counters, name) + k)
+
+    def counters(self) -> dict:
+        """A snapshot of :class:`Counters` as a dict."""
+        with self._count_lock:
+            d = dataclasses.asdict(self._counters)
+        d["grounder"] = getattr(self._grounder, "name", self._p.get("grounder", ""))
+        d["instruction_id"] = getattr(self._instruction, "id", "")
+        return d
+
+    def _on_set_parameters(self, params) -> Any:
+        from rcl_interfaces.msg import SetParametersResult
+
+        for prm in params:
+            spec = PARAMS_BY_NAME.get(prm.name)
+            if spec is None:
+                continue
+            try:
+                value = validate_value(spec, prm.value)
+            except ParameterError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+            if spec.live and self._p:
+                self._p[prm.name] = value
+                if prm.name == "score_threshold" and self._pipeline is not None:
+                    cfg = getattr(self._pipeline, "config", None)
+                    if cfg is not None and hasattr(cfg, "score_threshold"):
+                        try:
+                            cfg.score_threshold = value
+                        except dataclasses.FrozenInstanceError:
+                            pass
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._p = declare_parameters(self)
+        except ParameterError as e:
+            self.get_logger().error(f"configure failed: invalid parameter(s): {e}")
+            return TransitionCallbackReturn.FAILURE
+        if self._p["camera_pose_source"] == "tf":
+            try:
+                import tf2_ros  # noqa: F401
+            except ImportError:
+                self.get_logger().error(
+                    "configure failed: camera_pose_source='tf' needs tf2_ros, which is not importable here; "
+                    "use 'pose' (camera/pose) or 'odom' (camera/odom)")
+                return TransitionCallbackReturn.FAILURE
+        mk = self.create_lifecycle_publisher
+        self._pubs = {
+            "grounding": mk(Grounding, "find/grounding", OUTPUT_QOS),
+            "mask": mk(Image, "find/mask", OUTPUT_QOS),
+            "overlay": mk(Image, "find/overlay", OUTPUT_QOS),
+            "target_pose": mk(PoseStamped, "find/target_pose", OUTPUT_QOS),
+            "target_pose_world": mk(PoseStamped, "find/target_pose_world", OUTPUT_QOS),
+            "markers": mk(MarkerArray, "find/markers", OUTPUT_QOS),
+            "status": mk(String, "find/status", OUTPUT_QOS),
+        }
+        self.get_logger().info(
+            "configured: grounder=%s score_threshold=%.2f camera_pose_source=%s world_frame=%s"
+            % (self._p["grounder"], self._p["score_threshold"], self._p["camera_pose_source"],
+               self._p["world_frame"]))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._grounder = self._build_grounder()
+            self._pipeline = self._build_pipeline(self._grounder)
+        except Exception as e:  # a missing/corrupt model dir, an unavailable grounder
+            self.get_logger().error(f"activate failed: {e}")
+            self._grounder = self._pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        self._counters = Counters()
+        self._seen.clear()
+        self._instruction = None
+        with self._pose_lock:
+            self._poses.clear()
+        self._create_inputs()
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
+        self._worker.start()
+        self._tmrs.append(self.create_timer(self._p["status_period_s"], self._publish_status))
+        ret = super().on_activate(state)  # enables the lifecycle publishers
+        kind = "the FIND model" if self._p["grounder"] == "find" else "the HSV colour BASELINE (not FIND)"
+        self.get_logger().info(f"active: grounding with {kind} ({self._grounder.name}); "
+                               "publish an instruction on find/instruction_text or find/instruction")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown_active()
+        self.get_logger().info(f"deactivated; counters: {json.dumps(self.counters())}")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown_active()
+        self._destroy_publishers()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown_active()
+        self._destroy_publishers()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown_active()
+        self._destroy_publishers()
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ building
+    def _build_grounder(self) -> Any:
+        name = self._p["grounder"]
+        if name == "hsv-baseline":
+            from find_ros.grounding.baseline import HsvBaselineGrounder
+
+            return HsvBaselineGrounder()
+        try:
+            from find_ros.model.grounder import FindGrounder
+        except ImportError as e:
+            raise RuntimeError(f"grounder='find' is not available in this install ({e}); "
+                               "use grounder:=hsv-baseline") from e
+        path = Path(self._p["model_path"]) if self._p["model_path"] else _default_model_dir()
+        if not path.is_dir():
+            raise RuntimeError(f"grounder='find': model directory {str(path)!r} does not exist "
+                               "(set model_path to a directory written by save_pretrained)")
+        try:
+            return FindGrounder.from_pretrained(path, device=self._p["device"])
+        except Exception as e:
+            raise RuntimeError(f"grounder='find': cannot load the model from {str(path)!r}: "
+                               f"{type(e).__name__}: {e}") from e
+
+    def _build_pipeline(self, grounder: Any) -> Any:
+        from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
+
+        fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+        return VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(self._p, fields)))
+
+    def _create_inputs(self) -> None:
+        color_t, depth_t, info_t = "camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info"
+        if _mf is not None:
+            subs = [_mf.Subscriber(self, Image, color_t, qos_profile=SENSOR_QOS),
+                    _mf.Subscriber(self, Image, depth_t, qos_profile=SENSOR_QOS),
+                    _mf.Subscriber(self, CameraInfo, info_t, qos_profile=SENSOR_QOS)]
+            self._mf_sync = _mf.ApproximateTimeSynchronizer(subs, 2, max(self._p["sync_slop_s"], 1e-6))
+            self._mf_sync.registerCallback(self._on_frame_set)
+            subs[0].registerCallback(lambda m: self._on_input("color", m))
+            subs[1].registerCallback(lambda m: self._on_input("depth", m))
+            subs[2].registerCallback(lambda m: self._on_input("camera_info", m))
+            self._subs += [s.sub for s in subs]
+        else:
+            from find_ros.ros.sync import ApproximateSync
+
+            self._sync = ApproximateSync(slop_s=self._p["sync_slop_s"], callback=self._on_synced)
+            for stream, mtype, topic in (("color", Image, color_t), ("depth", Image, depth_t),
+                                         ("camera_info", CameraInfo, info_t)):
+                self._subs.append(self.create_subscription(
+                    mtype, topic, lambda m, s=stream: self._on_input(s, m), SENSOR_QOS))
+        src = self._p["camera_pose_source"]
+        if src == "pose":
+            self._subs.append(self.create_subscription(PoseStamped, "camera/pose", self._on_pose, SENSOR_QOS))
+        elif src == "odom":
+            self._subs.append(self.create_subscription(Odometry, "camera/odom", self._on_odom, SENSOR_QOS))
+        elif src == "tf":  # pragma: no cover - tf2_ros is not installable here
+            import tf2_ros
+
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        self._subs.append(self.create_subscription(
+            InterleavedInstruction, "find/instruction", self._on_instruction, _INSTRUCTION_QOS))
+        self._subs.append(self.create_subscription(
+            String, "find/instruction_text", self._on_instruction_text, _INSTRUCTION_QOS))
+        group = MutuallyExclusiveCallbackGroup()
+        self._srvs.append(self.create_service(
+            SetInstruction, "find/set_instruction", self._srv_set_instruction, callback_group=group))
+        self._srvs.append(self.create_service(
+            Trigger, "find/clear_instruction", self._srv_clear_instruction, callback_group=group))
+
+    def _teardown_active(self) -> None:
+        self._stop.set()
+        with self._mail_cv:
+            self._mailbox = None
+            self._mail_cv.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10.0)
+        self._worker = None
+        for t in self._tmrs:
+            self.destroy_timer(t)
+        for s in self._subs:
+            self.destroy_subscription(s)
+        for s in self._srvs:
+            self.destroy_service(s)
+        self._tmrs, self._subs, self._srvs = [], [], []
+        self._sync = self._mf_sync = None
+        self._tf_listener = self._tf_buffer = None
+        with self._pipeline_lock:
+            had_model = self._grounder is not None
+            self._pipeline = self._grounder = None
+            self._instruction = None
+        if had_model and "torch" in sys.modules:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _destroy_publishers(self) -> None:
+        for p in self._pubs.values():
+            self.destroy_lifecycle_publisher(p)
+        self._pubs = {}
+
+    # ------------------------------------------------------------------ inputs
+    def _on_input(self, stream: str, msg: Any) -> None:
+        self._seen.add(stream)
+        if stream == "color":
+            self._count("frames_in")
+            missing = [s for s in ("depth", "camera_info") if s not in self._seen]
+            if "camera_info" in missing:
+                self._count("waiting_camera_info")
+            if missing:
+                self._warn(f"missing_{'_'.join(missing)}",
+                           f"colour frames arrive but no {' and no '.join(missing)} has been received yet "
+                           "(topics camera/depth/image_raw, camera/color/camera_info): frames wait")
+        if self._sync is not None:
+            self._sync.add(stream, _stamp_s(msg.header), msg)
+
+    def _on_synced(self, matched: dict) -> None:
+        self._on_frame_set(matched["color"], matched["depth"], matched["camera_info"])
+
+    def _on_frame_set(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        self._count("frame_sets")
+        with self._mail_cv:
+            if self._mailbox is not None:
+                self._count("dropped")
+            self._mailbox = (color, depth, info, time.monotonic())
+            self._mail_cv.notify()
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self._store_pose(msg.header, msg.pose)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self._store_pose(msg.header, msg.pose.pose)
+
+    def _store_pose(self, header, pose: Pose) -> None:
+        if header.frame_id and header.frame_id != self._p["world_frame"]:
+            self._warn("pose_frame", f"camera pose is in frame {header.frame_id!r} but world_frame is "
+                                     f"{self._p['world_frame']!r}; using it as the world frame")
+        with self._pose_lock:
+            self._poses.append((_stamp_s(header), conv.pose_to_matrix(pose)))
+
+    def _lookup_pose(self, color: Image) -> np.ndarray | None:
+        src = self._p["camera_pose_source"]
+        if src == "none":
+            return None
+        t = _stamp_s(color.header)
+        if src == "tf":  # pragma: no cover - tf2_ros is not installable here
+            try:
+                tr = self._tf_buffer.lookup_transform(self._p["world_frame"], color.header.frame_id,
+                                                      color.header.stamp)
+            except Exception as e:
+                self._warn("pose_missing", f"no tf {self._p['world_frame']} -> {color.header.frame_id}: {e}")
+                return None
+            q, v = tr.transform.rotation, tr.transform.translation
+            return conv.pose_to_matrix(Pose(position=Point(x=v.x, y=v.y, z=v.z), orientation=q))
+        with self._pose_lock:
+            best = min(self._poses, key=lambda p: abs(p[0] - t), default=None)
+        if best is None or abs(best[0] - t) > max(self._p["sync_slop_s"], 1e-6):
+            self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "
+                                       f"frame at t={t:.3f}: grounded without world poses")
+            return None
+        return best[1]
+
+    # ------------------------------------------------------------------ instructions
+    def _on_instruction_text(self, msg: String) -> None:
+        self._set_instruction_from(msg.data, [], [], "")
+
+    def _on_instruction(self, msg: InterleavedInstruction) -> None:
+        self._set_instruction_from(msg.text, list(msg.reference_images), list(msg.reference_masks), msg.id)
+
+    def _srv_set_instruction(self, req, resp):
+        ins = req.instruction
+        ok, message, iid = self._set_instruction_from(
+            ins.text, list(ins.reference_images), list(ins.reference_masks), ins.id)
+        resp.success, resp.message, resp.instruction_id = ok, message, iid
+        return resp
+
+    def _srv_clear_instruction(self, req, resp):
+        with self._pipeline_lock:
+            if self._pipeline is not None:
+                self._pipeline.clear_instruction()
+            self._instruction = None
+        resp.success, resp.message = True, "instruction cleared"
+        self.get_logger().info("instruction cleared")
+        return resp
+
+    def _set_instruction_from(self, text: str, images: list, masks: list, iid: str) -> tuple[bool, str, str]:
+        """Convert, parse and embed an instruction; returns (accepted, message, id in force)."""
+        try:
+            refs = self._references(images, masks)
+            instruction = parse_instruction(text, refs, id=iid or f"ins-{uuid.uuid4().hex[:8]}")
+            with self._pipeline_lock:
+                if self._pipeline is None:
+                    raise InstructionError("node is not active")
+                self._pipeline.set_instruction(instruction)
+                self._instruction = instruction
+        except (InstructionError, conv.ConversionError) as e:
+            self._count("instructions_rejected")
+            preview = text if len(text) <= 60 else text[:57] + "..."
+            self._warn("instruction_rejected", f"instruction {preview!r} rejected: {e}")
+            return False, str(e), getattr(self._instruction, "id", "")
+        except Exception as e:  # the grounder failed to embed it
+            self._count("instructions_rejected")
+            self._warn("instruction_failed", f"instruction could not be embedded: {type(e).__name__}: {e}",
+                       level="error")
+            return False, f"{type(e).__name__}: {e}", getattr(self._instruction, "id", "")
+        self._count("instructions")
+        self.get_logger().info(
+            f"instruction {instruction.id}: {instruction.text!r} -> entities "
+            f"{[e.phrase for e in instruction.entities]} ({len(instruction.references)} reference image(s))")
+        return True, "accepted", instruction.id
+
+    @staticmethod
+    def _references(images: list, masks: list) -> list[Reference]:
+        if masks and len(masks) != len(images):
+            raise InstructionError(f"instruction has {len(images)} reference image(s) but {len(masks)} "
+                                   "reference mask(s); give none or one per image")
+        refs = []
+        for k, img in enumerate(images):
+            try:
+                rgb = conv.image_to_rgb(img)
+            except conv.ConversionError as e:
+                raise InstructionError(f"reference image {k}: {e}") from e
+            mask = None
+            if masks and masks[k].width > 0 and masks[k].height > 0:
+                if masks[k].encoding not in ("mono8", "8UC1"):
+                    raise InstructionError(f"reference mask {k} has encoding {masks[k].encoding!r}, expected mono8")
+                m = conv.image_to_numpy(masks[k])
+                if m.shape != rgb.shape[:2]:
+                    raise InstructionError(f"reference mask {k} is {m.shape[1]}x{m.shape[0]} but its image is "
+                                           f"{rgb.shape[1]}x{rgb.shape[0]}")
+                mask = m != 0
+            try:
+                refs.append(Reference(image=rgb, mask=mask))
+            except InstructionError as e:
+                raise InstructionError(f"reference {k}: {e}") from e
+        return refs
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._mail_cv:
+                while self._mailbox is None and not self._stop.is_set():
+                    self._mail_cv.wait(timeout=0.5)
+                item, self._mailbox = self._mailbox, None
+            if item is None:
+                continue
+            try:
+                self._process(*item)
+            except FrameRejected as e:
+                self._count("rejected")
+                self._warn(e.kind, str(e))
+            except Exception as e:  # never let one frame kill the worker
+                self._count("rejected")
+                self._warn("processing_error", f"frame dropped: {type(e).__name__}: {e}", level="error")
+
+    def _check_frame(self, color: Image, depth: Image, info: CameraInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            rgb = conv.image_to_rgb(color)
+        except conv.ConversionError as e:
+            raise FrameRejected("color_image", f"colour image dropped: {e}") from e
+        try:
+            depth_m = conv.image_to_depth_m(depth, depth_scale=self._p["depth_scale"])
+        except conv.ConversionError as e:
+            raise FrameRejected("depth_image", f"depth image dropped: {e}") from e
+        if depth_m.shape != rgb.shape[:2]:
+            raise FrameRejected("size_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]} but colour is "
+                                                 f"{rgb.shape[1]}x{rgb.shape[0]}: frame dropped (register depth "
+                                                 "to colour)")
+        if info.width and info.height and (info.width, info.height) != (rgb.shape[1], rgb.shape[0]):
+            raise FrameRejected("camera_info_size", f"camera_info is {info.width}x{info.height} but colour is "
+                                                    f"{rgb.shape[1]}x{rgb.shape[0]}: frame dropped")
+        try:
+            K = conv.camera_info_to_K(info)
+        except conv.ConversionError as e:
+            raise FrameRejected("camera_info", f"camera_info unusable: {e}") from e
+        if not np.any(depth_m > 0):
+            raise FrameRejected("depth_invalid", "depth image has no valid pixel (all NaN / zero / inf): "
+                                                 "frame dropped")
+        return rgb, depth_m, K
+
+    def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
+        max_age = self._p["max_stamp_age_s"]
+        if max_age > 0:
+            age = self.get_clock().now().nanoseconds * 1e-9 - _stamp_s(color.header)
+            if age > max_age:
+                self._count("stale")
+                self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={max_age}): dropped; "
+                                          "check clocks / use_sim_time")
+                return
+        rgb, depth_m, K = self._check_frame(color, depth, info)
+        T_world_cam = self._lookup_pose(color)
+        with self._pipeline_lock:
+            if self._pipeline is None:
+                return
+            instruction = self._instruction
+            if instruction is None:
+                self._count("idle")
+                self._warn("no_instruction", "no instruction yet: publish text on find/instruction_text "
+                                             "(std_msgs/String) or an InterleavedInstruction on find/instruction",
+                           level="info")
+                return
+            result = self._pipeline.process(rgb, depth_m, K, T_world_cam)
+            overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
+        self._publish(color.header, instruction, result, overlay, t_receipt)
+        self._count("processed")
+
+    # ------------------------------------------------------------------ outputs
+    def _publish(self, header, instruction, result, overlay, t_receipt: float) -> None:
+        thr = self._p["score_threshold"]
+        out = Grounding(header=header, instruction_id=instruction.id, instruction_text=instruction.text,
+                        grounder=str(getattr(self._grounder, "name", self._p["grounder"])))
+        best, best_score = None, -1.0
+        markers = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
+        for e in result.entities:
+            found = bool(e.score >= thr and not e.lost and e.mask is not None and e.mask.any())
+            g = GroundedEntity(phrase=e.phrase, entity_index=int(e.entity_index),
+                               track_id=int(e.track_id if e.track_id is not None else -1),
+                               score=float(e.score), found=found, lost=bool(e.lost),
+                               label=int(e.entity_index) + 1 if found else 0)
+            x0, y0, x1, y1 = (int(v) for v in e.box)
+            if found and x1 > x0 and y1 > y0:
+                g.box = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0)
+            if found and e.pose_cam is not None:
+                g.pose_valid = True
+                g.pose = _pose_msg(e.pose_cam.position, e.pose_cam.orientation_xyzw)
+                ex = np.asarray(e.pose_cam.extent, dtype=float)
+                g.extent = Vector3(x=float(ex[0]), y=float(ex[1]), z=float(ex[2]))
+                if e.pose_world is not None:
+                    g.world_pose_valid = True
+                    g.world_pose = PoseStamped(pose=_pose_msg(e.pose_world.position, e.pose_world.orientation_xyzw))
+                    g.world_pose.header.stamp = header.stamp
+                    g.world_pose.header.frame_id = self._p["world_frame"]
+                if e.score > best_score:
+                    best, best_score = g, float(e.score)
+                markers.markers += self._entity_markers(header, g)
+            out.entities.append(g)
+        out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
+        self._pubs["grounding"].publish(out)
+        self._pubs["mask"].publish(conv.numpy_to_image(np.ascontiguousarray(result.label_mask, dtype=np.uint8),
+                                                       "mono8", header=header))
+        if overlay is not None:
+            self._pubs["overlay"].publish(conv.numpy_to_image(overlay, "rgb8", header=header))
+        if best is not None:
+            self._pubs["target_pose"].publish(PoseStamped(header=header, pose=best.pose))
+            if best.world_pose_valid:
+                self._pubs["target_pose_world"].publish(best.world_pose)
+        if self._p["publish_markers"]:
+            self._pubs["markers"].publish(markers)
+
+    @staticmethod
+    def _entity_markers(header, g: GroundedEntity) -> list[Marker]:
+        r, gr, b = _MARKER_COLOURS[g.entity_index % len(_MARKER_COLOURS)]
+        ext = (max(g.extent.x, 0.01), max(g.extent.y, 0.01), max(g.extent.z, 0.01))
+        cube = Marker(header=header, ns="find/targets", id=g.entity_index, type=Marker.CUBE, action=Marker.ADD,
+                      pose=g.pose, scale=Vector3(x=ext[0], y=ext[1], z=ext[2]),
+                      color=ColorRGBA(r=r, g=gr, b=b, a=0.45))
+        text_pose = Pose(position=Point(x=g.pose.position.x, y=g.pose.position.y - ext[1] / 2 - 0.05,
+                                        z=g.pose.position.z), orientation=Quaternion(w=1.0))
+        label = Marker(header=header, ns="find/labels", id=g.entity_index, type=Marker.TEXT_VIEW_FACING,
+                       action=Marker.ADD, pose=text_pose, scale=Vector3(z=0.06),
+                       color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f"{g.phrase} {g.score:.2f}")
+        return [cube, label]
+
+    def _publish_status(self) -> None:
+        if "status" in self._pubs:
+            self._pubs["status"].publish(String(data=json.dumps(self.counters())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node (``--ros-args`` are passed through); with ``autostart:=true`` it activates itself."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    args = sys.argv if argv is None else [sys.argv[0], *argv]
+    rclpy.init(args=args)
+    node = PerceptionNode()
+    code = 0
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: configure failed (see above); exiting")
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: activate failed (see above); exiting")
+                return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._teardown_active()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
