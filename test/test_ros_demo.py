@@ -1,0 +1,46 @@
+"""find-ros demo: a short real run (sim camera + perception node processes, driver in this process)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("find_ros.msg")
+pytest.importorskip("find_ros.ros.sim_camera_node")
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+REPORT_KEYS = {"grounder", "frames_in", "frames_processed", "dropped", "latency_ms", "instructions", "overlays",
+               "groundings_received", "node_counters"}
+
+
+def test_short_demo_writes_a_report(tmp_path):
+    out = tmp_path / "demo"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--seconds", "6", "--rate", "10",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report), set(report) ^ REPORT_KEYS
+    assert report["grounder"] == "hsv-baseline"
+    assert report["frames_processed"] > 0 and report["groundings_received"] > 0
+    assert report["frames_in"] >= report["frames_processed"]
+    lat = report["latency_ms"]
+    assert lat["count"] == report["groundings_received"] and lat["median"] > 0 and lat["p95"] >= lat["median"]
+    assert [i["id"] for i in report["instructions"]] == ["demo-1", "demo-2", "demo-3"]
+    for ins in report["instructions"]:
+        assert ins["text"] and ins["target"]["category"]
+        assert ins["iou_mean"] is None or 0.0 <= ins["iou_mean"] <= 1.0
+    assert report["overlays"] and all((out / name).stat().st_size > 1000 for name in report["overlays"])
+    assert "latency median" in r.stdout
+
+
+def test_demo_help_and_bad_arguments():
+    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "--seconds" in r.stdout and "--grounder" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--grounder", "nope"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
