@@ -1,0 +1,467 @@
+"""Perception node over real DDS: the node runs as a separate process; this process publishes and checks.
+
+One node process (autostart, hsv-baseline) serves the tests of this file in order: crafted frames
+published from here (good and bad), instructions (good and bad), lifecycle transitions through
+``change_state``, then the sim camera process feeding it and the outputs checked against the sim
+ground truth. A second short process checks that an invalid parameter fails configure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("find_ros.msg")
+pytest.importorskip("find_ros.ros.conversions", reason="find_ros.ros.conversions not delivered yet")
+pytest.importorskip("find_ros.grounding.pipeline", reason="find_ros.grounding.pipeline not delivered yet")
+pytest.importorskip("find_ros.grounding.baseline", reason="find_ros.grounding.baseline not delivered yet")
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from find_ros.msg import Grounding, InterleavedInstruction  # noqa: E402
+from find_ros.ros import conversions as conv  # noqa: E402
+from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+W, H = 160, 120
+K = np.array([[100.0, 0, 80.0], [0, 100.0, 60.0], [0, 0, 1]])
+OPTICAL = "test_camera_color_optical_frame"
+SIM_SEED = int(os.environ.get("FIND_ROS_TEST_SIM_SEED", "0"))
+
+
+def _domain(offset: int) -> int:
+    return 100 + (os.getpid() * 7 + offset) % 120
+
+
+def _env(domain: int) -> dict:
+    return dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
+
+
+def _spawn(module: str, args: list[str], domain: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=_env(domain),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def _ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+class Harness:
+    """The test's own rclpy node: camera-like publishers, output subscribers, bounded waits."""
+
+    def __init__(self, domain: int, log: Path, proc: subprocess.Popen) -> None:
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain)
+        self.node = rclpy.create_node("perception_test_harness", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.log, self.proc = log, proc
+        n = self.node
+        self.pub_color = n.create_publisher(Image, "camera/color/image_raw", SENSOR_QOS)
+        self.pub_depth = n.create_publisher(Image, "camera/depth/image_raw", SENSOR_QOS)
+        self.pub_info = n.create_publisher(type(conv.camera_info_from_K(K, W, H, header=None)),
+                                           "camera/color/camera_info", SENSOR_QOS)
+        self.pub_pose = n.create_publisher(PoseStamped, "camera/pose", SENSOR_QOS)
+        self.pub_text = n.create_publisher(String, "find/instruction_text", 10)
+        self.pub_ins = n.create_publisher(InterleavedInstruction, "find/instruction", 10)
+        self.got: dict[str, dict[int, object]] = {k: {} for k in
+                                                  ("grounding", "mask", "overlay", "target", "target_world",
+                                                   "markers", "gt_instance")}
+        self.status: dict = {}
+        self.gt_objects: list | None = None
+        for key, mtype, topic in (("grounding", Grounding, "find/grounding"), ("mask", Image, "find/mask"),
+                                  ("overlay", Image, "find/overlay"), ("target", PoseStamped, "find/target_pose"),
+                                  ("target_world", PoseStamped, "find/target_pose_world"),
+                                  ("markers", MarkerArray, "find/markers")):
+            n.create_subscription(mtype, topic, lambda m, k=key: self._store(k, m), OUTPUT_QOS)
+        n.create_subscription(Image, "camera/gt/instance", lambda m: self._store("gt_instance", m), SENSOR_QOS)
+        n.create_subscription(String, "find/status", self._on_status, OUTPUT_QOS)
+        n.create_subscription(String, "camera/gt/objects", self._on_objects, OUTPUT_QOS)
+        self.cli_change = n.create_client(ChangeState, "perception_node/change_state")
+        self.cli_get = n.create_client(GetState, "perception_node/get_state")
+
+    def _store(self, key, msg):
+        d = self.got[key]
+        d[_ns(msg.markers[0].header if key == "markers" else msg.header)] = msg
+        while len(d) > 60:  # bounded: the sim camera streams for a while
+            d.pop(next(iter(d)))
+
+    def _on_status(self, msg):
+        self.status = json.loads(msg.data)
+
+    def _on_objects(self, msg):
+        self.gt_objects = json.loads(msg.data)
+
+    def spin_until(self, cond, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            assert self.proc.poll() is None, f"node died (rc={self.proc.returncode}):\n{self.log_text()[-3000:]}"
+            self.ex.spin_once(timeout_sec=0.05)
+        return bool(cond())
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 15.0) -> bool:
+        return self.spin_until(lambda: text in self.log_text(), timeout)
+
+    def now(self):
+        return self.node.get_clock().now().to_msg()
+
+    def frame(self, *, rgb=None, depth=None, color_encoding="rgb8", depth_encoding="32FC1", info=True,
+              pose=True):
+        """Publish one frame set with a fresh stamp; returns the stamp in ns."""
+        from std_msgs.msg import Header
+
+        h = Header(stamp=self.now(), frame_id=OPTICAL)
+        rgb = make_rgb() if rgb is None else rgb
+        depth = np.full((H, W), 1.0, np.float32) if depth is None else depth
+        if color_encoding == "rgb8":
+            cmsg = conv.numpy_to_image(rgb, "rgb8", header=h)
+        else:  # a deliberately wrong encoding for a colour image
+            cmsg = conv.numpy_to_image(rgb[..., 0].astype(np.float32), color_encoding, header=h)
+        if info:
+            self.pub_info.publish(conv.camera_info_from_K(K, W, H, header=h))
+        if pose:
+            self.pub_pose.publish(PoseStamped(header=Header(stamp=h.stamp, frame_id="map"),
+                                              pose=conv.matrix_to_pose(np.eye(4))))
+        self.pub_depth.publish(conv.numpy_to_image(depth, depth_encoding, header=h))
+        self.pub_color.publish(cmsg)
+        return _ns(h)
+
+    def change_state(self, transition_id: int) -> bool:
+        assert self.cli_change.wait_for_service(timeout_sec=10)
+        fut = self.cli_change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        assert self.spin_until(fut.done, 20), "change_state timed out"
+        return fut.result().success
+
+    def state(self) -> int:
+        assert self.cli_get.wait_for_service(timeout_sec=10)
+        fut = self.cli_get.call_async(GetState.Request())
+        assert self.spin_until(fut.done, 10)
+        return fut.result().current_state.id
+
+    def close(self):
+        self.ex.shutdown()
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+
+
+def make_rgb() -> np.ndarray:
+    """Grey room with a red square in the middle (40x40 px)."""
+    rgb = np.full((H, W, 3), 128, np.uint8)
+    rgb[40:80, 60:100] = (220, 20, 20)
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    domain = _domain(1)
+    log = tmp_path_factory.mktemp("perception") / "node.log"
+    proc = _spawn("find_ros.ros.perception_node",
+                  ["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "log_throttle_s:=0.0",
+                   "-p", "status_period_s:=0.2", "-p", "max_stamp_age_s:=5.0", "-p", "sync_slop_s:=0.01",
+                   "-p", "min_points:=20"], domain, log)
+    h = Harness(domain, log, proc)
+    try:
+        assert h.spin_until(lambda: h.status.get("grounder") == "hsv-baseline", 60), h.log_text()[-3000:]
+        yield h
+    finally:
+        h.close()
+        _stop(proc)
+
+
+def _wait_grounding(h: Harness, stamp: int, timeout: float = 15.0) -> Grounding:
+    assert h.spin_until(lambda: stamp in h.got["grounding"], timeout), (
+        f"no Grounding for stamp {stamp}; status={h.status}\n{h.log_text()[-2000:]}")
+    return h.got["grounding"][stamp]
+
+
+def test_frames_before_camera_info_wait_and_are_counted(node):
+    h = node
+    for _ in range(3):
+        stamp = h.frame(info=False)
+        h.spin_until(lambda: False, 0.1)
+    assert h.wait_log("no camera_info"), h.log_text()[-2000:]
+    assert h.spin_until(lambda: h.status.get("waiting_camera_info", 0) >= 1, 5), h.status
+    assert stamp not in h.got["grounding"]
+
+
+def test_no_instruction_means_no_grounding(node):
+    h = node
+    stamp = h.frame()
+    assert h.wait_log("no instruction yet")
+    h.spin_until(lambda: False, 0.5)
+    assert stamp not in h.got["grounding"]
+
+
+def test_text_instruction_grounds_the_red_square(node):
+    h = node
+    h.pub_text.publish(String(data="the red cube"))
+    assert h.wait_log("'the red cube' -> entities")
+    stamp = h.frame()
+    g = _wait_grounding(h, stamp)
+    assert g.header.frame_id == OPTICAL and _ns(g.header) == stamp
+    assert g.grounder == "hsv-baseline" and g.instruction_text == "the red cube"
+    assert len(g.entities) == 1 and g.entities[0].found and g.entities[0].label > 0
+    assert h.spin_until(lambda: all(stamp in h.got[k] for k in ("mask", "overlay", "target", "markers")), 10)
+    mask = h.got["mask"][stamp]
+    assert (mask.encoding, mask.width, mask.height, mask.header.frame_id) == ("mono8", W, H, OPTICAL)
+    m = conv.image_to_numpy(mask) == g.entities[0].label
+    truth = np.zeros((H, W), bool)
+    truth[40:80, 60:100] = True
+    assert np.logical_and(m, truth).sum() / np.logical_or(m, truth).sum() > 0.7
+    ov = h.got["overlay"][stamp]
+    assert (ov.encoding, ov.width, ov.height, ov.header.frame_id) == ("rgb8", W, H, OPTICAL)
+    # the red square's pixels at 1 m depth: centre on the optical axis, ~1 m ahead
+    p = h.got["target"][stamp]
+    assert p.header.frame_id == OPTICAL and _ns(p.header) == stamp
+    assert abs(p.pose.position.x) < 0.05 and abs(p.pose.position.y) < 0.05 and abs(p.pose.position.z - 1.0) < 0.05
+    e = g.entities[0]
+    assert e.pose_valid and abs(e.pose.position.z - 1.0) < 0.05 and e.box.width > 0
+    # identity camera pose in "map": the world pose equals the optical-frame pose
+    assert e.world_pose_valid and e.world_pose.header.frame_id == "map"
+    assert abs(e.world_pose.pose.position.z - 1.0) < 0.05
+    assert h.spin_until(lambda: stamp in h.got["target_world"], 5)
+    markers = h.got["markers"][stamp].markers
+    cubes = [mk for mk in markers if mk.type == mk.CUBE]
+    assert len(cubes) == 1 and cubes[0].header.frame_id == OPTICAL and cubes[0].scale.x > 0
+    assert any(mk.type == mk.TEXT_VIEW_FACING and "red cube" in mk.text for mk in markers)
+
+
+def test_target_absent_gives_deleteall_markers_and_no_found_entity(node):
+    h = node
+    stamp = h.frame(rgb=np.full((H, W, 3), 128, np.uint8))
+    g = _wait_grounding(h, stamp)
+    assert not g.entities[0].found
+    assert h.spin_until(lambda: stamp in h.got["markers"], 5)
+    assert [mk.action for mk in h.got["markers"][stamp].markers] == [3]  # DELETEALL only
+
+
+@pytest.mark.parametrize(
+    "kwargs, log_text",
+    [
+        ({"color_encoding": "32FC1"}, "colour image dropped"),
+        ({"depth": np.full((H // 2, W // 2), 1.0, np.float32)}, "depth is 80x60 but colour is 160x120"),
+        ({"depth": np.full((H, W), np.nan, np.float32)}, "depth image has no valid pixel"),
+        ({"depth": np.zeros((H, W), np.uint16), "depth_encoding": "16UC1"}, "depth image has no valid pixel"),
+    ],
+    ids=["wrong-encoding", "size-mismatch", "nan-depth", "zero-depth"],
+)
+def test_bad_frames_are_logged_dropped_and_the_node_lives(node, kwargs, log_text):
+    h = node
+    before = h.log_text().count(log_text)
+    bad = h.frame(**kwargs)
+    assert h.spin_until(lambda: h.log_text().count(log_text) > before, 15), h.log_text()[-2000:]
+    good = h.frame()
+    _wait_grounding(h, good)
+    assert bad not in h.got["grounding"] and bad not in h.got["mask"]
+
+
+def _ref_image(w=20, h=16, enc="rgb8"):
+    return conv.numpy_to_image(np.full((h, w, 3), (220, 20, 20), np.uint8), enc)
+
+
+@pytest.mark.parametrize(
+    "make, log_text",
+    [
+        (lambda: InterleavedInstruction(text=""), "instruction text is empty"),
+        (lambda: InterleavedInstruction(text="x" * 2500), "has 2500 characters (max 2000)"),
+        (lambda: InterleavedInstruction(text="the <0>"), "<0> name no reference"),
+        (lambda: InterleavedInstruction(text="the <0>", reference_images=[_ref_image()],
+                                        reference_masks=[conv.numpy_to_image(np.ones((5, 5), np.uint8), "mono8")]),
+         "reference mask 0 is 5x5 but its image is 20x16"),
+        (lambda: InterleavedInstruction(text="the <0>", reference_images=[
+            conv.numpy_to_image(np.ones((16, 20), np.float32), "32FC1")]), "reference image 0"),
+    ],
+    ids=["empty", "oversized", "placeholder-without-image", "mask-wrong-size", "reference-wrong-encoding"],
+)
+def test_bad_instructions_are_rejected_and_the_old_one_stays(node, make, log_text):
+    h = node
+    before = h.log_text().count(log_text)
+    h.pub_ins.publish(make())
+    assert h.spin_until(lambda: h.log_text().count(log_text) > before, 15), h.log_text()[-2000:]
+    stamp = h.frame()
+    g = _wait_grounding(h, stamp)
+    assert g.instruction_text == "the red cube" and g.entities[0].found
+
+
+def test_interleaved_instruction_with_reference_mask(node):
+    h = node
+    ref = np.full((16, 20, 3), 128, np.uint8)
+    ref[4:12, 5:15] = (220, 20, 20)
+    mask = np.zeros((16, 20), np.uint8)
+    mask[4:12, 5:15] = 255
+    h.pub_ins.publish(InterleavedInstruction(id="inter-1", text="the <0>",
+                                             reference_images=[conv.numpy_to_image(ref, "rgb8")],
+                                             reference_masks=[conv.numpy_to_image(mask, "mono8")]))
+    assert h.wait_log("instruction inter-1")
+    stamp = h.frame()
+    g = _wait_grounding(h, stamp)
+    assert g.instruction_id == "inter-1" and g.entities[0].phrase == "the <0>"
+
+
+def _call(h: Harness, srv_type, name: str, request):
+    cli = h.node.create_client(srv_type, name)
+    try:
+        assert cli.wait_for_service(timeout_sec=10), name
+        fut = cli.call_async(request)
+        assert h.spin_until(fut.done, 15), f"{name} timed out"
+        return fut.result()
+    finally:
+        h.node.destroy_client(cli)
+
+
+def test_instruction_services(node):
+    from std_srvs.srv import Trigger
+
+    from find_ros.srv import SetInstruction
+
+    h = node
+    r = _call(h, SetInstruction, "find/set_instruction",
+              SetInstruction.Request(instruction=InterleavedInstruction(text="the <1>")))
+    assert not r.success and "<1> name no reference" in r.message
+    r = _call(h, Trigger, "find/clear_instruction", Trigger.Request())
+    assert r.success
+    stamp = h.frame()
+    assert h.spin_until(lambda: h.status.get("idle", 0) > 0 and stamp not in h.got["grounding"], 5)
+    h.spin_until(lambda: False, 0.5)
+    assert stamp not in h.got["grounding"], "no grounding without an instruction"
+    r = _call(h, SetInstruction, "find/set_instruction",
+              SetInstruction.Request(instruction=InterleavedInstruction(id="svc-1", text="the red cube")))
+    assert r.success and r.instruction_id == "svc-1", r.message
+    stamp = h.frame()
+    g = _wait_grounding(h, stamp)
+    assert g.instruction_id == "svc-1" and g.entities[0].found
+
+
+def test_lifecycle_transitions_through_change_state(node):
+    h = node
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+    assert h.change_state(Transition.TRANSITION_DEACTIVATE)
+    assert h.state() == State.PRIMARY_STATE_INACTIVE
+    stamp = h.frame()
+    h.spin_until(lambda: False, 1.0)
+    assert stamp not in h.got["grounding"], "an inactive node must not publish"
+    assert h.change_state(Transition.TRANSITION_CLEANUP)
+    assert h.state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert h.change_state(Transition.TRANSITION_CONFIGURE)
+    assert h.change_state(Transition.TRANSITION_ACTIVATE)
+    assert h.state() == State.PRIMARY_STATE_ACTIVE
+    before = h.log_text().count("'the red cube' -> entities")
+    h.pub_text.publish(String(data="the red cube"))
+    assert h.spin_until(lambda: h.log_text().count("'the red cube' -> entities") > before, 15)
+    stamp = h.frame()
+    assert _wait_grounding(h, stamp).entities[0].found
+
+
+def test_sim_camera_stream_is_grounded_against_ground_truth(node, tmp_path):
+    """Sim camera process -> node process: stamps, sizes, IoU vs the GT instance, pose vs the GT centre."""
+    pytest.importorskip("find_ros.ros.sim_camera_node")
+    h = node
+    cam = _spawn("find_ros.ros.sim_camera_node",
+                 ["-p", "rate_hz:=10.0", "-p", f"seed:={SIM_SEED}", "-p", "publish_gt:=true"],
+                 _domain(1), tmp_path / "cam.log")
+    try:
+        assert h.spin_until(lambda: h.gt_objects is not None, 60), (tmp_path / "cam.log").read_text()[-2000:]
+        reds = [o for o in h.gt_objects if o["colour"] == "red"]
+        assert reds, f"seed {SIM_SEED} has no red object: {h.gt_objects}"
+        target = reds[0]
+        text = f"the red {target['category']}"
+        h.pub_text.publish(String(data=text))
+        assert h.wait_log(f"{text!r} -> entities")
+        t0 = time.monotonic()
+        ious, dists = [], []
+
+        def scored():
+            for stamp, g in list(h.got["grounding"].items()):
+                if g.instruction_text != text or stamp not in h.got["mask"] or stamp not in h.got["gt_instance"]:
+                    continue
+                gt_msg = h.got["gt_instance"].pop(stamp)
+                gt = conv.image_to_numpy(gt_msg).astype(np.int64) == int(target["id"])
+                mask = conv.image_to_numpy(h.got["mask"].pop(stamp))
+                g = h.got["grounding"].pop(stamp)
+                assert g.header.frame_id == gt_msg.header.frame_id != ""
+                assert (mask.shape[1], mask.shape[0]) == (gt.shape[1], gt.shape[0])
+                if gt.sum() < 300:
+                    continue
+                e = g.entities[0]
+                pred = mask == e.label if e.found else np.zeros_like(gt)
+                ious.append(np.logical_and(pred, gt).sum() / np.logical_or(pred, gt).sum())
+                if e.found and e.world_pose_valid:
+                    c = e.world_pose.pose.position
+                    dists.append(float(np.linalg.norm(np.array([c.x, c.y, c.z]) - np.array(target["center"]))))
+            return len(ious) >= 8
+
+        assert h.spin_until(scored, 45), f"only {len(ious)} scored frames; status={h.status}"
+        assert np.median(ious) > 0.5, ious
+        tol = max(0.1, 0.75 * float(np.max(np.subtract(target["box_max"], target["box_min"]))))
+        assert dists and np.median(dists) < tol, (dists, target)
+    finally:
+        _stop(cam)
+
+
+def test_warnings_are_throttled_per_kind_and_counted(capfd):
+    """In-process node: the same kind logs once per log_throttle_s; every occurrence is counted."""
+    from rclpy.parameter import Parameter
+
+    from find_ros.ros.perception_node import PerceptionNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=_domain(3))
+    n = PerceptionNode(context=ctx, parameter_overrides=[Parameter("log_throttle_s", value=30.0)])
+    try:
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        for _ in range(5):
+            n._warn("color_image", "colour image dropped: unsupported encoding '32FC1'")
+        n._warn("size_mismatch", "depth is 80x60 but colour is 160x120")
+        err = capfd.readouterr().err
+        assert err.count("[color_image] colour image dropped") == 1 and err.count("[size_mismatch]") == 1
+        assert n.counters()["problems"] == {"color_image": 5, "size_mismatch": 1}
+    finally:
+        n.destroy_node()
+        ctx.try_shutdown()
+
+
+def test_invalid_parameter_fails_configure_with_a_clear_message(tmp_path):
+    log = tmp_path / "bad.log"
+    proc = _spawn("find_ros.ros.perception_node", ["-p", "autostart:=true", "-p", "score_threshold:=1.7"],
+                  _domain(2), log)
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert rc == 1, text
+    assert "score_threshold=1.7 is outside [0, 1]" in text and "configure failed" in text
