@@ -138,11 +138,13 @@ class Harness:
         return self.node.get_clock().now().to_msg()
 
     def frame(self, *, rgb=None, depth=None, color_encoding="rgb8", depth_encoding="32FC1", info=True,
-              pose=True):
-        """Publish one frame set with a fresh stamp; returns the stamp in ns."""
+              pose=True, age_s=0.0):
+        """Publish one frame set stamped now (minus ``age_s``); returns the stamp in ns."""
+        from rclpy.duration import Duration
         from std_msgs.msg import Header
 
-        h = Header(stamp=self.now(), frame_id=OPTICAL)
+        stamp = (self.node.get_clock().now() - Duration(seconds=age_s)).to_msg()
+        h = Header(stamp=stamp, frame_id=OPTICAL)
         rgb = make_rgb() if rgb is None else rgb
         depth = np.full((H, W), 1.0, np.float32) if depth is None else depth
         if color_encoding == "rgb8":
@@ -274,8 +276,9 @@ def test_target_absent_gives_deleteall_markers_and_no_found_entity(node):
         ({"depth": np.full((H // 2, W // 2), 1.0, np.float32)}, "depth is 80x60 but colour is 160x120"),
         ({"depth": np.full((H, W), np.nan, np.float32)}, "depth image has no valid pixel"),
         ({"depth": np.zeros((H, W), np.uint16), "depth_encoding": "16UC1"}, "depth image has no valid pixel"),
+        ({"age_s": 30.0}, "(> max_stamp_age_s=5.0): dropped"),
     ],
-    ids=["wrong-encoding", "size-mismatch", "nan-depth", "zero-depth"],
+    ids=["wrong-encoding", "size-mismatch", "nan-depth", "zero-depth", "stale"],
 )
 def test_bad_frames_are_logged_dropped_and_the_node_lives(node, kwargs, log_text):
     h = node
