@@ -13,7 +13,7 @@ import numpy as np
 
 from find_ros.instruction import Instruction
 
-__all__ = ["EntityResult", "FrameGrounding", "Grounder", "GrounderError", "mask_box"]
+__all__ = ["EntityResult", "FrameGrounding", "Grounder", "GrounderError", "QueryEmbedder", "mask_box"]
 
 
 class GrounderError(RuntimeError):
@@ -62,6 +62,15 @@ class Grounder(Protocol):
 
     def ground(self, rgb: np.ndarray) -> FrameGrounding:
         """Ground the current instruction in an (H, W, 3) uint8 RGB frame."""
+
+
+@runtime_checkable
+class QueryEmbedder(Protocol):
+    """A grounder whose instructions live in the same space as its pixel embeddings (for 3D field queries)."""
+
+    def embed_instruction(self, instruction: Instruction) -> np.ndarray:
+        """(E, D) float32 unit-norm embeddings, one per entity of ``instruction``, comparable by dot product
+        with :attr:`FrameGrounding.pixel_embeddings`."""
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
