@@ -218,6 +218,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def _param_text(v: Any) -> str:
+    """A ``--ros-args -p name:=value`` value (YAML syntax)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident set size of a process in MiB (Linux /proc), None when unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -227,8 +245,13 @@ def _tail(path: Path, n: int = 15) -> str:
 
 def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: float = 30.0,
              grounder: str = "hsv-baseline", seed: int = 3, startup_timeout_s: float = 60.0,
-             domain_id: int | None = None) -> dict[str, Any]:
-    """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report."""
+             domain_id: int | None = None, sample_period_s: float = 1.0,
+             node_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report.
+
+    ``node_params`` adds perception-node parameters; ``sample_period_s`` sets how often the node's and
+    camera's RSS are sampled into ``report["samples"]`` (used by the soak benchmark).
+    """
     import cv2
 
     out = Path(out)
@@ -247,7 +270,9 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
                ["-p", f"rate_hz:={float(rate_hz)}", "-p", f"seed:={int(seed)}", "-p", "publish_gt:=true"],
                env, logs["camera"]),
         _spawn("find_ros.ros.perception_node",
-               ["-p", "autostart:=true", "-p", f"grounder:={grounder}", "-p", "status_period_s:=0.5"], env, logs["node"]),
+               ["-p", "autostart:=true", "-p", f"grounder:={grounder}", "-p", "status_period_s:=0.5",
+                *[a for k, v in (node_params or {}).items() for a in ("-p", f"{k}:={_param_text(v)}")]],
+               env, logs["node"]),
     ]
     from rclpy.executors import SingleThreadedExecutor
 
@@ -257,11 +282,22 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(driver.node)
 
+    samples: list[dict] = []  # once per sample_period_s: node/camera RSS and how many latencies so far
+    t_start = time.monotonic()
+
+    def sample() -> None:
+        now = time.monotonic()
+        if samples and now - t_start - samples[-1]["t_s"] < sample_period_s:
+            return
+        samples.append({"t_s": round(now - t_start, 3), "node_rss_mb": _rss_mb(procs[1].pid),
+                        "camera_rss_mb": _rss_mb(procs[0].pid), "latency_count": len(driver.latency)})
+
     def spin_until(cond, timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if cond():
                 return True
+            sample()
             for p in watched:
                 if p.poll() is not None:
                     raise DemoError(f"{p.args[2]} exited with {p.returncode} during the demo:\n"
@@ -351,6 +387,8 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         "overlays": overlays,
         "node_counters": status,
         "logs": {k: v.name for k, v in logs.items()},
+        "samples": samples,
+        "latency_series_ms": [round(x, 3) for x in driver.latency],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if processed == 0 and driver.received == 0:
