@@ -1,0 +1,61 @@
+"""Evaluation writes every metric on a tiny random model; the shipped checkpoint reproduces its card."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+try:
+    import find_ros.sim as _sim
+    from find_ros.model.find import FindModel
+
+    READY = hasattr(_sim, "Scene")
+    WHY = "find_ros.sim lacks Scene"
+except ImportError as exc:
+    READY, WHY = False, f"model or sim layer missing: {exc}"
+
+pytestmark = pytest.mark.skipif(not READY, reason=WHY)
+
+from find_ros.model.evaluate import METRIC_KEYS, EvalError, cli, evaluate  # noqa: E402
+
+SHIPPED = Path(__file__).parents[1] / "find_ros" / "models" / "find-sim-tiny"
+
+
+def test_eval_cli_writes_every_key_tiny_random(tmp_path):
+    from find_ros.model.data import DataConfig, vocabulary
+
+    torch.set_num_threads(1)
+    m = FindModel.build_tiny(vocab=vocabulary(), image_size=(96, 128), seed=0)
+    m.save_pretrained(tmp_path / "m")
+    out = tmp_path / "r.json"
+    assert cli(["--checkpoint", str(tmp_path / "m"), "--split", "test", "--seed", "1", "--scenes", "2",
+                "--gallery", "12", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for k in METRIC_KEYS:
+        assert k in res, k
+        assert np.isfinite(res[k]), (k, res[k])
+    for k in METRIC_KEYS:
+        if k != "ms_per_frame_median":
+            assert 0.0 <= res[k] <= 1.0, (k, res[k])
+    assert res["gallery_size"] == 12 and res["n_grounding_phrases"] >= 2
+    # deterministic for a seed (timing aside)
+    again = evaluate(model=m, split="test", seed=1, scenes=2, gallery=12, data_config=DataConfig(), timing=False)
+    for k in METRIC_KEYS:
+        if k != "ms_per_frame_median":
+            assert again[k] == pytest.approx(res[k], abs=1e-6), k
+
+
+def test_bad_args_raise():
+    with pytest.raises(EvalError, match="split"):
+        evaluate(model=object(), split="train")
+
+
+@pytest.mark.skipif(not (SHIPPED / "MODEL_CARD.md").is_file(), reason="shipped checkpoint not trained yet")
+def test_shipped_checkpoint_reproduces_card_metrics():
+    torch.set_num_threads(1)
+    card = json.loads((SHIPPED / "card_small_eval.json").read_text())
+    res = evaluate(checkpoint=SHIPPED, split=card["split"], seed=card["seed"], scenes=card["scenes"],
+                   gallery=card["gallery_size"], timing=False)
+    for k in ("grounding_miou", "interleaved_ciou", "separate_ciou", "ir_at_5"):
+        assert res[k] == pytest.approx(card[k], abs=0.02), (k, res[k], card[k])
