@@ -1,0 +1,284 @@
+"""Simulated RGB-D camera node: publishes the find_ros.sim world as a real camera driver would.
+
+Topics (relative): ``camera/color/image_raw`` (rgb8), ``camera/depth/image_raw`` (16UC1 mm or 32FC1 m, NaN/0 =
+invalid, REP 118), ``camera/color/camera_info``, ``camera/pose`` (PoseStamped: optical frame -> ``world_frame``),
+``camera/odom`` (Odometry, with ``publish_odom``), and with ``publish_gt``: ``camera/gt/instance`` (32SC1 object
+ids, 0 = room) and ``camera/gt/objects`` (std_msgs/String, JSON list of ObjectSpec.to_json(), reliable
+transient-local so late joiners get it; republished with every frame for volatile subscribers).
+
+All messages of one frame share one stamp (the clock at render time); images and camera_info are in ``frame_id``
+(an optical frame: x right, y down, z forward, REP 103/105), poses in ``world_frame``. A timer at ``rate_hz``
+wakes a render thread; ticks that arrive while it is still rendering are coalesced (counted as skipped), so a
+slow machine lowers the rate instead of building a backlog.
+
+    python -m find_ros.ros.sim_camera_node --ros-args -p rate_hz:=10.0 -p seed:=0 -p publish_gt:=true
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header, String
+
+from find_ros.ros import conversions as conv
+
+try:
+    from find_ros.sim import Scene, SimRenderer, orbit_trajectory, walkthrough_trajectory
+except ImportError as e:  # a partial checkout: report it as a missing module (pytest.importorskip skips on that)
+    raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
+from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
+
+__all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
+
+#: name -> (default, description): the node's parameters, declared once.
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "rate_hz": (30.0, "frames per second (> 0)"),
+    "seed": (0, "scene seed (same seed -> same scene and frames)"),
+    "width": (640, "image width in pixels"),
+    "height": (480, "image height in pixels"),
+    "trajectory": ("orbit", "camera path: orbit or walk"),
+    "n_frames": (0, "frames to publish, then stop; 0 = loop forever"),
+    "loop_frames": (300, "trajectory length when n_frames is 0 (the path repeats after it)"),
+    "depth_encoding": ("16UC1", "16UC1 (millimetres) or 32FC1 (metres)"),
+    "invalid_depth": (False, "add realistic invalid depth regions (range, grazing angles, dropout)"),
+    "noise_std": (0.0, "depth noise standard deviation in metres"),
+    "frame_id": ("camera_color_optical_frame", "optical frame of the images and camera_info"),
+    "world_frame": ("map", "frame of camera/pose and camera/odom"),
+    "publish_gt": (False, "publish camera/gt/instance and camera/gt/objects"),
+    "publish_odom": (False, "publish camera/odom (nav_msgs/Odometry)"),
+}
+
+#: ground-truth object list: reliable, transient-local (late joiners get the last one), keep-last 1.
+GT_OBJECTS_QOS = LATCHED_QOS
+
+
+class ParameterValueError(ValueError):
+    """A node parameter outside its allowed values."""
+
+
+class RgbdPublisher:
+    """Publishers of one RGB-D camera on ``node``: colour, depth, camera_info, pose and optionally odom.
+
+    Shared by the sim camera and the replay node so both look the same to subscribers.
+    """
+
+    def __init__(self, node: Node, *, frame_id: str, world_frame: str, depth_encoding: str,
+                 publish_odom: bool) -> None:
+        if depth_encoding not in ("16UC1", "32FC1"):
+            raise ParameterValueError(f"depth_encoding must be 16UC1 or 32FC1, got {depth_encoding!r}")
+        self.node = node
+        self.frame_id, self.world_frame, self.depth_encoding = frame_id, world_frame, depth_encoding
+        self.color = node.create_publisher(Image, "camera/color/image_raw", SENSOR_QOS)
+        self.depth = node.create_publisher(Image, "camera/depth/image_raw", SENSOR_QOS)
+        self.info = node.create_publisher(CameraInfo, "camera/color/camera_info", SENSOR_QOS)
+        self.pose = node.create_publisher(PoseStamped, "camera/pose", SENSOR_QOS)
+        self.odom = node.create_publisher(Odometry, "camera/odom", SENSOR_QOS) if publish_odom else None
+        self._last_T: tuple[float, np.ndarray] | None = None
+
+    def header(self, stamp) -> Header:
+        return Header(stamp=stamp, frame_id=self.frame_id)
+
+    def depth_msg(self, depth_m: np.ndarray, header: Header) -> Image:
+        """Depth image: 16UC1 millimetres (0 = invalid) or 32FC1 metres (NaN = invalid), REP 118."""
+        valid = np.isfinite(depth_m) & (depth_m > 0)
+        if self.depth_encoding == "16UC1":
+            mm = np.where(valid, np.rint(depth_m * 1000.0), 0.0)
+            return conv.numpy_to_image(np.clip(mm, 0, 65535).astype(np.uint16), "16UC1", header=header)
+        return conv.numpy_to_image(np.where(valid, depth_m, np.nan).astype(np.float32), "32FC1", header=header)
+
+    def publish(self, *, stamp, color: np.ndarray, depth_m: np.ndarray, K: np.ndarray,
+                T_world_cam: np.ndarray | None) -> Header:
+        """Publish one frame with one shared stamp; returns the image header used."""
+        h = self.header(stamp)
+        H, W = color.shape[:2]
+        self.color.publish(conv.numpy_to_image(np.ascontiguousarray(color), "rgb8", header=h))
+        self.depth.publish(self.depth_msg(depth_m, h))
+        self.info.publish(conv.camera_info_from_K(K, W, H, header=h))
+        if T_world_cam is not None:
+            wh = Header(stamp=stamp, frame_id=self.world_frame)
+            pose = conv.matrix_to_pose(T_world_cam)
+            self.pose.publish(PoseStamped(header=wh, pose=pose))
+            if self.odom is not None:
+                odom = Odometry(header=wh, child_frame_id=self.frame_id)
+                odom.pose.pose = pose
+                t = stamp.sec + stamp.nanosec * 1e-9
+                if self._last_T is not None and t > self._last_T[0]:
+                    # body-frame linear velocity by finite difference (angular left 0: not needed by consumers)
+                    dt = t - self._last_T[0]
+                    v_world = (T_world_cam[:3, 3] - self._last_T[1][:3, 3]) / dt
+                    v = T_world_cam[:3, :3].T @ v_world
+                    odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = map(float, v)
+                self._last_T = (t, T_world_cam)
+                self.odom.publish(odom)
+        return h
+
+
+class FrameTimer:
+    """Timer-driven frame loop: a ROS timer at ``rate_hz`` wakes a worker thread that calls ``produce()``.
+
+    Ticks arriving while ``produce()`` still runs are coalesced (counted in ``skipped``): a slow producer lowers
+    the rate, never builds a backlog. ``produce()`` returns False to stop (``done`` is then set).
+    """
+
+    def __init__(self, node: Node, *, rate_hz: float, produce, name: str) -> None:
+        self.node, self._produce = node, produce
+        self.skipped = 0
+        self.done = threading.Event()
+        self._due = threading.Event()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
+        self._timer = node.create_timer(1.0 / rate_hz, self._tick)
+
+    def _tick(self) -> None:
+        if self._due.is_set():
+            self.skipped += 1
+        self._due.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._due.wait(timeout=0.1):
+                continue
+            self._due.clear()
+            if self._stop.is_set():
+                break
+            try:
+                more = self._produce()
+            except Exception as e:  # noqa: BLE001 - keep the camera alive, say what failed
+                self.node.get_logger().error(f"frame failed: {type(e).__name__}: {e}")
+                time.sleep(0.5)
+                continue
+            if not more:
+                self._timer.cancel()
+                self.done.set()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._due.set()
+        self._worker.join(timeout=5.0)
+
+
+def spin_until_done(node: Node, timer: FrameTimer) -> None:
+    """Spin ``node`` until ``timer`` is done or ROS shuts down; give the last frame time to be delivered."""
+    while rclpy.ok(context=node.context) and not timer.done.is_set():
+        rclpy.spin_once(node, timeout_sec=0.1)
+    if timer.done.is_set():
+        time.sleep(0.5)
+
+
+def declare(node: Node, table: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """Declare every parameter of ``table`` with its description; return name -> value."""
+    out = {}
+    for name, (default, desc) in table.items():
+        is_float = isinstance(default, float)  # accept "rate_hz:=10" as well as "rate_hz:=10.0"
+        node.declare_parameter(name, default, ParameterDescriptor(description=desc, dynamic_typing=is_float))
+        value = node.get_parameter(name).value
+        if is_float:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ParameterValueError(f"parameter {name} must be a number, got {value!r}") from None
+        out[name] = value
+    return out
+
+
+class SimCameraNode(Node):
+    """Renders the sim scene along a trajectory and publishes it (see the module docstring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_camera_node", **kwargs)
+        p = declare(self, PARAMETERS)
+        self.p = p
+        if not p["rate_hz"] > 0:
+            raise ParameterValueError(f"rate_hz must be > 0, got {p['rate_hz']}")
+        if p["trajectory"] not in ("orbit", "walk"):
+            raise ParameterValueError(f"trajectory must be orbit or walk, got {p['trajectory']!r}")
+        if p["width"] < 8 or p["height"] < 8:
+            raise ParameterValueError(f"width/height must be >= 8, got {p['width']}x{p['height']}")
+        if p["n_frames"] < 0 or p["loop_frames"] < 2:
+            raise ParameterValueError(f"n_frames must be >= 0 and loop_frames >= 2, got {p['n_frames']}, "
+                                      f"{p['loop_frames']}")
+        if p["noise_std"] < 0:
+            raise ParameterValueError(f"noise_std must be >= 0, got {p['noise_std']}")
+        self.scene = Scene.generate(int(p["seed"]))
+        self.renderer = SimRenderer(self.scene, width=int(p["width"]), height=int(p["height"]),
+                                    noise_std=float(p["noise_std"]), invalid_depth=bool(p["invalid_depth"]),
+                                    seed=int(p["seed"]))
+        n_traj = int(p["n_frames"]) or int(p["loop_frames"])
+        if p["trajectory"] == "orbit":
+            self.poses = orbit_trajectory(self.scene, n_traj)
+        else:
+            self.poses = walkthrough_trajectory(self.scene, n_traj, seed=int(p["seed"]))
+        self.out = RgbdPublisher(self, frame_id=p["frame_id"], world_frame=p["world_frame"],
+                                 depth_encoding=p["depth_encoding"], publish_odom=bool(p["publish_odom"]))
+        self.gt_instance = self.gt_objects = None
+        self._objects_json = json.dumps([o.to_json() for o in self.scene.objects])
+        if p["publish_gt"]:
+            self.gt_instance = self.create_publisher(Image, "camera/gt/instance", SENSOR_QOS)
+            self.gt_objects = self.create_publisher(String, "camera/gt/objects", GT_OBJECTS_QOS)
+            self.gt_objects.publish(String(data=self._objects_json))
+        self.published = 0
+        self.timer = FrameTimer(self, rate_hz=float(p["rate_hz"]), produce=self._publish_frame, name="sim_render")
+        self.get_logger().info(
+            f"sim camera: seed {p['seed']}, {len(self.scene.objects)} objects "
+            f"({', '.join(o.describe() for o in self.scene.objects)}), {p['width']}x{p['height']} at "
+            f"{p['rate_hz']} Hz, {p['trajectory']} trajectory, depth {p['depth_encoding']}, "
+            f"{'%d frames' % p['n_frames'] if p['n_frames'] else 'looping'}")
+
+    def _publish_frame(self) -> bool:
+        i = self.published
+        T = self.poses[i % len(self.poses)]
+        stamp_time = self.get_clock().now()
+        frame = self.renderer.render(T, index=i, time_s=stamp_time.nanoseconds * 1e-9)
+        stamp = stamp_time.to_msg()
+        h = self.out.publish(stamp=stamp, color=frame.color, depth_m=frame.depth, K=frame.K,
+                             T_world_cam=frame.T_world_cam)
+        if self.gt_instance is not None:
+            self.gt_instance.publish(conv.numpy_to_image(frame.instance.astype(np.int32, copy=False), "32SC1",
+                                                         header=h))
+            self.gt_objects.publish(String(data=self._objects_json))
+        self.published += 1
+        n_total = int(self.p["n_frames"])
+        if n_total and self.published >= n_total:
+            self.get_logger().info(f"published {self.published} frames; done (skipped ticks: {self.timer.skipped})")
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        self.timer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = SimCameraNode()
+        spin_until_done(node, node.timer)
+        return 0
+    except (ParameterValueError, ImportError) as e:
+        print(f"sim_camera_node: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
