@@ -100,3 +100,12 @@ def test_coco_mini_rle_area_exact_and_known_image():
 def test_missing_file_raises(tmp_path):
     with pytest.raises(CocoError, match="not found"):
         CocoDataset(instances_json=tmp_path / "x.json", image_dir=tmp_path)
+
+
+@needs_data
+def test_resized_for_model_input():
+    ds = CocoDataset.from_root(DATA, split="train2017")
+    assert len(ds) == 80
+    s = ds.resized(0, height=96, width=128)
+    assert s.image.shape == (96, 128, 3)
+    assert s.instances and all(i.mask.shape == (96, 128) and i.mask.any() and not i.iscrowd for i in s.instances)

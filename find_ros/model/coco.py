@@ -209,6 +209,23 @@ class CocoDataset:
             file_name=str(im["file_name"]),
         )
 
+    def resized(self, index: int, *, height: int, width: int, include_crowd: bool = False) -> CocoSample:
+        """``self[index]`` resized to ``height`` x ``width`` (model input): image area-interpolated, masks nearest;
+        instances whose mask vanishes at that size are dropped."""
+        s = self[index]
+        img = cv2.resize(s.image, (width, height), interpolation=cv2.INTER_AREA)
+        sy, sx = height / s.image.shape[0], width / s.image.shape[1]
+        keep = []
+        for inst in s.instances:
+            if inst.iscrowd and not include_crowd:
+                continue
+            m = cv2.resize(inst.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+            if not m.any():
+                continue
+            x, y, w, h = inst.box
+            keep.append(dataclasses.replace(inst, mask=m, box=(x * sx, y * sy, w * sx, h * sy)))
+        return dataclasses.replace(s, image=img, instances=keep)
+
     @classmethod
     def from_root(cls, root: str | Path, *, split: str = "val2017", **kw) -> "CocoDataset":
         """Standard layout: ``root/annotations/{instances,captions}_<split>.json`` and ``root/<split>/``."""
