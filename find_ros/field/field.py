@@ -1,0 +1,509 @@
+"""Sparse 3D feature field on an open3d VoxelBlockGrid: TSDF geometry plus per-voxel colour and embedding averages."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+
+LOG = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+
+
+class FieldInputError(ValueError):
+    """An integrate/query input has the wrong shape, dtype or value."""
+
+
+class FieldSaveError(OSError):
+    """Saving a field failed; the previous file at the target path is untouched."""
+
+
+@dataclass
+class FieldConfig:
+    """Feature field settings.
+
+    voxel_size: voxel edge in metres.
+    block_resolution: voxels per block edge (blocks hold block_resolution**3 voxels).
+    embedding_dim: length D of the per-voxel embedding.
+    max_blocks: cap on active blocks; above it blocks are evicted (see ``eviction``).
+    depth_max / depth_min: depth readings outside [depth_min, depth_max] metres are ignored.
+    trunc_voxels: TSDF truncation distance in voxels.
+    use_tsdf: keep a TSDF (and its weight); when off only surface voxels are allocated/updated.
+    surface_voxels: a voxel takes colour/embedding from a pixel when |measured depth - voxel depth| <= this many voxels.
+    eviction: "farthest" erases the blocks farthest from the current camera centre; "oldest" erases the blocks
+        least recently seen in a frame.
+    device: open3d device string for the voxel block grid (CPU:0 only is exercised).
+    """
+
+    voxel_size: float = 0.05
+    block_resolution: int = 8
+    embedding_dim: int = 64
+    max_blocks: int = 20000
+    depth_max: float = 5.0
+    depth_min: float = 0.1
+    trunc_voxels: float = 4.0
+    use_tsdf: bool = True
+    surface_voxels: float = 0.75
+    eviction: str = "farthest"
+    device: str = "CPU:0"
+
+    def __post_init__(self) -> None:
+        if self.voxel_size <= 0:
+            raise FieldInputError(f"voxel_size must be > 0, got {self.voxel_size}")
+        if self.block_resolution < 1 or self.embedding_dim < 1 or self.max_blocks < 1:
+            raise FieldInputError(
+                f"block_resolution/embedding_dim/max_blocks must be >= 1, got "
+                f"{self.block_resolution}/{self.embedding_dim}/{self.max_blocks}")
+        if not 0 <= self.depth_min < self.depth_max:
+            raise FieldInputError(f"need 0 <= depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
+        if self.eviction not in ("farthest", "oldest"):
+            raise FieldInputError(f"eviction must be 'farthest' or 'oldest', got {self.eviction!r}")
+
+
+@dataclass
+class IntegrateStats:
+    ms: float
+    active_blocks: int
+    new_blocks: int
+    evicted_blocks: int
+
+
+@dataclass
+class Goal:
+    """One connected group of matching voxels; score = mean of its top-k voxel similarities (k = min(10, size))."""
+
+    position: np.ndarray
+    extent: np.ndarray
+    score: float
+    num_voxels: int
+
+
+@dataclass
+class QueryResult:
+    scores: np.ndarray
+    xyz: np.ndarray
+    goals: list[Goal] = field(default_factory=list)
+
+
+def _check_pose(T: np.ndarray, name: str) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise FieldInputError(f"{name} must be a finite (4,4) matrix, got shape {T.shape}")
+    return T
+
+
+class FeatureField:
+    """TSDF + colour + embedding voxel field (observed voxels are those with an observation weight > 0)."""
+
+    def __init__(self, *, config: FieldConfig) -> None:
+        self.config = config
+        self._device = o3c.Device(config.device)
+        r = config.block_resolution
+        self._r3 = r ** 3
+        # capacity headroom so a frame's new blocks fit before eviction runs
+        self._capacity = int(config.max_blocks * 1.25) + 64
+        names = ["obs", "color", "embedding", "seen"]
+        dtypes = [o3c.float32, o3c.float32, o3c.uint16, o3c.float32]
+        chans = [1, 3, config.embedding_dim, 1]
+        if config.use_tsdf:
+            names = ["tsdf", "weight"] + names
+            dtypes = [o3c.float32, o3c.float32] + dtypes
+            chans = [1, 1] + chans
+        self._names = names
+        self._vbg = o3d.t.geometry.VoxelBlockGrid(
+            attr_names=tuple(names), attr_dtypes=tuple(dtypes), attr_channels=tuple(chans),
+            voxel_size=config.voxel_size, block_resolution=r, block_count=self._capacity, device=self._device)
+        self._frame = 0
+        self._cache: dict | None = None
+
+    # ------------------------------------------------------------------ attributes
+    def _attr(self, name: str) -> np.ndarray:
+        """Flat (capacity*R^3, C) numpy view sharing memory with the grid buffer."""
+        a = self._vbg.attribute(name).numpy()
+        a = a.reshape(-1, a.shape[-1])
+        return a.view(np.float16) if name == "embedding" else a
+
+    @property
+    def bytes_per_voxel(self) -> int:
+        d = self.config.embedding_dim
+        return 4 + 12 + 2 * d + 4 + (8 if self.config.use_tsdf else 0)
+
+    @property
+    def active_blocks(self) -> int:
+        return int(self._vbg.hashmap().size())
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of voxel storage in active blocks (hashmap keys excluded)."""
+        return self.active_blocks * self._r3 * self.bytes_per_voxel
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self._observed()[0].size)
+
+    def _active_buf(self) -> np.ndarray:
+        return self._vbg.hashmap().active_buf_indices().numpy().astype(np.int64)
+
+    def _observed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat voxel indices, xyz) of voxels with obs > 0."""
+        if self._cache is None:
+            buf = self._active_buf()
+            if buf.size == 0:
+                self._cache = {"idx": np.zeros(0, np.int64), "xyz": np.zeros((0, 3), np.float32)}
+            else:
+                idx = (buf[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
+                keep = self._attr("obs")[idx, 0] > 0
+                idx = idx[keep]
+                self._cache = {"idx": idx, "xyz": self._voxel_xyz(idx)}
+        return self._cache["idx"], self._cache["xyz"]
+
+    def _voxel_xyz(self, flat_idx: np.ndarray) -> np.ndarray:
+        """World coordinates of voxel centres for flat indices (block key from the hashmap key buffer)."""
+        r = self.config.block_resolution
+        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3).astype(np.int64)
+        buf = flat_idx // self._r3
+        local = flat_idx % self._r3
+        lx, ly, lz = local % r, (local // r) % r, local // (r * r)
+        g = keys[buf] * r + np.stack([lx, ly, lz], axis=1)
+        return ((g + 0.5) * self.config.voxel_size).astype(np.float32)
+
+    # ------------------------------------------------------------------ integrate
+    def integrate(self, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
+                  pixel_embeddings: np.ndarray | None = None, color: np.ndarray | None = None) -> IntegrateStats:
+        """Fuse one depth frame (metres, optical frame pose in world) with optional embeddings and colour."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        depth = np.asarray(depth_m)
+        if depth.ndim != 2 or depth.dtype != np.float32:
+            raise FieldInputError(f"depth_m must be (H,W) float32, got {depth.shape} {depth.dtype}")
+        H, W = depth.shape
+        K = np.asarray(K, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise FieldInputError(f"K must be (3,3), got {K.shape}")
+        T = _check_pose(T_world_cam, "T_world_cam")
+        if pixel_embeddings is not None:
+            pe = np.asarray(pixel_embeddings)
+            if pe.ndim != 3 or pe.shape[2] != cfg.embedding_dim or pe.dtype != np.float32:
+                raise FieldInputError(
+                    f"pixel_embeddings must be (h,w,{cfg.embedding_dim}) float32, got {pe.shape} {pe.dtype}")
+        if color is not None:
+            color = np.asarray(color)
+            if color.shape != (H, W, 3) or color.dtype != np.uint8:
+                raise FieldInputError(f"color must be ({H},{W},3) uint8, got {color.shape} {color.dtype}")
+        depth = np.where((depth >= cfg.depth_min) & (depth <= cfg.depth_max) & np.isfinite(depth), depth, 0.0
+                         ).astype(np.float32)
+        T_cam_world = np.linalg.inv(T)
+        hm = self._vbg.hashmap()
+        trunc_mult = cfg.trunc_voxels if cfg.use_tsdf else cfg.surface_voxels + 1.0
+        coords = self._vbg.compute_unique_block_coordinates(
+            o3d.t.geometry.Image(o3c.Tensor(depth)), o3c.Tensor(K), o3c.Tensor(T_cam_world),
+            depth_scale=1.0, depth_max=cfg.depth_max, trunc_voxel_multiplier=float(trunc_mult))
+        n_new = 0
+        if coords.shape[0] > 0:
+            free = self._capacity - self.active_blocks
+            if coords.shape[0] > free:  # make room before activation; keep the grid inside its buffer
+                self._evict(need=coords.shape[0] - free, cam=T[:3, 3], protect=coords.numpy().astype(np.int64))
+            buf_t, new_t = hm.activate(coords)
+            new_mask = new_t.numpy().astype(bool)
+            buf_new = buf_t.numpy().astype(np.int64)[new_mask]
+            n_new = int(buf_new.size)
+            if n_new:
+                self._reset_blocks(buf_new)
+            buf_t, _ = hm.find(coords)
+            buf = buf_t.numpy().astype(np.int64)
+            self._update(buf, depth, K, T_cam_world, pixel_embeddings, color)
+        evicted = 0
+        if self.active_blocks > cfg.max_blocks:
+            evicted = self._evict(need=self.active_blocks - cfg.max_blocks, cam=T[:3, 3], protect=None)
+        self._frame += 1
+        self._cache = None
+        return IntegrateStats(ms=(time.perf_counter() - t0) * 1e3, active_blocks=self.active_blocks,
+                              new_blocks=n_new, evicted_blocks=evicted)
+
+    def _reset_blocks(self, buf: np.ndarray) -> None:
+        idx = (buf[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
+        for name in self._names:
+            self._attr(name)[idx] = 0
+
+    def _update(self, buf: np.ndarray, depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
+                pe: np.ndarray | None, color: np.ndarray | None) -> None:
+        cfg = self.config
+        H, W = depth.shape
+        idx = (buf[:, None] * self._r3 + np.arange(self._r3, dtype=np.int64)[None, :]).ravel()
+        xyz = self._voxel_xyz(idx)
+        R = T_cw[:3, :3].astype(np.float32)
+        t = T_cw[:3, 3].astype(np.float32)
+        pc = xyz @ R.T + t
+        z = pc[:, 2]
+        zs = np.where(z > 1e-6, z, 1.0)
+        u = np.floor(pc[:, 0] * (K[0, 0] / zs) + K[0, 2] + 0.5).astype(np.int64)  # nearest pixel
+        v = np.floor(pc[:, 1] * (K[1, 1] / zs) + K[1, 2] + 0.5).astype(np.int64)
+        ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        idx, z, u, v = idx[ok], z[ok], u[ok], v[ok]
+        d = depth[v, u]
+        sdf = d - z
+        valid = d > 0
+        vs = cfg.voxel_size
+        if cfg.use_tsdf:
+            trunc = cfg.trunc_voxels * vs
+            band = valid & (sdf >= -trunc)
+            bi = idx[band]
+            tsdf_new = np.minimum(sdf[band] / trunc, 1.0).astype(np.float32)
+            tsdf = self._attr("tsdf")
+            w = self._attr("weight")
+            w_old = w[bi, 0]
+            tsdf[bi, 0] = (tsdf[bi, 0] * w_old + tsdf_new) / (w_old + 1.0)
+            w[bi, 0] = w_old + 1.0
+        surf = valid & (np.abs(sdf) <= cfg.surface_voxels * vs)
+        si, su, sv = idx[surf], u[surf], v[surf]
+        if si.size == 0:
+            return
+        obs = self._attr("obs")
+        o_old = obs[si, 0:1]
+        inv = 1.0 / (o_old + 1.0)
+        if color is not None:
+            col = self._attr("color")
+            col[si] = (col[si] * o_old + color[sv, su].astype(np.float32)) * inv
+        emb = self._attr("embedding")
+        if pe is not None:
+            h, w_ = pe.shape[:2]
+            eu = np.minimum((su * w_) // W, w_ - 1)
+            ev = np.minimum((sv * h) // H, h - 1)
+            e_new = pe[ev, eu]
+        elif color is not None:
+            e_new = self._color_feature(color[sv, su])
+        else:
+            e_new = None
+        if e_new is not None:
+            emb[si] = ((emb[si].astype(np.float32) * o_old + e_new) * inv).astype(np.float16)
+        obs[si, 0] = o_old[:, 0] + 1.0
+        self._attr("seen")[idx[band if cfg.use_tsdf else surf] // self._r3 * self._r3, 0] = float(self._frame + 1)
+
+    def _color_feature(self, rgb: np.ndarray) -> np.ndarray:
+        """Fallback embedding when no model is given: centred, unit-norm RGB padded with zeros to D."""
+        f = np.zeros((rgb.shape[0], self.config.embedding_dim), np.float32)
+        c = rgb.astype(np.float32) / 255.0 - 0.5
+        n = min(3, self.config.embedding_dim)
+        f[:, :n] = c[:, :n]
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-6)
+
+    def _evict(self, *, need: int, cam: np.ndarray, protect: np.ndarray | None) -> int:
+        """Erase ``need`` blocks by the configured policy (blocks in ``protect`` go last)."""
+        hm = self._vbg.hashmap()
+        buf = self._active_buf()
+        if need <= 0 or buf.size == 0:
+            return 0
+        keys = hm.key_tensor().numpy().reshape(-1, 3).astype(np.int64)[buf]
+        r, vs = self.config.block_resolution, self.config.voxel_size
+        if self.config.eviction == "farthest":
+            centre = (keys + 0.5) * r * vs
+            badness = np.linalg.norm(centre - cam[None, :], axis=1)
+        else:
+            badness = -self._attr("seen")[buf * self._r3, 0].astype(np.float64)
+        if protect is not None and protect.size:
+            kk = keys @ np.array([1, 1 << 21, 1 << 42], np.int64)
+            pk = protect.reshape(-1, 3) @ np.array([1, 1 << 21, 1 << 42], np.int64)
+            badness = np.where(np.isin(kk, pk), -np.inf, badness)
+        order = np.argsort(-badness, kind="stable")[:need]
+        hm.erase(o3c.Tensor(np.ascontiguousarray(keys[order]).astype(np.int32)))
+        self._cache = None
+        LOG.debug("evicted %d blocks (%s)", order.size, self.config.eviction)
+        return int(order.size)
+
+    # ------------------------------------------------------------------ read-out
+    def points(self) -> dict[str, np.ndarray]:
+        """Observed voxels: xyz (N,3) float32, rgb (N,3) uint8, weight (N,), embedding (N,D) float16."""
+        idx, xyz = self._observed()
+        out = {"xyz": xyz.copy(),
+               "rgb": np.clip(np.rint(self._attr("color")[idx]), 0, 255).astype(np.uint8),
+               "weight": self._attr("obs")[idx, 0].copy(),
+               "embedding": self._attr("embedding")[idx].copy()}
+        if self.config.use_tsdf:
+            out["tsdf"] = self._attr("tsdf")[idx, 0].copy()
+        return out
+
+    def _unit_embeddings(self) -> np.ndarray:
+        self._observed()
+        if "unit" not in self._cache:
+            e = self._attr("embedding")[self._cache["idx"]].astype(np.float32)
+            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-6)
+            self._cache["unit"] = e
+        return self._cache["unit"]
+
+    def query(self, q: np.ndarray, *, max_goals: int = 5, min_score: float | None = None,
+              top_fraction: float = 0.02, min_voxels: int = 3) -> QueryResult:
+        """Cosine similarity per observed voxel (max over rows of q), then goals.
+
+        Voxels pass when score >= min_score (if given) and score is within the top ``top_fraction`` of voxels;
+        passing voxels are grouped into 26-connected components on the voxel grid; components with at least
+        ``min_voxels`` voxels become goals ranked by the mean of their top-k (k=min(10,size)) similarities.
+        """
+        q = np.asarray(q, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.config.embedding_dim:
+            raise FieldInputError(f"q must be (D,) or (E,D) with D={self.config.embedding_dim}, got {q.shape}")
+        if not 0 < top_fraction <= 1:
+            raise FieldInputError(f"top_fraction must be in (0,1], got {top_fraction}")
+        e = self._unit_embeddings()
+        xyz = self._cache["xyz"]
+        if e.shape[0] == 0:
+            return QueryResult(scores=np.zeros(0, np.float32), xyz=xyz, goals=[])
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
+        s = e @ qn.T
+        scores = s.max(axis=1) if s.shape[1] > 1 else s[:, 0]
+        k = max(1, int(np.ceil(top_fraction * scores.size)))
+        thr = np.partition(scores, scores.size - k)[scores.size - k]
+        sel = scores >= thr
+        if min_score is not None:
+            sel &= scores >= min_score
+        sel_idx = np.flatnonzero(sel)
+        goals: list[Goal] = []
+        if sel_idx.size:
+            grid = np.floor(xyz[sel_idx] / self.config.voxel_size).astype(np.int64)
+            labels = connected_components_26(grid)
+            ss = scores[sel_idx]
+            order = np.argsort(labels, kind="stable")
+            lab_sorted = labels[order]
+            starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+            ends = np.r_[starts[1:], lab_sorted.size]
+            for a, b in zip(starts, ends):  # loop over components, not voxels
+                m = order[a:b]
+                if m.size < min_voxels:
+                    continue
+                p = xyz[sel_idx[m]]
+                top = np.sort(ss[m])[-min(10, m.size):]
+                lo, hi = p.min(0), p.max(0)
+                goals.append(Goal(position=p.mean(0).astype(np.float32),
+                                  extent=(hi - lo + self.config.voxel_size).astype(np.float32),
+                                  score=float(top.mean()), num_voxels=int(m.size)))
+            goals.sort(key=lambda g: -g.score)
+        return QueryResult(scores=scores, xyz=xyz, goals=goals[:max_goals])
+
+    def clear(self) -> None:
+        self._vbg.hashmap().erase(self._vbg.hashmap().key_tensor()[self._vbg.hashmap().active_buf_indices()])
+        self._frame = 0
+        self._cache = None
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self) -> dict[str, np.ndarray]:
+        buf = self._active_buf()
+        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)[buf].astype(np.int32)
+        idx = (buf[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
+        arrays = {"config": np.array(json.dumps(asdict(self.config))),
+                  "version": np.array(_FORMAT_VERSION), "frame": np.array(self._frame), "block_keys": keys}
+        for name in self._names:
+            a = self._attr(name)[idx]
+            arrays["attr_" + name] = a
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the field to one .npz atomically (tmp file in the same directory, fsync, os.replace)."""
+        path = Path(path)
+        d = path.parent if str(path.parent) else Path(".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
+        except OSError as exc:
+            raise FieldSaveError(exc.errno, f"cannot save field to {path}: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self._state())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise FieldSaveError(exc.errno, f"cannot save field to {path}: {exc.strerror}") from exc
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureField":
+        with np.load(path, allow_pickle=False) as z:
+            ver = int(z["version"])
+            if ver != _FORMAT_VERSION:
+                raise FieldInputError(f"{path}: unsupported field format version {ver}")
+            cfg = FieldConfig(**json.loads(str(z["config"])))
+            ff = cls(config=cfg)
+            keys = z["block_keys"].astype(np.int32)
+            ff._frame = int(z["frame"])
+            if keys.shape[0]:
+                if keys.shape[0] > ff._capacity:
+                    raise FieldInputError(f"{path}: {keys.shape[0]} blocks exceed capacity {ff._capacity}")
+                hm = ff._vbg.hashmap()
+                buf_t, _ = hm.activate(o3c.Tensor(keys))
+                buf = buf_t.numpy().astype(np.int64)
+                idx = (buf[:, None] * ff._r3 + np.arange(ff._r3)[None, :]).ravel()
+                for name in ff._names:
+                    ff._attr(name)[idx] = z["attr_" + name]
+        return ff
+
+    def export_npz(self, path: str | os.PathLike) -> None:
+        """Observed voxels as plain arrays (xyz, rgb, weight, embedding)."""
+        np.savez(path, **self.points())
+
+    def export_ply(self, path: str | os.PathLike, scores: np.ndarray | None = None) -> None:
+        """Observed voxel centres as a point cloud with colours and, if given, a per-point "score" attribute."""
+        p = self.points()
+        pc = o3d.t.geometry.PointCloud(o3c.Tensor(p["xyz"]))
+        pc.point.colors = o3c.Tensor(p["rgb"].astype(np.float32) / 255.0)
+        if scores is not None:
+            scores = np.asarray(scores, dtype=np.float32)
+            if scores.shape != (p["xyz"].shape[0],):
+                raise FieldInputError(f"scores must have shape ({p['xyz'].shape[0]},), got {scores.shape}")
+            pc.point.score = o3c.Tensor(scores[:, None])
+        if not o3d.t.io.write_point_cloud(str(path), pc):
+            raise FieldSaveError(0, f"open3d could not write {path}")
+
+
+def connected_components_26(grid: np.ndarray) -> np.ndarray:
+    """Labels of 26-connected components of integer voxel coordinates (N,3), by vectorised union-find."""
+    n = grid.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    g = grid - grid.min(0) + 1
+    dims = g.max(0) + 2
+    key = (g[:, 0] * dims[1] + g[:, 1]) * dims[2] + g[:, 2]
+    order = np.argsort(key)
+    skey = key[order]
+    offs = np.array([(dx * dims[1] + dy) * dims[2] + dz
+                     for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
+                     if (dx, dy, dz) > (0, 0, 0)], np.int64)
+    src, dst = [], []
+    for o in offs:  # 13 neighbour offsets, each vectorised over all voxels
+        nk = key + o
+        pos = np.searchsorted(skey, nk)
+        pos = np.minimum(pos, n - 1)
+        hit = skey[pos] == nk
+        src.append(np.flatnonzero(hit))
+        dst.append(order[pos[hit]])
+    src = np.concatenate(src)
+    dst = np.concatenate(dst)
+    parent = np.arange(n)
+    while True:  # label propagation: min label over edges until stable
+        lo = np.minimum(parent[src], parent[dst])
+        newp = parent.copy()
+        np.minimum.at(newp, src, lo)
+        np.minimum.at(newp, dst, lo)
+        newp = newp[newp]
+        if np.array_equal(newp, parent):
+            break
+        parent = newp
+    _, labels = np.unique(parent, return_inverse=True)
+    return labels

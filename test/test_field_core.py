@@ -1,0 +1,213 @@
+"""Feature field core: plane fusion, embedding averages, query ranking, persistence, block cap (real open3d)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from find_ros.field import FeatureField, FieldConfig, FieldInputError, FieldSaveError
+
+H, W = 120, 160
+K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
+D = 8
+
+
+def _plane_depth(z=1.5):
+    return np.full((H, W), z, np.float32)
+
+
+def _region_embeddings(left, right, h=30, w=40):
+    pe = np.zeros((h, w, D), np.float32)
+    pe[:, : w // 2] = left
+    pe[:, w // 2:] = right
+    return pe
+
+
+def _unit(i):
+    e = np.zeros(D, np.float32)
+    e[i] = 1
+    return e
+
+
+def _pose(x=0.0, y=0.0, z=0.0):
+    T = np.eye(4)
+    T[:3, 3] = (x, y, z)
+    return T
+
+
+@pytest.fixture
+def field():
+    return FeatureField(config=FieldConfig(voxel_size=0.05, embedding_dim=D, max_blocks=2000))
+
+
+def test_plane_voxels_lie_on_plane(field):
+    st = field.integrate(_plane_depth(1.5), K, _pose(), color=np.full((H, W, 3), 200, np.uint8))
+    assert st.new_blocks > 0 and st.active_blocks == st.new_blocks
+    p = field.points()
+    assert p["xyz"].shape[0] == field.num_voxels > 100
+    assert np.all(np.abs(p["xyz"][:, 2] - 1.5) < 0.05)
+    # voxels cover the frustum cross-section at 1.5 m (x half-width = 80/130*1.5 = 0.92 m)
+    assert p["xyz"][:, 0].max() > 0.8 and p["xyz"][:, 0].min() < -0.8
+    assert np.all(p["rgb"] == 200)
+    assert p["embedding"].dtype == np.float16 and p["embedding"].shape[1] == D
+
+
+def test_plane_under_pose_is_in_world_frame(field):
+    field.integrate(_plane_depth(1.0), K, _pose(0.3, -0.2, 2.0))
+    z = field.points()["xyz"][:, 2]
+    assert np.all(np.abs(z - 3.0) < 0.05)
+
+
+def test_embedding_is_mean_of_observations(field):
+    a, b = _unit(0), _unit(1)
+    field.integrate(_plane_depth(), K, _pose(), pixel_embeddings=_region_embeddings(a, a))
+    field.integrate(_plane_depth(), K, _pose(), pixel_embeddings=_region_embeddings(b, b))
+    p = field.points()
+    full = p["weight"] == 2
+    assert full.sum() > 100
+    np.testing.assert_allclose(p["embedding"][full].astype(np.float32), np.tile((a + b) / 2, (full.sum(), 1)),
+                               atol=1e-3)
+
+
+def test_query_ranks_matching_region_first(field):
+    field.integrate(_plane_depth(), K, _pose(), pixel_embeddings=_region_embeddings(_unit(2), _unit(5)))
+    for target, side in ((5, 1.0), (2, -1.0)):
+        r = field.query(_unit(target), max_goals=3)
+        assert r.scores.shape == (field.num_voxels,)
+        assert r.goals, "no goal found"
+        g = r.goals[0]
+        assert np.sign(g.position[0]) == side
+        assert g.score > 0.99 and g.num_voxels > 50
+        assert g.extent[0] > 0.5
+    # a query matching nothing scores below the absolute threshold
+    assert field.query(_unit(7), min_score=0.5).goals == []
+    with pytest.raises(FieldInputError):
+        field.query(np.ones(D + 1, np.float32))
+
+
+def test_two_separate_objects_give_two_goals(field):
+    depth = _plane_depth(2.0)
+    pe = np.zeros((H, W, D), np.float32)
+    pe[:] = _unit(0)
+    pe[40:60, 10:30] = _unit(3)
+    pe[40:60, 120:140] = _unit(3)
+    field.integrate(depth, K, _pose(), pixel_embeddings=pe)
+    r = field.query(_unit(3), top_fraction=0.5, min_score=0.9)
+    assert len(r.goals) == 2
+    xs = sorted(g.position[0] for g in r.goals)
+    assert xs[0] < -0.5 and xs[1] > 0.5
+
+
+def test_bad_inputs_raise(field):
+    with pytest.raises(FieldInputError):
+        field.integrate(np.zeros((H, W), np.float64), K, _pose())
+    with pytest.raises(FieldInputError):
+        field.integrate(_plane_depth(), K, _pose(), pixel_embeddings=np.zeros((4, 4, D + 1), np.float32))
+    with pytest.raises(FieldInputError):
+        field.integrate(_plane_depth(), K, np.full((4, 4), np.nan))
+    with pytest.raises(FieldInputError):
+        FieldConfig(eviction="random")
+
+
+def test_save_load_round_trip_exact(field, tmp_path):
+    field.integrate(_plane_depth(), K, _pose(), pixel_embeddings=_region_embeddings(_unit(1), _unit(4)),
+                    color=np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8))
+    field.integrate(_plane_depth(1.7), K, _pose(0.1), pixel_embeddings=_region_embeddings(_unit(2), _unit(4)))
+    path = tmp_path / "f.npz"
+    field.save(path)
+    g = FeatureField.load(path)
+    assert g.config == field.config
+    a, b = field.points(), g.points()
+    oa, ob = np.lexsort(a["xyz"].T), np.lexsort(b["xyz"].T)
+    for k in a:
+        np.testing.assert_array_equal(a[k][oa], b[k][ob])
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_save_to_readonly_dir_raises_and_keeps_old(field, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: directory permissions are not enforced")
+    field.integrate(_plane_depth(), K, _pose())
+    d = tmp_path / "ro"
+    d.mkdir()
+    path = d / "f.npz"
+    field.save(path)
+    before = path.read_bytes()
+    field.integrate(_plane_depth(1.2), K, _pose())
+    d.chmod(0o555)
+    try:
+        with pytest.raises(FieldSaveError, match="f.npz"):
+            field.save(path)
+    finally:
+        d.chmod(0o755)
+    assert path.read_bytes() == before
+    FeatureField.load(path)
+
+
+def test_sigkill_during_save_keeps_old_file(tmp_path):
+    path = tmp_path / "big.npz"
+    small = FeatureField(config=FieldConfig(embedding_dim=D))
+    small.integrate(_plane_depth(), K, _pose())
+    small.save(path)
+    n_small = small.num_voxels
+    child = textwrap.dedent(f"""
+        import numpy as np, sys
+        from find_ros.field import FeatureField, FieldConfig
+        f = FeatureField(config=FieldConfig(voxel_size=0.02, embedding_dim=512, max_blocks=4000))
+        K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
+        for z in (1.0, 1.5, 2.0, 2.5):
+            f.integrate(np.full(({H}, {W}), z, np.float32), K, np.eye(4))
+        print("saving", flush=True)
+        while True:
+            f.save({str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "saving"
+        deadline = time.monotonic() + 60
+        while not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]:
+            assert time.monotonic() < deadline, "tmp file never appeared"
+            time.sleep(0.0005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    g = FeatureField.load(path)  # old (or a complete newer) file, never a torn one
+    assert g.num_voxels == n_small or g.config.embedding_dim == 512
+
+
+def test_block_cap_holds_while_moving_away():
+    for policy in ("farthest", "oldest"):
+        f = FeatureField(config=FieldConfig(voxel_size=0.05, embedding_dim=D, max_blocks=150, eviction=policy))
+        total_evicted = 0
+        for i in range(25):
+            st = f.integrate(_plane_depth(1.5), K, _pose(x=0.6 * i), pixel_embeddings=_region_embeddings(
+                _unit(0), _unit(1)))
+            assert st.active_blocks <= 150
+            total_evicted += st.evicted_blocks
+        assert total_evicted > 0
+        x = f.points()["xyz"][:, 0]
+        assert x.max() > 0.6 * 24  # the newest observations survive
+        assert x.min() > 0.6 * 5  # the earliest are gone
+        assert f.memory_bytes <= 150 * 8 ** 3 * f.bytes_per_voxel
+
+
+def test_clear_and_exports(field, tmp_path):
+    import open3d as o3d
+    field.integrate(_plane_depth(), K, _pose(), color=np.full((H, W, 3), 50, np.uint8))
+    n = field.num_voxels
+    r = field.query(_unit(0))
+    field.export_ply(tmp_path / "f.ply", scores=r.scores)
+    pc = o3d.t.io.read_point_cloud(str(tmp_path / "f.ply"))
+    assert pc.point.positions.shape[0] == n
+    assert "score" in pc.point
+    field.export_npz(tmp_path / "f_pts.npz")
+    assert np.load(tmp_path / "f_pts.npz")["xyz"].shape == (n, 3)
+    field.clear()
+    assert field.num_voxels == 0 and field.active_blocks == 0
