@@ -211,3 +211,12 @@ def test_clear_and_exports(field, tmp_path):
     assert np.load(tmp_path / "f_pts.npz")["xyz"].shape == (n, 3)
     field.clear()
     assert field.num_voxels == 0 and field.active_blocks == 0
+
+
+def test_connected_components_26_diagonal_joins_gap_splits():
+    from find_ros.field import connected_components_26
+    a = np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2], [4, 2, 2], [5, 3, 1], [9, 9, 9]])
+    lab = connected_components_26(a)
+    assert lab[0] == lab[1] == lab[2]
+    assert lab[3] == lab[4] != lab[0]
+    assert len(set(lab.tolist())) == 3

@@ -173,7 +173,7 @@ class FeatureField:
         local = flat_idx % self._r3
         lx, ly, lz = local % r, (local // r) % r, local // (r * r)
         g = keys[buf] * r + np.stack([lx, ly, lz], axis=1)
-        return ((g + 0.5) * self.config.voxel_size).astype(np.float32)
+        return (g * self.config.voxel_size).astype(np.float32)
 
     # ------------------------------------------------------------------ integrate
     def integrate(self, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -368,7 +368,7 @@ class FeatureField:
         sel_idx = np.flatnonzero(sel)
         goals: list[Goal] = []
         if sel_idx.size:
-            grid = np.floor(xyz[sel_idx] / self.config.voxel_size).astype(np.int64)
+            grid = np.rint(xyz[sel_idx] / self.config.voxel_size).astype(np.int64)  # lattice points
             labels = connected_components_26(grid)
             ss = scores[sel_idx]
             order = np.argsort(labels, kind="stable")
@@ -387,6 +387,23 @@ class FeatureField:
                                   score=float(top.mean()), num_voxels=int(m.size)))
             goals.sort(key=lambda g: -g.score)
         return QueryResult(scores=scores, xyz=xyz, goals=goals[:max_goals])
+
+    def raycast_depth(self, K: np.ndarray, T_world_cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Depth (H,W) m of the TSDF zero crossing seen from a camera (open3d ray casting; 0 = no hit)."""
+        if not self.config.use_tsdf:
+            raise FieldInputError("raycast_depth needs use_tsdf=True")
+        T = _check_pose(T_world_cam, "T_world_cam")
+        H, W = shape
+        hm = self._vbg.hashmap()
+        if hm.size() == 0:
+            return np.zeros((H, W), np.float32)
+        bc = hm.key_tensor()[hm.active_buf_indices().to(o3c.int64)]
+        r = self._vbg.ray_cast(block_coords=bc, intrinsic=o3c.Tensor(np.asarray(K, np.float64)),
+                               extrinsic=o3c.Tensor(np.linalg.inv(T)), width=W, height=H,
+                               render_attributes=["depth"], depth_scale=1.0, depth_min=self.config.depth_min,
+                               depth_max=self.config.depth_max, weight_threshold=1.0,
+                               trunc_voxel_multiplier=self.config.trunc_voxels)
+        return r["depth"].numpy()[..., 0].astype(np.float32)
 
     def clear(self) -> None:
         self._vbg.hashmap().erase(self._vbg.hashmap().key_tensor()[self._vbg.hashmap().active_buf_indices()])

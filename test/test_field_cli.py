@@ -1,0 +1,49 @@
+"""Fuse CLI on real TUM frames and geometry consistency (skip when the shared data is absent)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from find_ros.field import FeatureField, FieldConfig
+from find_ros.field.cli import cli
+from find_ros.field.consistency import depth_consistency
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "tum_fr3_teddy"
+needs_tum = pytest.mark.skipif(not (DATA / "associations_subset.txt").exists(),
+                               reason=f"TUM teddy subset not found at {DATA}")
+
+
+@needs_tum
+def test_fuse_cli_writes_field_and_json(tmp_path, capsys):
+    out, js = tmp_path / "teddy.npz", tmp_path / "teddy.json"
+    rc = cli(["fuse", "--format", "tum", "--path", str(DATA), "--out", str(out), "--json", str(js),
+              "--voxel", "0.05", "--stride", "3", "--max-frames", "20", "--holdout-every", "4", "--dim", "16"])
+    assert rc == 0
+    rep = json.loads(js.read_text())
+    for key in ("voxels", "bytes_per_voxel", "memory_bytes", "ms_per_frame_median", "frames_fused",
+                "frames_held_out", "consistency_median_m", "consistency_p90_m", "embedding"):
+        assert key in rep, key
+    assert rep["frames_fused"] + rep["frames_held_out"] <= 20 and rep["frames_held_out"] > 0
+    assert "no model" in rep["embedding"]
+    ff = FeatureField.load(out)
+    assert ff.num_voxels == rep["voxels"] > 1000
+    assert rep["consistency_median_m"] <= 1.5 * 0.05
+    assert "consistency_median_m" in capsys.readouterr().out
+
+
+def test_consistency_is_small_for_the_fused_frame_and_large_for_a_wrong_pose():
+    H, W = 120, 160
+    K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
+    yy, xx = np.mgrid[0:H, 0:W]
+    depth = (1.5 + 0.004 * xx).astype(np.float32)  # slanted plane
+    ff = FeatureField(config=FieldConfig(voxel_size=0.02, embedding_dim=4))
+    for _ in range(2):
+        ff.integrate(depth, K, np.eye(4))
+    frame = type("F", (), {"depth": depth, "K": K, "T_world_cam": np.eye(4)})
+    good = depth_consistency(ff, [frame])
+    assert good["median_m"] < 0.01 and good["pixels"] > 0.5 * H * W
+    T = np.eye(4)
+    T[2, 3] = -0.2  # camera 20 cm behind: the rendered surface is 20 cm farther
+    bad = depth_consistency(ff, [type("F", (), {"depth": depth, "K": K, "T_world_cam": T})])
+    assert bad["median_m"] > 0.15
