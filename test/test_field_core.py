@@ -1,8 +1,10 @@
 """Feature field core: plane fusion, embedding averages, query ranking, persistence, block cap (real open3d)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -129,24 +131,45 @@ def test_save_load_round_trip_exact(field, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
-def test_save_to_readonly_dir_raises_and_keeps_old(field, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("running as root: directory permissions are not enforced")
+def test_save_to_readonly_dir_raises_and_keeps_old(field):
     field.integrate(_plane_depth(), K, _pose())
-    d = tmp_path / "ro"
-    d.mkdir()
-    path = d / "f.npz"
-    field.save(path)
-    before = path.read_bytes()
-    field.integrate(_plane_depth(1.2), K, _pose())
-    d.chmod(0o555)
+    base = Path(tempfile.mkdtemp(prefix="field_ro_"))
     try:
-        with pytest.raises(FieldSaveError, match="f.npz"):
-            field.save(path)
+        base.chmod(0o755)
+        d = base / "ro"
+        d.mkdir()
+        path = d / "f.npz"
+        field.save(path)
+        before = path.read_bytes()
+        d.chmod(0o555)
+        if os.geteuid() == 0:
+            # root ignores directory modes: save from a child that drops to an unprivileged uid
+            child = textwrap.dedent(f"""
+                import os, zipfile, numpy as np
+                from find_ros.field import FeatureField, FieldSaveError
+                f = FeatureField.load({str(path)!r})
+                f.integrate(np.full(({H}, {W}), 1.2, np.float32), np.array({K.tolist()}), np.eye(4))
+                f.save({str(path)!r} + ".warm")  # every lazy import done while still root
+                os.setgid(65534); os.setuid(65534)  # the interpreter itself may be unreadable to nobody
+                try:
+                    f.save({str(path)!r})
+                except FieldSaveError as exc:
+                    print("raised:", exc)
+            """)
+            out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
+                                 cwd=Path(__file__).parents[1])
+            assert out.returncode == 0, out.stderr
+            assert "raised:" in out.stdout and "f.npz" in out.stdout, out.stdout
+        else:
+            field.integrate(_plane_depth(1.2), K, _pose())
+            with pytest.raises(FieldSaveError, match="f.npz"):
+                field.save(path)
+        assert path.read_bytes() == before
+        FeatureField.load(path)
+        assert not [p for p in os.listdir(d) if p.endswith(".tmp")]
     finally:
-        d.chmod(0o755)
-    assert path.read_bytes() == before
-    FeatureField.load(path)
+        (base / "ro").chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_sigkill_during_save_keeps_old_file(tmp_path):

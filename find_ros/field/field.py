@@ -433,6 +433,9 @@ class FeatureField:
         except OSError as exc:
             raise FieldSaveError(exc.errno, f"cannot save field to {path}: {exc.strerror}") from exc
         try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual permissions
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **self._state())
                 f.flush()
