@@ -102,6 +102,18 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("status_period_s", float, 1.0,
               "Period (s) of the find/status JSON counters (frames in / processed / dropped).",
               range=(0.05, 3600.0)),
+    # --- 3D feature field (find_ros.field, bridged by find_ros.ros.field_bridge) ---
+    ParamSpec("field_enable", bool, False,
+              "Fuse posed frames into a 3D feature field and publish it on find/field_cloud."),
+    ParamSpec("field_voxel_size", float, 0.05, "Feature field voxel edge (m).", range=(0.005, 1.0)),
+    ParamSpec("field_max_blocks", int, 20000,
+              "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it.",
+              range=(16, 10_000_000)),
+    ParamSpec("field_embedding_dim", int, 64, "Per-voxel embedding length.", range=(3, 4096)),
+    ParamSpec("field_publish_period_s", float, 1.0, "Period (s) of the find/field_cloud PointCloud2.",
+              range=(0.05, 3600.0)),
+    ParamSpec("field_save_path", str, "",
+              "File written atomically by the find/field_save service (empty: the service refuses)."),
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}

@@ -157,6 +157,7 @@ class PerceptionNode(LifecycleNode):
         self._count_lock = threading.Lock()
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
+        self._field: Any = None  # field hook: FieldBridge when field_enable
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ logging and counting
@@ -239,6 +240,15 @@ class PerceptionNode(LifecycleNode):
             "markers": mk(MarkerArray, "find/markers", OUTPUT_QOS),
             "status": mk(String, "find/status", OUTPUT_QOS),
         }
+        # field hook: the 3D feature field (find_ros/ros/field_bridge.py), only when field_enable
+        try:
+            from find_ros.ros.field_bridge import FieldBridge
+
+            self._field = FieldBridge.create(self, self._p)
+        except Exception as e:
+            self.get_logger().error(f"configure failed: feature field: {e}")
+            self._destroy_publishers()
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
             "configured: grounder=%s score_threshold=%.2f camera_pose_source=%s world_frame=%s"
             % (self._p["grounder"], self._p["score_threshold"], self._p["camera_pose_source"],
@@ -263,6 +273,8 @@ class PerceptionNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
         self._worker.start()
         self._tmrs.append(self.create_timer(self._p["status_period_s"], self._publish_status))
+        if self._field is not None:  # field hook
+            self._field.activate()
         ret = super().on_activate(state)  # enables the lifecycle publishers
         kind = "the FIND model" if self._p["grounder"] == "find" else "the HSV colour BASELINE (not FIND)"
         self.get_logger().info(f"active: grounding with {kind} ({self._grounder.name}); "
@@ -365,6 +377,8 @@ class PerceptionNode(LifecycleNode):
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=10.0)
         self._worker = None
+        if self._field is not None:  # field hook
+            self._field.deactivate()
         for t in self._tmrs:
             self.destroy_timer(t)
         for s in self._subs:
@@ -385,6 +399,9 @@ class PerceptionNode(LifecycleNode):
                 torch.cuda.empty_cache()
 
     def _destroy_publishers(self) -> None:
+        if self._field is not None:  # field hook
+            self._field.destroy()
+            self._field = None
         for p in self._pubs.values():
             self.destroy_lifecycle_publisher(p)
         self._pubs = {}
@@ -579,6 +596,8 @@ class PerceptionNode(LifecycleNode):
                 return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
+        if self._field is not None:  # field hook: fuse every accepted posed frame, instruction or not
+            self._field.feed(rgb, depth_m, K, T_world_cam)
         with self._pipeline_lock:
             if self._pipeline is None:
                 return
