@@ -123,6 +123,10 @@ class FeatureField:
             voxel_size=config.voxel_size, block_resolution=r, block_count=self._capacity, device=self._device)
         self._frame = 0
         self._cache: dict | None = None
+        loc = np.arange(self._r3, dtype=np.int64)
+        # voxel offsets inside a block in open3d's order (x fastest), in metres
+        self._local = (np.stack([loc % r, (loc // r) % r, loc // (r * r)], axis=1) * config.voxel_size
+                       ).astype(np.float32)
 
     # ------------------------------------------------------------------ attributes
     def _attr(self, name: str) -> np.ndarray:
@@ -167,13 +171,10 @@ class FeatureField:
 
     def _voxel_xyz(self, flat_idx: np.ndarray) -> np.ndarray:
         """World coordinates of voxel centres for flat indices (block key from the hashmap key buffer)."""
-        r = self.config.block_resolution
-        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3).astype(np.int64)
-        buf = flat_idx // self._r3
-        local = flat_idx % self._r3
-        lx, ly, lz = local % r, (local // r) % r, local // (r * r)
-        g = keys[buf] * r + np.stack([lx, ly, lz], axis=1)
-        return (g * self.config.voxel_size).astype(np.float32)
+        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)
+        origin = (keys.astype(np.float64) * (self.config.block_resolution * self.config.voxel_size)
+                  ).astype(np.float32)
+        return origin[flat_idx // self._r3] + self._local[flat_idx % self._r3]
 
     # ------------------------------------------------------------------ integrate
     def integrate(self, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
@@ -238,10 +239,12 @@ class FeatureField:
         cfg = self.config
         H, W = depth.shape
         idx = (buf[:, None] * self._r3 + np.arange(self._r3, dtype=np.int64)[None, :]).ravel()
-        xyz = self._voxel_xyz(idx)
-        R = T_cw[:3, :3].astype(np.float32)
-        t = T_cw[:3, 3].astype(np.float32)
-        pc = xyz @ R.T + t
+        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)[buf].astype(np.float64)
+        origin = keys * (cfg.block_resolution * cfg.voxel_size)
+        R = T_cw[:3, :3]
+        # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul)
+        pc = ((origin @ R.T + T_cw[:3, 3]).astype(np.float32)[:, None, :]
+              + (self._local @ R.T.astype(np.float32))[None, :, :]).reshape(-1, 3)
         z = pc[:, 2]
         zs = np.where(z > 1e-6, z, 1.0)
         u = np.floor(pc[:, 0] * (K[0, 0] / zs) + K[0, 2] + 0.5).astype(np.int64)  # nearest pixel
