@@ -376,21 +376,25 @@ class FeatureField:
             grid = np.rint(xyz[sel_idx] / self.config.voxel_size).astype(np.int64)  # lattice points
             labels = connected_components_26(grid)
             ss = scores[sel_idx]
-            order = np.argsort(labels, kind="stable")
-            lab_sorted = labels[order]
-            starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
-            ends = np.r_[starts[1:], lab_sorted.size]
-            for a, b in zip(starts, ends):  # loop over components, not voxels
-                m = order[a:b]
-                if m.size < min_voxels:
-                    continue
-                p = xyz[sel_idx[m]]
-                top = np.sort(ss[m])[-min(10, m.size):]
-                lo, hi = p.min(0), p.max(0)
-                goals.append(Goal(position=p.mean(0).astype(np.float32),
-                                  extent=(hi - lo + self.config.voxel_size).astype(np.float32),
-                                  score=float(top.mean()), num_voxels=int(m.size)))
-            goals.sort(key=lambda g: -g.score)
+            p = xyz[sel_idx]
+            order = np.lexsort((-ss, labels))  # by component, best score first inside each
+            lab = labels[order]
+            starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+            sizes = np.diff(np.r_[starts, lab.size])
+            rank = np.arange(lab.size) - np.repeat(starts, sizes)
+            top = rank < 10
+            comp = np.repeat(np.arange(starts.size), sizes)
+            goal_score = (np.bincount(comp[top], weights=ss[order][top], minlength=starts.size)
+                          / np.minimum(sizes, 10))
+            ps = p[order]
+            lo = np.minimum.reduceat(ps, starts, axis=0)
+            hi = np.maximum.reduceat(ps, starts, axis=0)
+            mean = np.add.reduceat(ps.astype(np.float64), starts, axis=0) / sizes[:, None]
+            ok = np.flatnonzero(sizes >= min_voxels)
+            best = ok[np.argsort(-goal_score[ok], kind="stable")][:max_goals]
+            goals = [Goal(position=mean[c].astype(np.float32),
+                          extent=(hi[c] - lo[c] + self.config.voxel_size).astype(np.float32),
+                          score=float(goal_score[c]), num_voxels=int(sizes[c])) for c in best]
         return QueryResult(scores=scores, xyz=xyz, goals=goals[:max_goals])
 
     def raycast_depth(self, K: np.ndarray, T_world_cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
