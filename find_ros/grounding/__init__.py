@@ -1,0 +1,11 @@
+"""Video grounding (no ROS): the :class:`Grounder` protocol, the HSV colour baseline, tracking and 3D target poses.
+
+- :mod:`find_ros.grounding.base`: the ``Grounder`` / ``QueryEmbedder`` protocols and per-frame results;
+- :mod:`find_ros.grounding.baseline`: ``HsvBaselineGrounder``, a colour-word BASELINE (not FIND);
+- :mod:`find_ros.grounding.geometry`: mask + depth + intrinsics -> ``TargetPose`` (camera and world frames);
+- :mod:`find_ros.grounding.tracking`: per-entity tracks (stable ids, smoothing, lost / re-acquired);
+- :mod:`find_ros.grounding.pipeline`: ``VideoGrounder``, all of the above per RGB-D frame;
+- :mod:`find_ros.grounding.sim_eval`: the pipeline against simulator ground truth (a script).
+
+Submodules are imported on demand (``from find_ros.grounding.pipeline import VideoGrounder``).
+"""

@@ -1,0 +1,298 @@
+"""Mask + depth + intrinsics -> a robust 3D target pose (pure numpy / OpenCV).
+
+Frames
+------
+Camera poses are REP 103/105 optical frames: x right, y down, z forward. ``T_world_cam`` maps optical-frame
+points to the world frame (world z up).
+
+Target orientation convention (the same rule in both frames, "the target faces the camera, z up"):
+
+- x axis: from the target centre toward the camera centre;
+- z axis: "up", orthogonalised against x;
+- y axis: z cross x (the target's own left when it faces the camera = the camera's right), right-handed.
+
+"Up" is the best up direction each frame offers: in the camera optical frame it is image-up (``-y``
+optical), in the world frame it is world ``+z``. In the world frame x is therefore the direction to the
+camera projected onto the floor (horizontal) and z is exactly vertical; in the camera frame a target on the
+optical axis has x = ``-z`` optical, y = ``+x`` optical, z = ``-y`` optical. When the camera looks straight
+down (x parallel to up) the frame falls back to the other axis so it is always well defined.
+
+``extent`` is the robust (5th..95th percentile) size of the back-projected points along the pose's own x, y,
+z axes, i.e. (depth, width, height) of the *visible* surface: the depth component underestimates the
+object's true depth because only the surface facing the camera is seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "GeometryError",
+    "TargetPose",
+    "backproject",
+    "depth_edges",
+    "target_pose_from_mask",
+    "transform_pose",
+    "facing_rotation",
+    "quaternion_from_matrix",
+    "matrix_from_quaternion",
+]
+
+log = logging.getLogger(__name__)
+
+_PCT_LO, _PCT_HI = 5.0, 95.0
+_MAD_K = 3.0
+"""Inlier radius of the robust centre, in robust standard deviations (1.4826 MAD) per axis."""
+_MAD_FLOOR_M = 0.01
+"""Smallest robust standard deviation (m) used per axis, so a perfectly flat patch keeps its points."""
+
+
+class GeometryError(ValueError):
+    """Inputs of the geometry functions with the wrong shape, type or values; the message names them."""
+
+
+@dataclasses.dataclass
+class TargetPose:
+    """A target's 3D pose with the orientation convention of the module docstring."""
+
+    position: np.ndarray
+    """(3,) robust centre of the visible points (m) in ``frame``."""
+    orientation_xyzw: np.ndarray
+    """(4,) unit quaternion (x, y, z, w): target frame -> ``frame``."""
+    extent: np.ndarray
+    """(3,) robust 5..95 % size (m) of the visible points along the target's x (depth), y (width), z (height)."""
+    num_points: int
+    """Valid 3D points (inliers) the pose was computed from."""
+    frame: str = "camera"
+    """``"camera"`` (optical frame of the input image) or ``"world"``."""
+
+    def matrix(self) -> np.ndarray:
+        """(4, 4) homogeneous transform target frame -> ``frame``."""
+        T = np.eye(4)
+        T[:3, :3] = matrix_from_quaternion(self.orientation_xyzw)
+        T[:3, 3] = self.position
+        return T
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check_K(K: np.ndarray) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise GeometryError(f"K must be a finite (3, 3) intrinsics matrix with fx, fy > 0, got {K.tolist()}")
+    return K
+
+
+def _check_depth(depth_m: np.ndarray) -> np.ndarray:
+    d = np.asarray(depth_m)
+    if d.ndim != 2 or d.dtype.kind != "f":
+        raise GeometryError(f"depth_m must be an (H, W) float array in metres, got shape {d.shape} dtype {d.dtype}")
+    return d
+
+
+def _check_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise GeometryError(f"mask shape {m.shape} does not match depth shape {shape}")
+    return m.astype(bool, copy=False)
+
+
+def _check_T(T: np.ndarray) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise GeometryError(f"T_world_cam must be a finite (4, 4) matrix, got shape {T.shape}")
+    R = T[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+        raise GeometryError(f"T_world_cam rotation is not orthonormal/right-handed: {R.tolist()}")
+    return T
+
+
+def _valid(depth_m: np.ndarray) -> np.ndarray:
+    return np.isfinite(depth_m) & (depth_m > 0)
+
+
+# ---------------------------------------------------------------------------------------------- points
+def backproject(depth_m: np.ndarray, K: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3) float64 optical-frame points of the pixels in ``mask`` (all pixels when None) with valid depth.
+
+    Invalid depth (0, negative, NaN, inf) is skipped. Pixel (u, v) is at its centre: X = (u - cx) z / fx.
+    Points come in row-major pixel order.
+    """
+    d = _check_depth(depth_m)
+    K = _check_K(K)
+    m = _check_mask(mask, d.shape)
+    keep = _valid(d) if m is None else (m & _valid(d))
+    v, u = np.nonzero(keep)
+    z = d[v, u].astype(np.float64)
+    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) * z / K[0, 0]
+    y = (v - K[1, 2]) * z / K[1, 1]
+    return np.stack([x, y, z], axis=1)
+
+
+def depth_edges(depth_m: np.ndarray, threshold_m: float) -> np.ndarray:
+    """(H, W) bool: valid pixels whose 8-neighbourhood (valid neighbours only) spans more than ``threshold_m``."""
+    d = _check_depth(depth_m)
+    valid = _valid(d)
+    kernel = np.ones((3, 3), np.uint8)
+    lo_in = np.where(valid, d, np.inf).astype(np.float32)
+    hi_in = np.where(valid, d, 0.0).astype(np.float32)
+    lo = cv2.erode(lo_in, kernel, borderType=cv2.BORDER_REPLICATE)
+    hi = cv2.dilate(hi_in, kernel, borderType=cv2.BORDER_REPLICATE)
+    return valid & ((hi - lo) > threshold_m)
+
+
+def _robust_centre(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median + per-axis MAD outlier rejection, then the mean of the inliers. Returns (centre, inlier mask)."""
+    med = np.median(points, axis=0)
+    dev = np.abs(points - med)
+    sigma = np.maximum(1.4826 * np.median(dev, axis=0), _MAD_FLOOR_M)
+    inl = np.all(dev <= _MAD_K * sigma, axis=1)
+    if not inl.any():  # cannot happen (the median point is within 0 of itself) but stay safe
+        inl = np.ones(len(points), bool)
+    return points[inl].mean(axis=0), inl
+
+
+# ---------------------------------------------------------------------------------------------- rotations
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v)
+    return v / n if n > 1e-12 else v * 0.0
+
+
+def facing_rotation(to_viewer: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation whose columns are the target axes: x along ``to_viewer``, z along ``up`` (orthogonalised).
+
+    For the world frame pass ``to_viewer`` already projected onto the floor. Degenerate inputs (zero
+    ``to_viewer``, or parallel to ``up``) fall back to a frame that still has z = ``up`` when possible.
+    """
+    up = _normalise(np.asarray(up, dtype=np.float64))
+    x = _normalise(np.asarray(to_viewer, dtype=np.float64))
+    if not x.any():
+        x = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    z = up - np.dot(up, x) * x
+    if np.linalg.norm(z) < 1e-6:  # looking straight along up: pick any z orthogonal to x
+        alt = np.array([0.0, 0.0, 1.0]) if abs(x[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        z = alt - np.dot(alt, x) * x
+    z = _normalise(z)
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=1)
+
+
+def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
+    """(4,) unit quaternion (x, y, z, w) with w >= 0 of a (3, 3) rotation matrix (or the rotation of a (4, 4))."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape == (4, 4):
+        R = R[:3, :3]
+    if R.shape != (3, 3):
+        raise GeometryError(f"rotation must be (3, 3) or (4, 4), got {R.shape}")
+    m = R
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    # Shepperd's method: pick the largest of (w, x, y, z) for numerical stability
+    cands = np.array([tr, m[0, 0], m[1, 1], m[2, 2]])
+    i = int(np.argmax(cands))
+    if i == 0:
+        s = 2.0 * np.sqrt(max(1.0 + tr, 1e-300))
+        q = np.array([(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s])
+    elif i == 1:
+        s = 2.0 * np.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 1e-300))
+        q = np.array([0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s])
+    elif i == 2:
+        s = 2.0 * np.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 1e-300))
+        q = np.array([(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s])
+    else:
+        s = 2.0 * np.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 1e-300))
+        q = np.array([(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s])
+    q = q / np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def matrix_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix of a quaternion (x, y, z, w); the quaternion is normalised first."""
+    q = np.asarray(q_xyzw, dtype=np.float64)
+    if q.shape != (4,) or not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-12:
+        raise GeometryError(f"quaternion must be 4 finite numbers (x, y, z, w), not all zero, got {q.tolist()}")
+    x, y, z, w = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+# ---------------------------------------------------------------------------------------------- poses
+_CAM_UP = np.array([0.0, -1.0, 0.0])
+_WORLD_UP = np.array([0.0, 0.0, 1.0])
+
+
+def target_pose_from_mask(
+    mask: np.ndarray,
+    depth_m: np.ndarray,
+    K: np.ndarray,
+    *,
+    erode_px: int = 2,
+    min_points: int = 30,
+    depth_edge_m: float = 0.05,
+) -> TargetPose | None:
+    """Robust camera-frame pose of the object under ``mask``; ``None`` when fewer than ``min_points`` survive.
+
+    Steps: erode the mask by ``erode_px`` (a (2e+1)^2 ellipse; when erosion leaves fewer than ``min_points``
+    valid pixels the un-eroded mask is used, so small far objects still get a pose), drop pixels at depth
+    discontinuities larger than ``depth_edge_m`` (``0`` disables), back-project the valid pixels, take the
+    median, reject points farther than 3 robust sigmas (1.4826 MAD, floored at 1 cm) on any axis, and average
+    the inliers. Orientation and extent follow the module docstring.
+    """
+    d = _check_depth(depth_m)
+    K = _check_K(K)
+    m = _check_mask(mask, d.shape)
+    if m is None:
+        raise GeometryError("mask is required")
+    if erode_px < 0 or min_points < 1 or depth_edge_m < 0:
+        raise GeometryError(f"erode_px={erode_px} must be >= 0, min_points={min_points} >= 1, "
+                            f"depth_edge_m={depth_edge_m} >= 0")
+    if not m.any():
+        return None
+    usable = _valid(d)
+    if depth_edge_m > 0:
+        usable &= ~depth_edges(d, depth_edge_m)
+    keep = m & usable
+    if erode_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode_px + 1, 2 * erode_px + 1))
+        eroded = cv2.erode(m.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        keep_eroded = eroded & usable
+        if int(keep_eroded.sum()) >= min_points:
+            keep = keep_eroded
+    if int(keep.sum()) < min_points:
+        return None
+    pts = backproject(d, K, keep)
+    centre, inl = _robust_centre(pts)
+    n = int(inl.sum())
+    if n < min_points:
+        return None
+    R = facing_rotation(-centre, _CAM_UP)
+    local = (pts[inl] - centre) @ R
+    lo, hi = np.percentile(local, [_PCT_LO, _PCT_HI], axis=0)
+    return TargetPose(position=centre, orientation_xyzw=quaternion_from_matrix(R), extent=hi - lo,
+                      num_points=n, frame="camera")
+
+
+def transform_pose(pose: TargetPose, T_world_cam: np.ndarray) -> TargetPose:
+    """The camera-frame ``pose`` in the world frame (``frame="world"``).
+
+    The position is transformed by ``T_world_cam``; the orientation is re-derived with the world
+    convention (x toward the camera projected on the floor, z = world up) rather than rotated, so a pitched
+    camera does not tilt the target frame. ``extent`` is kept: its components keep their meaning (depth
+    toward the camera, width, height) and are exact for a level camera.
+    """
+    if pose.frame != "camera":
+        raise GeometryError(f"transform_pose expects a camera-frame pose, got frame={pose.frame!r}")
+    T = _check_T(T_world_cam)
+    p = T[:3, :3] @ np.asarray(pose.position, dtype=np.float64) + T[:3, 3]
+    to_cam = T[:3, 3] - p
+    to_cam[2] = 0.0
+    R = facing_rotation(to_cam, _WORLD_UP)
+    return TargetPose(position=p, orientation_xyzw=quaternion_from_matrix(R),
+                      extent=np.asarray(pose.extent, dtype=np.float64).copy(), num_points=pose.num_points,
+                      frame="world")

@@ -1,0 +1,286 @@
+"""Video grounding: a :class:`~find_ros.grounding.base.Grounder` + tracks + 3D target poses, per frame.
+
+:class:`VideoGrounder` embeds an instruction once (through the grounder), then for every RGB-D frame:
+grounds it, measures each entity's mean pixel embedding inside its mask, computes the camera-frame and
+(given the camera pose) world-frame target pose (:mod:`find_ros.grounding.geometry`), and feeds one
+:class:`~find_ros.grounding.tracking.EntityTracker` per entity. An entity is *found* when its smoothed
+score >= ``score_threshold``, its track is not lost and it has a non-empty mask this frame; only found
+entities get label pixels and poses. No ROS here: the perception node wraps it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+
+import cv2
+import numpy as np
+
+from find_ros.grounding.base import FrameGrounding, Grounder, GrounderError
+from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
+from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
+from find_ros.instruction import Instruction
+
+__all__ = ["ConfigError", "FrameError", "PipelineConfig", "TrackedEntity", "FrameResult", "VideoGrounder",
+           "mean_embedding"]
+
+log = logging.getLogger(__name__)
+
+_PALETTE = ((242, 64, 51), (51, 153, 242), (77, 217, 89), (242, 204, 51), (191, 89, 230), (51, 217, 217))
+
+
+class ConfigError(ValueError):
+    """A :class:`PipelineConfig` value out of range; the message names the field and value."""
+
+
+class FrameError(ValueError):
+    """A frame the pipeline cannot use (shapes, dtypes); the message names the offending input."""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Video grounding settings (mutable: ``score_threshold`` may be changed live)."""
+
+    score_threshold: float = 0.5
+    """An entity is found when its smoothed score is at least this; detections below it count as misses."""
+    erode_px: int = 2
+    """Mask erosion (pixels) before back-projection (drops boundary pixels whose depth is unreliable)."""
+    min_points: int = 30
+    """Fewest valid 3D points a mask needs to give a target pose."""
+    smoothing: float = 0.6
+    """Exponential smoothing weight of the past: ``s <- smoothing * s + (1 - smoothing) * raw``; also the
+    weight of the past in the tracks' embedding / position / extent averages. 0 = no smoothing."""
+    lost_after_frames: int = 15
+    """Consecutive frames without an associated detection above threshold before a track is ``lost``."""
+    assoc_max_dist_m: float = 0.3
+    """Largest world distance (m) between a track and a detection of it (plus half the track's largest
+    extent, for big objects whose visible centroid moves with the viewpoint)."""
+    assoc_min_similarity: float = 0.5
+    """Smallest cosine similarity between a track's and a detection's mean pixel embedding."""
+    assoc_min_iou: float = 0.1
+    """Smallest 2D box IoU for association when neither embeddings nor world positions are available."""
+    depth_edge_m: float = 0.05
+    """Pixels whose 3x3 neighbourhood spans more depth than this (m) are dropped before back-projection; 0
+    disables the check."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first out-of-range field."""
+        checks = (
+            ("score_threshold", 0.0 <= self.score_threshold <= 1.0, "in [0, 1]"),
+            ("erode_px", int(self.erode_px) == self.erode_px and self.erode_px >= 0, "an integer >= 0"),
+            ("min_points", int(self.min_points) == self.min_points and self.min_points >= 1, "an integer >= 1"),
+            ("smoothing", 0.0 <= self.smoothing < 1.0, "in [0, 1)"),
+            ("lost_after_frames", int(self.lost_after_frames) == self.lost_after_frames
+             and self.lost_after_frames >= 1, "an integer >= 1"),
+            ("assoc_max_dist_m", self.assoc_max_dist_m > 0, "> 0"),
+            ("assoc_min_similarity", -1.0 <= self.assoc_min_similarity <= 1.0, "in [-1, 1]"),
+            ("assoc_min_iou", 0.0 <= self.assoc_min_iou <= 1.0, "in [0, 1]"),
+            ("depth_edge_m", self.depth_edge_m >= 0, ">= 0"),
+        )
+        for name, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"PipelineConfig.{name}={getattr(self, name)!r} must be {want}")
+
+
+@dataclasses.dataclass
+class TrackedEntity:
+    """One instruction entity in one frame, after tracking."""
+
+    phrase: str
+    """The entity phrase as written in the instruction."""
+    entity_index: int
+    """Index into ``Instruction.entities``."""
+    score: float
+    """Smoothed score of the entity's track (the raw score when it has no track yet)."""
+    raw_score: float
+    """The grounder's score for this frame."""
+    mask: np.ndarray
+    """(H, W) bool: the grounder's mask when it belongs to the track (or no track exists yet); empty when
+    this frame's detection did not associate with the entity's track."""
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) box of ``mask``, exclusive upper bounds; zeros when empty."""
+    track_id: int | None
+    """Stable id of the entity's track; None before the first confident detection."""
+    lost: bool
+    """True when the track has gone ``lost_after_frames`` frames without a confident detection."""
+    pose_cam: TargetPose | None
+    """Target pose in the camera optical frame (found entities with enough valid depth only)."""
+    pose_world: TargetPose | None
+    """Target pose in the world frame (found entities, when the camera pose was given)."""
+    found: bool = False
+    """score >= score_threshold, not lost, non-empty mask."""
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """Everything :meth:`VideoGrounder.process` returns for one frame."""
+
+    entities: list[TrackedEntity]
+    """One per instruction entity, in instruction order."""
+    label_mask: np.ndarray
+    """(H, W) uint8: ``entity_index + 1`` on found entities' pixels, 0 elsewhere."""
+    pixel_embeddings: np.ndarray | None = None
+    """(h, w, D) float32 unit-norm pixel embeddings from the grounder (None when it has none)."""
+
+    def overlay(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 copy of ``rgb`` with found masks tinted, their boxes, and phrase/score/id labels;
+        entities not found are listed in the top-left corner."""
+        out = np.array(rgb, dtype=np.uint8, copy=True)
+        if out.shape[:2] != self.label_mask.shape:
+            raise FrameError(f"overlay: image is {out.shape[1]}x{out.shape[0]} but the result is "
+                             f"{self.label_mask.shape[1]}x{self.label_mask.shape[0]}")
+        H, W = out.shape[:2]
+        fs = max(0.35, min(1.0, W / 900.0))
+        th = 1 if W < 900 else 2
+        if np.any(self.label_mask):
+            lut = np.zeros((256, 3), np.float32)
+            for e in self.entities:
+                lut[e.entity_index + 1] = _PALETTE[e.entity_index % len(_PALETTE)]
+            on = self.label_mask > 0
+            tint = lut[self.label_mask[on]]
+            out[on] = (0.55 * out[on] + 0.45 * tint).astype(np.uint8)
+        y_text = int(18 * fs / 0.5)
+        for e in self.entities:
+            colour = _PALETTE[e.entity_index % len(_PALETTE)]
+            tid = "-" if e.track_id is None else str(e.track_id)
+            if e.found:
+                x0, y0, x1, y1 = e.box
+                cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, th)
+                label = f"{e.phrase} {e.score:.2f} #{tid}"
+                (tw, tht), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, th)
+                ty = y0 - 4 if y0 - 4 - tht >= 0 else min(H - 2, y1 + tht + 4)
+                cv2.rectangle(out, (x0, ty - tht - 3), (min(W - 1, x0 + tw + 2), ty + 3), (0, 0, 0), -1)
+                cv2.putText(out, label, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, fs, colour, th, cv2.LINE_AA)
+            else:
+                state = "lost" if e.lost else "not found"
+                label = f"{e.phrase}: {state} ({e.score:.2f})"
+                cv2.putText(out, label, (4, y_text), cv2.FONT_HERSHEY_SIMPLEX, fs, (0, 0, 0), th + 2, cv2.LINE_AA)
+                cv2.putText(out, label, (4, y_text), cv2.FONT_HERSHEY_SIMPLEX, fs, colour, th, cv2.LINE_AA)
+                y_text += int(20 * fs / 0.5)
+        return out
+
+
+def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """(D,) unit-norm mean of the (h, w, D) embeddings under a full-resolution (H, W) mask (area-weighted
+    when the resolutions differ); None when the mask covers nothing."""
+    h, w = pixel_embeddings.shape[:2]
+    if mask.shape == (h, w):
+        wts = mask.astype(np.float32)
+    else:
+        wts = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    total = float(wts.sum())
+    if total <= 0:
+        return None
+    e = np.tensordot(wts, pixel_embeddings, axes=([0, 1], [0, 1])) / total
+    n = float(np.linalg.norm(e))
+    return (e / n).astype(np.float32) if n > 1e-12 else None
+
+
+class VideoGrounder:
+    """Ground an instruction through a video: one grounder call + tracking + poses per frame."""
+
+    def __init__(self, grounder: Grounder, *, config: PipelineConfig | None = None) -> None:
+        if not callable(getattr(grounder, "ground", None)) or not callable(getattr(grounder, "set_instruction", None)):
+            raise TypeError(f"grounder must implement the Grounder protocol, got {type(grounder).__name__}")
+        self.grounder = grounder
+        self._config = config if config is not None else PipelineConfig()
+        self._ids = itertools.count(1)
+        self._trackers: list[EntityTracker] = []
+        self._instruction: Instruction | None = None
+        self.frames = 0
+        """Frames processed under the current instruction."""
+
+    @property
+    def config(self) -> PipelineConfig:
+        """The live configuration (mutate fields, or assign a new one)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: PipelineConfig) -> None:
+        value.validate()
+        self._config = value
+        for t in self._trackers:
+            t.config = value
+
+    @property
+    def instruction(self) -> Instruction | None:
+        """The instruction in force, or None."""
+        return self._instruction
+
+    @property
+    def trackers(self) -> tuple[EntityTracker, ...]:
+        """One tracker per entity of the current instruction (for counters: tracks, losses, re-acquisitions)."""
+        return tuple(self._trackers)
+
+    def set_instruction(self, instruction: Instruction) -> None:
+        """Embed ``instruction`` once (in the grounder) and start fresh tracks for its entities."""
+        self.grounder.set_instruction(instruction)
+        self._instruction = instruction
+        self._trackers = [EntityTracker(config=self._config, id_source=self._ids) for _ in instruction.entities]
+        self.frames = 0
+
+    def clear_instruction(self) -> None:
+        """Forget the instruction and the tracks; :meth:`process` raises until a new one is set."""
+        self.grounder.clear_instruction()
+        self._instruction = None
+        self._trackers = []
+
+    @staticmethod
+    def _check(rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise FrameError(f"rgb must be an (H, W, 3) uint8 array, got {getattr(rgb, 'shape', type(rgb))} "
+                             f"{getattr(rgb, 'dtype', '')}")
+        if not isinstance(depth_m, np.ndarray) or depth_m.dtype.kind != "f" or depth_m.shape != rgb.shape[:2]:
+            raise FrameError(f"depth_m must be a float (H, W) array in metres matching rgb {rgb.shape[:2]}, got "
+                             f"{getattr(depth_m, 'shape', type(depth_m))} {getattr(depth_m, 'dtype', '')}")
+        if np.shape(K) != (3, 3):
+            raise FrameError(f"K must be (3, 3), got {np.shape(K)}")
+        if T_world_cam is not None and np.shape(T_world_cam) != (4, 4):
+            raise FrameError(f"T_world_cam must be (4, 4) or None, got {np.shape(T_world_cam)}")
+
+    def process(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray,
+                T_world_cam: np.ndarray | None = None) -> FrameResult:
+        """Ground, track and localise the current instruction's entities in one RGB-D frame."""
+        if self._instruction is None:
+            raise GrounderError("VideoGrounder: no instruction set (call set_instruction first)")
+        self._check(rgb, depth_m, K, T_world_cam)
+        cfg = self._config
+        fg: FrameGrounding = self.grounder.ground(rgb)
+        if len(fg.entities) != len(self._trackers):
+            raise GrounderError(f"grounder {getattr(self.grounder, 'name', '?')} returned {len(fg.entities)} "
+                                f"entity results for an instruction with {len(self._trackers)} entities")
+        H, W = rgb.shape[:2]
+        emb = fg.pixel_embeddings
+        label = np.zeros((H, W), np.uint8)
+        out: list[TrackedEntity] = []
+        for r, tracker in zip(fg.entities, self._trackers):
+            mask = np.asarray(r.mask, dtype=bool)
+            if mask.shape != (H, W):
+                raise GrounderError(f"grounder mask for {r.phrase!r} is {mask.shape}, frame is {(H, W)}")
+            det, pose_cam, pose_world = None, None, None
+            if mask.any():
+                pose_cam = target_pose_from_mask(mask, depth_m, K, erode_px=int(cfg.erode_px),
+                                                 min_points=int(cfg.min_points), depth_edge_m=cfg.depth_edge_m)
+                if pose_cam is not None and T_world_cam is not None:
+                    pose_world = transform_pose(pose_cam, T_world_cam)
+                det = Detection(score=float(r.score), box=tuple(int(v) for v in r.box),
+                                embedding=None if emb is None else mean_embedding(emb, mask),
+                                position=None if pose_world is None else pose_world.position,
+                                extent=None if pose_cam is None else pose_cam.extent)
+            st: TrackState = tracker.update(det)
+            own = st.matched or st.track_id is None
+            if not own:
+                mask = np.zeros((H, W), bool)
+            found = bool(st.score >= cfg.score_threshold and not st.lost and own and mask.any())
+            if found:
+                label[mask] = r.entity_index + 1
+            out.append(TrackedEntity(
+                phrase=r.phrase, entity_index=int(r.entity_index), score=float(st.score),
+                raw_score=float(r.score), mask=mask, box=tuple(int(v) for v in r.box) if own else (0, 0, 0, 0),
+                track_id=st.track_id, lost=st.lost, pose_cam=pose_cam if found else None,
+                pose_world=pose_world if found else None, found=found))
+        self.frames += 1
+        return FrameResult(entities=out, label_mask=label, pixel_embeddings=emb)

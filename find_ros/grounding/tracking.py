@@ -1,0 +1,249 @@
+"""Per-entity tracks over a video: stable ids, smoothed scores, honest "lost", re-acquisition.
+
+One :class:`EntityTracker` follows one instruction entity. Every frame the grounder proposes at most one
+detection for the entity (its best mask); the tracker decides whether it is the object it is already
+following (association), a previously seen object coming back (re-acquisition), or a new one.
+
+Association cues, each used when both sides have it (all available cues must agree):
+
+- embedding: cosine similarity of the mean pixel embedding inside the mask >= ``assoc_min_similarity``;
+- 3D: world-position distance <= ``assoc_max_dist_m`` + half the track's largest extent (the visible-surface
+  centroid of a large object moves with the viewpoint);
+- 2D box IoU >= ``assoc_min_iou``, only when neither of the above is available (and only against the
+  active track: a box says nothing about a track lost frames ago).
+
+Scores: ``s <- smoothing * s + (1 - smoothing) * raw`` on every frame of a track, ``raw = 0`` on frames
+where the track gets no detection; a new or re-acquired track starts at its raw score. A frame whose
+detection is missing, does not associate, or is below ``score_threshold`` counts as a miss; after
+``lost_after_frames`` consecutive misses the track is ``lost``. A confident (>= threshold) detection that
+does not associate with the active track ends the active track (kept in memory, not lost) and either
+re-acquires a remembered track it matches (same id) or starts a new id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from find_ros.grounding.pipeline import PipelineConfig
+
+__all__ = ["Detection", "TrackState", "EntityTracker", "box_iou"]
+
+log = logging.getLogger(__name__)
+
+_MEMORY = 16
+"""Most ended/lost tracks remembered for re-acquisition (oldest forgotten first)."""
+
+
+@dataclasses.dataclass
+class Detection:
+    """One frame's proposal for an entity."""
+
+    score: float
+    """Raw grounder score in [0, 1]."""
+    box: tuple[int, int, int, int]
+    """(x0, y0, x1, y1) box of the mask, exclusive upper bounds."""
+    embedding: np.ndarray | None = None
+    """(D,) unit-norm mean pixel embedding inside the mask, when the grounder has pixel embeddings."""
+    position: np.ndarray | None = None
+    """(3,) world position (m) of the target, when a world pose was computed."""
+    extent: np.ndarray | None = None
+    """(3,) extent (m) of the target's visible points, when a pose was computed."""
+
+
+@dataclasses.dataclass
+class TrackState:
+    """What the tracker reports for one frame."""
+
+    track_id: int | None
+    """Id of the track the entity is on; ``None`` before the first confident detection."""
+    score: float
+    """Smoothed score (the raw score when no track exists yet)."""
+    lost: bool
+    """True when the track has had ``lost_after_frames`` consecutive misses."""
+    matched: bool
+    """True when this frame's detection belongs to ``track_id``."""
+    event: str
+    """``"new"``, ``"reacquired"``, ``"update"``, ``"weak"`` (associated, below threshold), ``"miss"``,
+    ``"lost"`` (the miss that made it lost) or ``"none"`` (no track, no confident detection)."""
+
+
+@dataclasses.dataclass
+class _Track:
+    id: int
+    score: float
+    box: tuple[int, int, int, int]
+    embedding: np.ndarray | None
+    position: np.ndarray | None
+    extent: np.ndarray | None
+    misses: int = 0
+    lost: bool = False
+    hits: int = 1
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes with exclusive upper bounds; 0 when either is empty."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / area) if area > 0 else 0.0
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-12 else v
+
+
+class EntityTracker:
+    """Tracks of one instruction entity (see the module docstring); thresholds come from ``config``.
+
+    ``config`` is read on every update, so live changes (e.g. ``score_threshold``) apply at once.
+    ``id_source`` yields track ids (share one between the trackers of a pipeline for unique ids).
+    """
+
+    def __init__(self, *, config: "PipelineConfig", id_source: Iterator[int] | None = None) -> None:
+        self.config = config
+        self._ids = id_source if id_source is not None else itertools.count(1)
+        self._active: _Track | None = None
+        self._memory: list[_Track] = []
+        self.tracks_started = 0
+        """New track ids handed out."""
+        self.reacquisitions = 0
+        """Times a lost or ended track got its id back."""
+        self.losses = 0
+        """Times the active track became lost."""
+        self.switches = 0
+        """Times a confident non-matching detection ended the active (not lost) track."""
+
+    # -------------------------------------------------------------------------------- queries
+    @property
+    def track_id(self) -> int | None:
+        """Id of the active track (also while it is lost), or None."""
+        return None if self._active is None else self._active.id
+
+    @property
+    def position(self) -> np.ndarray | None:
+        """Smoothed world position of the active track, or None."""
+        return None if self._active is None or self._active.position is None else self._active.position.copy()
+
+    def reset(self) -> None:
+        """Forget every track (counters too)."""
+        self._active, self._memory = None, []
+        self.tracks_started = self.reacquisitions = self.losses = self.switches = 0
+
+    # -------------------------------------------------------------------------------- association
+    def _affinity(self, t: _Track, d: Detection, *, allow_iou: bool) -> float | None:
+        """Match quality (higher is better) when every available cue agrees, else None."""
+        cfg = self.config
+        cues, quality = 0, 0.0
+        if t.embedding is not None and d.embedding is not None:
+            sim = float(np.dot(t.embedding, d.embedding))
+            if sim < cfg.assoc_min_similarity:
+                return None
+            cues, quality = cues + 1, quality + sim
+        if t.position is not None and d.position is not None:
+            dist = float(np.linalg.norm(t.position - d.position))
+            slack = 0.5 * float(np.max(t.extent)) if t.extent is not None else 0.0
+            limit = cfg.assoc_max_dist_m + slack
+            if dist > limit:
+                return None
+            cues, quality = cues + 1, quality + 1.0 - dist / max(limit, 1e-9)
+        if cues == 0:
+            if not allow_iou:
+                return None
+            iou = box_iou(t.box, d.box)
+            if iou < cfg.assoc_min_iou:
+                return None
+            return iou
+        return quality / cues
+
+    def _absorb(self, t: _Track, d: Detection) -> None:
+        a = self.config.smoothing
+        t.box = d.box
+        if d.embedding is not None:
+            t.embedding = d.embedding.copy() if t.embedding is None else _unit(a * t.embedding + (1 - a) * d.embedding)
+        if d.position is not None:
+            t.position = d.position.copy() if t.position is None else a * t.position + (1 - a) * d.position
+        if d.extent is not None:
+            t.extent = d.extent.copy() if t.extent is None else a * t.extent + (1 - a) * d.extent
+        t.hits += 1
+
+    def _remember(self, t: _Track) -> None:
+        self._memory.append(t)
+        if len(self._memory) > _MEMORY:
+            self._memory.pop(0)
+
+    def _start(self, d: Detection) -> TrackState:
+        """A confident detection with no active track to go to: re-acquire a remembered track or start one."""
+        best, best_q = None, -np.inf
+        for t in self._memory:
+            q = self._affinity(t, d, allow_iou=False)
+            if q is not None and q > best_q:
+                best, best_q = t, q
+        if best is not None:
+            self._memory.remove(best)
+            best.lost, best.misses, best.score = False, 0, float(d.score)
+            self._absorb(best, d)
+            self._active = best
+            self.reacquisitions += 1
+            log.debug("track %d re-acquired (affinity %.2f)", best.id, best_q)
+            return TrackState(best.id, best.score, False, True, "reacquired")
+        t = _Track(id=next(self._ids), score=float(d.score), box=d.box,
+                   embedding=None if d.embedding is None else d.embedding.copy(),
+                   position=None if d.position is None else np.asarray(d.position, float).copy(),
+                   extent=None if d.extent is None else np.asarray(d.extent, float).copy())
+        self._active = t
+        self.tracks_started += 1
+        log.debug("track %d started", t.id)
+        return TrackState(t.id, t.score, False, True, "new")
+
+    def _miss(self, t: _Track, *, decay: bool = True) -> TrackState:
+        if decay:  # no detection this frame: raw score 0 in the average
+            t.score *= self.config.smoothing
+        t.misses += 1
+        if not t.lost and t.misses >= self.config.lost_after_frames:
+            t.lost = True
+            self.losses += 1
+            log.debug("track %d lost after %d frames without a detection", t.id, t.misses)
+            return TrackState(t.id, t.score, True, False, "lost")
+        return TrackState(t.id, t.score, t.lost, False, "miss")
+
+    # -------------------------------------------------------------------------------- update
+    def update(self, detection: Detection | None) -> TrackState:
+        """Feed one frame: ``detection`` is the entity's proposal, None when its mask is empty."""
+        cfg = self.config
+        d = detection
+        strong = d is not None and d.score >= cfg.score_threshold
+        t = self._active
+        if t is not None and not t.lost:
+            if d is not None and self._affinity(t, d, allow_iou=True) is not None:
+                a = cfg.smoothing
+                t.score = a * t.score + (1 - a) * float(d.score)
+                if strong:
+                    t.misses = 0
+                    self._absorb(t, d)
+                    return TrackState(t.id, t.score, False, True, "update")
+                state = self._miss(t, decay=False)  # associated but weak: counts toward lost
+                return dataclasses.replace(state, matched=not state.lost, event="lost" if state.lost else "weak")
+            if strong:  # a confident detection of something else: end this track, go to the other
+                self.switches += 1
+                self._remember(t)
+                self._active = None
+                return self._start(d)
+            return self._miss(t)
+        # no active track, or it is lost
+        if strong:
+            if t is not None:
+                self._remember(t)
+                self._active = None
+            return self._start(d)
+        if t is not None:
+            return self._miss(t)
+        return TrackState(None, 0.0 if d is None else float(d.score), False, False, "none")
