@@ -1,0 +1,168 @@
+"""Foundation-model encoders through ``transformers``: vision feature maps and language token embeddings.
+
+Any compatible model loads with ``from_pretrained(path)``: CLIP / SigLIP vision towers and SAM's image
+encoder for vision; CLIP / SigLIP text towers and decoder LLMs (``AutoModel``, hidden layer chosen) for
+language. Without a path the encoder is rebuilt from the transformers config stored in our config.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from find_ros.model.config import LanguageEncoderConfig, VisionEncoderConfig
+
+__all__ = ["EncoderError", "VisionEncoder", "LanguageEncoder", "load_tokenizer"]
+
+log = logging.getLogger(__name__)
+
+
+class EncoderError(RuntimeError):
+    """An encoder that cannot be built or fed; the message names the offending value."""
+
+
+def _vision_classes(kind: str):
+    import transformers as T
+
+    if kind in ("clip", "tiny-clip"):
+        return T.CLIPVisionModel, T.CLIPVisionConfig
+    if kind == "siglip":
+        return T.SiglipVisionModel, T.SiglipVisionConfig
+    if kind == "sam":
+        return T.SamVisionModel, T.SamVisionConfig
+    raise EncoderError(f"unknown vision kind {kind!r}")
+
+
+def _language_classes(kind: str):
+    import transformers as T
+
+    if kind in ("clip", "tiny-clip"):
+        return T.CLIPTextModel, T.CLIPTextConfig
+    if kind == "siglip":
+        return T.SiglipTextModel, T.SiglipTextConfig
+    if kind == "llm":
+        return T.AutoModel, None
+    raise EncoderError(f"unknown language kind {kind!r}")
+
+
+def _hf_config_dict(cfg) -> dict:
+    d = cfg.to_dict()
+    d.pop("transformers_version", None)
+    d.pop("_name_or_path", None)
+    return d
+
+
+def _build_from_dict(model_cls, config_cls, d: dict) -> nn.Module:
+    import transformers as T
+
+    d = dict(d)
+    if config_cls is None:
+        model_type = d.pop("model_type")
+        cfg = T.AutoConfig.for_model(model_type, **d)
+        return T.AutoModel.from_config(cfg, attn_implementation="sdpa")
+    cfg = config_cls.from_dict(d)
+    cfg._attn_implementation = "sdpa"
+    return model_cls(cfg)
+
+
+class VisionEncoder(nn.Module):
+    """Images (B, 3, H, W) in [0, 1] -> list of feature maps (B, C, h, w), one per ``feature_layers``."""
+
+    def __init__(self, *, config: VisionEncoderConfig, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        model_cls, config_cls = _vision_classes(config.kind)
+        if model is None:
+            if config.path is not None:
+                model = model_cls.from_pretrained(config.path, attn_implementation="sdpa")
+            elif config.hf_config is not None:
+                model = _build_from_dict(model_cls, config_cls, config.hf_config)
+            else:
+                raise EncoderError(f"vision encoder {config.kind!r} needs a path or hf_config")
+        self.model = model
+        hf = model.config
+        config.hf_config = _hf_config_dict(hf)
+        self.patch = int(hf.patch_size if not isinstance(hf.patch_size, (list, tuple)) else hf.patch_size[0])
+        n_hidden = int(hf.num_hidden_layers)
+        for i in config.feature_layers:
+            if not -(n_hidden + 1) <= i <= n_hidden:
+                raise EncoderError(f"vision feature layer {i} outside hidden_states[0..{n_hidden}]")
+        h, w = config.image_size
+        if config.kind == "sam":
+            side = int(hf.image_size)
+            if (h, w) != (side, side):
+                raise EncoderError(f"SAM encoder needs image_size ({side}, {side}), config has {config.image_size}")
+        if h % self.patch or w % self.patch:
+            raise EncoderError(f"vision image_size {config.image_size} not a multiple of patch {self.patch}")
+        self.channels = int(hf.hidden_size)
+        self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def stride(self) -> int:
+        return self.patch
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise EncoderError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = self.config.image_size
+        x = images.to(self.mean.dtype)
+        if tuple(x.shape[-2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        kw = {} if self.config.kind == "sam" else {"interpolate_pos_encoding": True}
+        out = self.model(pixel_values=x, output_hidden_states=True, **kw)
+        gh, gw = h // self.patch, w // self.patch
+        maps = []
+        for i in self.config.feature_layers:
+            hs = out.hidden_states[i]
+            if hs.ndim == 4:  # SAM: (B, h, w, C)
+                maps.append(hs.permute(0, 3, 1, 2).contiguous())
+                continue
+            hs = hs[:, hs.shape[1] - gh * gw:]  # drop CLS / prefix tokens
+            maps.append(hs.transpose(1, 2).reshape(hs.shape[0], hs.shape[2], gh, gw))
+        return maps
+
+
+def load_tokenizer(path):
+    """``AutoTokenizer.from_pretrained(path)`` (any tokenizer saved with ``save_pretrained``)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+class LanguageEncoder(nn.Module):
+    """Token ids (N, L) + attention (N, L) -> token embeddings (N, L, C) from ``hidden_states[hidden_layer]``."""
+
+    def __init__(self, *, config: LanguageEncoderConfig, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        model_cls, config_cls = _language_classes(config.kind)
+        if model is None:
+            if config.path is not None:
+                model = model_cls.from_pretrained(config.path, attn_implementation="sdpa")
+            elif config.hf_config is not None:
+                model = _build_from_dict(model_cls, config_cls, config.hf_config)
+            else:
+                raise EncoderError(f"language encoder {config.kind!r} needs a path or hf_config")
+        if config.kind == "llm" and hasattr(model, "get_decoder") and not hasattr(model, "embed_tokens"):
+            # a *ForCausalLM passed in: keep the base model (hidden states, no LM head)
+            base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+            if isinstance(base, nn.Module):
+                model = base
+        self.model = model
+        hf = model.config
+        config.hf_config = _hf_config_dict(hf)
+        n_hidden = int(hf.num_hidden_layers)
+        if not -(n_hidden + 1) <= config.hidden_layer <= n_hidden:
+            raise EncoderError(f"language hidden_layer {config.hidden_layer} outside hidden_states[0..{n_hidden}]")
+        self.channels = int(hf.hidden_size)
+        self.max_positions = int(getattr(hf, "max_position_embeddings", 10**6))
+
+    def forward(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.max_positions:
+            raise EncoderError(f"{ids.shape[1]} tokens exceed the language model's {self.max_positions} positions")
+        out = self.model(input_ids=ids, attention_mask=attention.long(), output_hidden_states=True)
+        return out.hidden_states[self.config.hidden_layer]

@@ -1,0 +1,326 @@
+"""FindModel: encoders + pixel decoder + embedding sampler + FIND interface + heads, one set of weights for all tasks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from find_ros.instruction import Entity, Instruction, Reference
+from find_ros.model.config import FindConfig, InterfaceConfig, LanguageEncoderConfig, VisionEncoderConfig
+from find_ros.model.encoders import LanguageEncoder, VisionEncoder, load_tokenizer
+from find_ros.model.heads import FindHeads, FindOutput
+from find_ros.model.interface import ATTENTION_TABLE, TASKS, FindInterface, InterfaceError
+from find_ros.model.pixel_decoder import ImageFeatures, PixelDecoder
+from find_ros.model.sampler import EmbeddingSampler, PromptBatch
+from find_ros.model.tokenizer import build_word_tokenizer, tokenize_entities
+
+__all__ = ["FindModel", "FindModelError", "FindOutput", "ImageFeatures", "PromptBatch", "TASKS", "ATTENTION_TABLE",
+           "tiny_config"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_FORMAT = "find_ros.FindModel"
+
+
+class FindModelError(RuntimeError):
+    """A model that cannot be built, loaded or fed; the message names the offending value."""
+
+
+def tiny_config(*, vocab_size: int, image_size: tuple[int, int] = (96, 128), vision: dict | None = None,
+                text: dict | None = None, interface: dict | None = None) -> FindConfig:
+    """The default tiny model (see MODEL_CARD): CLIP-style ViT (patch 8, hidden 96, 4 layers) and text tower
+    (hidden 96, 2 layers) over a word vocabulary; interface hidden 128, 3 layers, 4 heads, 24 object queries,
+    masks at stride 4, 64-d semantic space. ``vision``/``text``/``interface`` override fields."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    h, w = (int(image_size[0]), int(image_size[1]))
+    v = dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+             image_size=max(h, w), patch_size=8, hidden_act="gelu")
+    v.update(vision or {})
+    t = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384,
+             max_position_embeddings=32, vocab_size=vocab_size, hidden_act="gelu",
+             pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    t.update(text or {})
+    itf = dict(hidden=128, layers=3, heads=4, ffn=512, num_object_queries=24, num_entity_queries=8,
+               mask_stride=4, sem_dim=64, dropout=0.0, stem_channels=32)
+    itf.update(interface or {})
+    vcfg = CLIPVisionConfig(**v)
+    tcfg = CLIPTextConfig(**t)
+    n = vcfg.num_hidden_layers
+    return FindConfig(
+        vision=VisionEncoderConfig(kind="tiny-clip", path=None, feature_layers=(max(1, n // 2), n),
+                                   image_size=(h, w), hf_config=_clean(vcfg.to_dict())),
+        language=LanguageEncoderConfig(kind="tiny-clip", path=None, hidden_layer=-1,
+                                       max_tokens=min(24, tcfg.max_position_embeddings),
+                                       hf_config=_clean(tcfg.to_dict())),
+        interface=InterfaceConfig(**itf),
+        freeze_encoders=False,
+    )
+
+
+def _clean(d: dict) -> dict:
+    d = dict(d)
+    d.pop("transformers_version", None)
+    d.pop("_name_or_path", None)
+    return d
+
+
+class FindModel(nn.Module):
+    """FIND (Zou et al., NeurIPS 2024) over any transformers vision/language pair."""
+
+    def __init__(self, *, config: FindConfig, vision: nn.Module | None = None, language: nn.Module | None = None,
+                 tokenizer=None) -> None:
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config=config.vision, model=vision)
+        self.language = LanguageEncoder(config=config.language, model=language)
+        if tokenizer is None:
+            if config.language.path is None:
+                raise FindModelError("no tokenizer given and language.path is None (nothing to load it from)")
+            tokenizer = load_tokenizer(config.language.path)
+        self.tokenizer = tokenizer
+        ic = config.interface
+        self.decoder = PixelDecoder(in_channels=self.vision.channels, num_levels=len(config.vision.feature_layers),
+                                    hidden=ic.hidden, mask_stride=ic.mask_stride, stem_channels=ic.stem_channels)
+        self.sampler = EmbeddingSampler(language_channels=self.language.channels, hidden=ic.hidden,
+                                        sem_dim=ic.sem_dim)
+        self.interface = FindInterface(config=ic)
+        self.heads = FindHeads(hidden=ic.hidden, sem_dim=ic.sem_dim)
+        if config.freeze_encoders:
+            for enc in (self.vision, self.language):
+                enc.requires_grad_(False)
+                enc.eval()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build_tiny(cls, *, vocab: list[str], image_size: tuple[int, int] = (96, 128), seed: int = 0,
+                   vision: dict | None = None, text: dict | None = None, interface: dict | None = None) -> "FindModel":
+        """The default tiny model with random weights (deterministic by ``seed``) and a word-level tokenizer."""
+        tok = build_word_tokenizer(list(vocab))
+        cfg = tiny_config(vocab_size=len(tok), image_size=image_size, vision=vision, text=text, interface=interface)
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(int(seed))
+            return cls(config=cfg, tokenizer=tok)
+        finally:
+            torch.random.set_rng_state(state)
+
+    @property
+    def device(self) -> torch.device:
+        return self.heads.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.heads.logit_scale.dtype
+
+    def train(self, mode: bool = True) -> "FindModel":
+        super().train(mode)
+        if self.config.freeze_encoders:
+            self.vision.eval()
+            self.language.eval()
+        return self
+
+    # ------------------------------------------------------------------ encoders
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """(B, 3, H, W) float RGB in [0, 1] (resized to ``config.vision.image_size``) -> image features."""
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+            raise FindModelError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        if not images.is_floating_point():
+            raise FindModelError(f"images must be float in [0, 1], got {images.dtype}")
+        x = images.to(device=self.device, dtype=self.dtype)
+        size = tuple(self.config.vision.image_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if self.config.freeze_encoders:
+            with torch.no_grad():
+                maps = self.vision(x)
+        else:
+            maps = self.vision(x)
+        return self.decoder(maps, x)
+
+    def _language(self, ids: np.ndarray, att: np.ndarray) -> torch.Tensor:
+        i = torch.from_numpy(ids).to(self.device)
+        a = torch.from_numpy(att).to(self.device)
+        if self.config.freeze_encoders:
+            with torch.no_grad():
+                return self.language(i, a).to(self.dtype)
+        return self.language(i, a).to(self.dtype)
+
+    def embed_references(self, references: list[Reference]) -> torch.Tensor:
+        """(R, C) prompt embeddings of reference images (mask pooling + points sampled in the mask)."""
+        import cv2
+
+        h, w = self.config.vision.image_size
+        s = self.config.interface.mask_stride
+        imgs, masks = [], []
+        for r in references:
+            imgs.append(cv2.resize(r.image, (w, h), interpolation=cv2.INTER_AREA))
+            m = np.ones(r.image.shape[:2], np.float32) if r.mask is None else r.mask.astype(np.float32)
+            mr = cv2.resize(m, (w // s, h // s), interpolation=cv2.INTER_AREA)
+            if mr.max() <= 0:  # a mask thinner than a feature cell: keep its nearest cell
+                mr = cv2.resize(m, (w // s, h // s), interpolation=cv2.INTER_LINEAR)
+                mr = (mr >= mr.max()).astype(np.float32)
+            masks.append(mr)
+        x = torch.from_numpy(np.stack(imgs)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255.0
+        feats = self.encode_image(x)
+        mt = torch.from_numpy(np.stack(masks)).to(device=self.device, dtype=self.dtype)
+        return self.sampler.pool_references(feats.mask_features, mt)
+
+    def encode_instructions(self, instructions: list[Instruction]) -> PromptBatch:
+        """Prompts of a batch of instructions: token embeddings per entity, ``<k>`` -> reference ``k`` embedding."""
+        if not instructions:
+            raise FindModelError("encode_instructions needs at least one instruction")
+        phrases, refs, offsets = [], [], []
+        for ins in instructions:
+            if not isinstance(ins, Instruction):
+                raise FindModelError(f"expected Instruction, got {type(ins).__name__}")
+            phrases.append([e.phrase for e in ins.entities])
+            offsets.append(len(refs))
+            refs.extend(ins.references)
+        tokens = tokenize_entities(self.tokenizer, phrases, max_tokens=self.config.language.max_tokens,
+                                   add_eos=self.config.language.kind != "llm", ref_offsets=offsets)
+        lang = self._language(tokens.ids, tokens.attention)
+        ref_emb = self.embed_references(refs) if refs else None
+        return self.sampler(tokens=tokens, language=lang, references=ref_emb, batch=len(instructions))
+
+    def encode_text(self, texts: list[str]) -> PromptBatch:
+        """Prompts of plain texts, one entity each (captions, class names)."""
+        import re
+
+        ents = []
+        for t in texts:
+            t = " ".join(re.sub(r"<\d+>", " ", str(t)).split()) or "[UNK]"
+            ents.append([t])
+        tokens = tokenize_entities(self.tokenizer, ents, max_tokens=self.config.language.max_tokens,
+                                   add_eos=self.config.language.kind != "llm")
+        lang = self._language(tokens.ids, tokens.attention)
+        return self.sampler(tokens=tokens, language=lang, references=None, batch=len(texts))
+
+    def caption_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """(B, D) unit-norm caption embeddings for text -> image retrieval."""
+        return self.encode_text(texts).sentence
+
+    # ------------------------------------------------------------------ interface
+
+    def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str) -> FindOutput:
+        if task not in TASKS:
+            raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
+        B = features.batch
+        if prompts is not None and prompts.batch != B:
+            if prompts.batch == 1:
+                prompts = prompts.expand(B)
+            elif B == 1:
+                features = features.expand(prompts.batch)
+                B = prompts.batch
+            else:
+                raise FindModelError(f"image batch {B} and prompt batch {prompts.batch} differ")
+        mf = features.mask_features
+        out, lay, preds = self.interface(features, prompts, task=task,
+                                         predict_masks=lambda q: self.heads.masks(q, mf))
+        Q, E, nq = lay["Q"], lay["E"], lay["nq"]
+        qo, iq, eq = out[:, :Q], out[:, Q], out[:, Q + 1:nq]
+        masks = self.heads.masks(torch.cat([qo, eq], dim=1), mf)
+        scale = self.heads.scale()
+        object_sem = self.heads.semantic(qo)
+        D = object_sem.shape[-1]
+        class_logits = None
+        if prompts is not None:
+            Ep = E if E else prompts.max_entities
+            ent_sem = self.heads.semantic(self.interface.entity_means(prompts, out[:, nq:], Ep))
+        else:
+            ent_sem = out.new_zeros(B, 0, D)
+        if E:
+            eq_sem = self.heads.semantic(eq)
+            entity_sem = ent_sem
+            score = scale * (entity_sem * eq_sem).sum(-1) + self.heads.score_bias
+        else:
+            if prompts is not None and task == "segment":
+                class_logits = scale * torch.einsum("bqd,bed->bqe", object_sem, ent_sem)
+            eq_sem = out.new_zeros(B, 0, D)
+            entity_sem = out.new_zeros(B, 0, D)
+            score = out.new_zeros(B, 0)
+        return FindOutput(
+            object_masks=masks[:, :Q], object_logits=self.heads.objectness(qo).squeeze(-1), object_sem=object_sem,
+            entity_masks=masks[:, Q:], entity_score_logits=score, entity_sem=entity_sem, entity_query_sem=eq_sem,
+            entity_valid=lay["entity_valid"], image_sem=self.heads.semantic(iq), pixel_sem=self.heads.pixels(mf),
+            class_logits=class_logits, logit_scale=scale,
+            aux_object_masks=[p[:, :Q] for p in preds], aux_entity_masks=[p[:, Q:] for p in preds],
+        )
+
+    # ------------------------------------------------------------------ checkpoint I/O
+
+    def _skipped_prefixes(self) -> tuple[str, ...]:
+        skip = []
+        if self.config.freeze_encoders and self.config.vision.path is not None:
+            skip.append("vision.")
+        if self.config.freeze_encoders and self.config.language.path is not None:
+            skip.append("language.")
+        return tuple(skip)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` into ``path`` (created).
+
+        Frozen encoders that were loaded from a path are not written (they reload from that path)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        skip = self._skipped_prefixes()
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()
+                 if not k.startswith(skip)}
+        save_file(state, str(path / WEIGHTS_FILE), metadata={"format": _FORMAT})
+        meta = {"format": _FORMAT, "version": 1, "config": self.config.to_dict()}
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "FindModel":
+        """Load a model written by :meth:`save_pretrained`; eval mode, on ``device`` in ``dtype``."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file = path / CONFIG_FILE
+        if not cfg_file.is_file():
+            raise FindModelError(f"no {CONFIG_FILE} in {path}")
+        meta = json.loads(cfg_file.read_text())
+        if meta.get("format") != _FORMAT:
+            raise FindModelError(f"{cfg_file} is not a FindModel config (format {meta.get('format')!r})")
+        config = FindConfig.from_dict(meta["config"])
+        state = load_file(str(path / WEIGHTS_FILE))
+        paths = {}
+        for name in ("vision", "language"):
+            sub = getattr(config, name)
+            if sub.path is not None and any(k.startswith(name + ".") for k in state):
+                paths[name] = sub.path  # weights are in the checkpoint: build from hf_config, not the path
+                setattr(config, name, dataclasses.replace(sub, path=None))
+        tok = load_tokenizer(path / TOKENIZER_DIR)
+        model = cls(config=config, tokenizer=tok)
+        for name, p in paths.items():
+            getattr(model.config, name).path = p
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        skip = model._skipped_prefixes()
+        missing = [k for k in missing if not k.startswith(skip)]
+        if missing or unexpected:
+            raise FindModelError(f"checkpoint {path} does not match its config: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+        model.to(device=device, dtype=dtype)
+        model.eval()
+        return model
+
+
+def _entity_instruction(text: str) -> Instruction:
+    """An instruction with ``text`` as its single entity (no splitting on separators)."""
+    t = " ".join(str(text).split())
+    return Instruction(id="", text=t, references=(), entities=(Entity(phrase=t, text=t, reference_indices=()),))

@@ -1,0 +1,109 @@
+"""FindGrounder: the FIND model behind the pipeline's Grounder / QueryEmbedder protocols."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from find_ros.grounding.base import EntityResult, FrameGrounding, GrounderError, mask_box
+from find_ros.instruction import Instruction
+from find_ros.model.find import FindModel, _entity_instruction
+from find_ros.model.sampler import PromptBatch
+
+__all__ = ["FindGrounder", "DEFAULT_MODEL_DIR"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR: Path = Path(__file__).resolve().parents[1] / "models" / "find-sim-tiny"
+"""The shipped default checkpoint."""
+
+
+class FindGrounder:
+    """Ground the cached instruction in each frame with a :class:`FindModel` (task ``interleaved``).
+
+    Per frame: resize to the model input, encode the image, run the interface against the cached
+    prompts, upsample the entity mask logits to the input resolution and threshold at 0.
+    """
+
+    name = "find"
+
+    def __init__(self, *, model: FindModel, device: str | torch.device = "cpu", task: str = "interleaved") -> None:
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.task = task
+        self._instruction: Instruction | None = None
+        self._prompts: PromptBatch | None = None
+        self.embed_calls = 0
+        """How many times an instruction was embedded (tests check the cache)."""
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu") -> "FindGrounder":
+        return cls(model=FindModel.from_pretrained(path, device=device), device=device)
+
+    # ------------------------------------------------------------------ instruction
+
+    @torch.no_grad()
+    def _embed(self, instruction: Instruction) -> PromptBatch:
+        self.embed_calls += 1
+        return self.model.encode_instructions([instruction])
+
+    def set_instruction(self, instruction: Instruction) -> None:
+        if not isinstance(instruction, Instruction):
+            raise GrounderError(f"set_instruction needs an Instruction, got {type(instruction).__name__}")
+        if self._instruction is instruction and self._prompts is not None:
+            return
+        self._prompts = self._embed(instruction)
+        self._instruction = instruction
+
+    def clear_instruction(self) -> None:
+        self._instruction = None
+        self._prompts = None
+
+    # ------------------------------------------------------------------ frames
+
+    def _frame_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        import cv2
+
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise GrounderError(f"frame must be an (H, W, 3) uint8 array, got "
+                                f"{getattr(rgb, 'shape', type(rgb))} {getattr(rgb, 'dtype', '')}")
+        h, w = self.model.config.vision.image_size
+        small = rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(np.ascontiguousarray(small)).to(self.device)
+        return x.permute(2, 0, 1)[None].to(self.model.dtype) / 255.0
+
+    @torch.no_grad()
+    def ground(self, rgb: np.ndarray) -> FrameGrounding:
+        if self._prompts is None or self._instruction is None:
+            raise GrounderError("no instruction set (call set_instruction first)")
+        H, W = rgb.shape[:2] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else (0, 0)
+        x = self._frame_tensor(rgb)
+        feats = self.model.encode_image(x)
+        out = self.model(feats, self._prompts, task=self.task)
+        E = len(self._instruction.entities)
+        logits = out.entity_masks[0, :E].float()
+        masks = (F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0] > 0).cpu().numpy()
+        scores = out.entity_scores[0, :E].float().cpu().numpy()
+        ents = [EntityResult(phrase=e.phrase, entity_index=i, score=float(scores[i]), mask=masks[i],
+                             box=mask_box(masks[i])) for i, e in enumerate(self._instruction.entities)]
+        pix = out.pixel_sem[0].float().cpu().numpy().astype(np.float32, copy=False)
+        return FrameGrounding(entities=ents, pixel_embeddings=pix)
+
+    # ------------------------------------------------------------------ query embeddings
+
+    @torch.no_grad()
+    def embed_instruction(self, instruction: Instruction) -> np.ndarray:
+        """(E, D) float32 unit-norm entity embeddings (instruction-only: prompts never attend to the image)."""
+        prompts = self.model.encode_instructions([instruction])
+        h, w = self.model.config.vision.image_size
+        feats = self.model.encode_image(torch.zeros(1, 3, h, w, device=self.device, dtype=self.model.dtype))
+        out = self.model(feats, prompts, task=self.task)
+        e = out.entity_sem[0, : len(instruction.entities)].float()
+        return F.normalize(e, dim=-1).cpu().numpy().astype(np.float32)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """(D,) float32 unit-norm embedding of ``text`` as one entity."""
+        return self.embed_instruction(_entity_instruction(text))[0]
