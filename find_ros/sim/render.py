@@ -98,6 +98,8 @@ class SimRenderer:
         self._geom_instance = np.array(ids + [0], dtype=np.int32)
         self._geom_albedo = np.array(albedo + [(0.0, 0.0, 0.0)], dtype=np.float32)
         self._geom_kind = np.array(kind + [-1], dtype=np.int8)
+        self._geom_albedo255 = self._geom_albedo * np.float32(255.0)
+        self._light = LIGHT_DIR.astype(np.float32)
         self._n_geom = len(ids)
 
     @property
@@ -115,19 +117,22 @@ class SimRenderer:
         np.matmul(self._dirs_cam, R.T, out=rays[:, 3:])
         ans = self._rcs.cast_rays(o3d.core.Tensor.from_numpy(rays))
         t = ans["t_hit"].numpy()
-        gid = ans["geometry_ids"].numpy()
-        hit = np.isfinite(t)
-        g = np.where(hit, gid, self._n_geom).astype(np.int64)
-        depth = np.where(hit, t, 0.0).astype(np.float32)
-        instance = self._geom_instance[g]
-        albedo = self._geom_albedo[g]
+        # misses carry geometry id 2**32 - 1 and t = inf: clip them onto the trailing "no hit" table entry
+        g = np.minimum(ans["geometry_ids"].numpy(), np.uint32(self._n_geom))
+        miss = g == self._n_geom
+        depth = np.where(miss, np.float32(0.0), t) if miss.any() else t
+        instance = np.take(self._geom_instance, g)
+        color = np.take(self._geom_albedo255, g, axis=0)
         normals = ans["primitive_normals"].numpy()
         if self.scene.texture:
-            albedo = albedo * self._texture(rays, depth, self._geom_kind[g])[:, None]
+            color *= self._texture(rays, depth, np.take(self._geom_kind, g))[:, None]
         if self.shading:
-            cos_l = np.abs(normals @ LIGHT_DIR.astype(np.float32))
-            albedo = albedo * (AMBIENT + (1.0 - AMBIENT) * cos_l)[:, None]
-        color = np.clip(albedo * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            shade = np.abs(normals @ self._light)
+            shade *= np.float32(1.0 - AMBIENT)
+            shade += np.float32(AMBIENT)
+            color *= shade[:, None]
+        color += np.float32(0.5)  # round; values stay within [0.5, 255.5]
+        color = color.astype(np.uint8)
         if self.noise_std > 0 or self.invalid_depth:
             depth = self._degrade(depth, rays, normals, index)
         return SimFrame(color=color.reshape(H, W, 3), depth=depth.reshape(H, W), K=self._K.copy(), T_world_cam=T.copy(),
