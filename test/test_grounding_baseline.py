@@ -12,7 +12,7 @@ from find_ros.instruction import Reference, parse_instruction
 H, W = 120, 160
 SWATCHES = {"red": (220, 20, 20), "green": (30, 180, 40), "blue": (30, 60, 200), "yellow": (230, 220, 30),
             "orange": (255, 140, 0), "purple": (128, 0, 128), "pink": (255, 150, 190), "cyan": (0, 200, 200),
-            "white": (245, 245, 245), "black": (10, 10, 10), "grey": (128, 128, 128), "brown": (110, 60, 20)}
+            "white": (245, 245, 245), "black": (10, 10, 10), "grey": (100, 100, 100), "brown": (100, 55, 18)}
 
 
 def scene() -> np.ndarray:

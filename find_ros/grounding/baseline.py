@@ -48,19 +48,23 @@ class ColourRange:
 
 COLOUR_RANGES: dict[str, ColourRange] = {
     "red": ColourRange(0.0, 8.5, (90, 255), (50, 255)),
-    "orange": ColourRange(14.5, 5.5, (120, 255), (120, 255)),
-    "yellow": ColourRange(27.5, 7.0, (90, 255), (90, 255)),
+    "orange": ColourRange(14.5, 5.5, (200, 255), (110, 255)),
+    "yellow": ColourRange(27.5, 7.0, (90, 255), (70, 255)),
     "green": ColourRange(60.0, 25.5, (60, 255), (35, 255)),
     "cyan": ColourRange(93.0, 7.5, (60, 255), (50, 255)),
     "blue": ColourRange(115.5, 15.0, (70, 255), (35, 255)),
     "purple": ColourRange(143.0, 12.5, (50, 255), (35, 255)),
-    "pink": ColourRange(168.0, 14.0, (30, 170), (150, 255)),
-    "white": ColourRange(None, 0.0, (0, 45), (185, 255)),
+    "pink": ColourRange(168.0, 14.0, (30, 170), (70, 255)),
+    "white": ColourRange(None, 0.0, (0, 45), (130, 255)),
     "black": ColourRange(None, 0.0, (0, 255), (0, 45)),
-    "grey": ColourRange(None, 0.0, (0, 45), (46, 184)),
-    "brown": ColourRange(14.0, 10.0, (70, 255), (35, 119)),
+    "grey": ColourRange(None, 0.0, (0, 45), (46, 129)),
+    "brown": ColourRange(14.0, 10.0, (90, 255), (35, 130)),
 }
-"""Colour name -> HSV range. Ranges may overlap; the nearest range centre wins (see module docstring)."""
+"""Colour name -> HSV range. Ranges may overlap; the nearest range centre wins (see module docstring).
+
+Diffuse shading scales V and keeps H and S, so colours that differ only in V are ambiguous under shading:
+orange vs brown (V 110..130 overlaps; orange also needs S >= 200) and white vs grey (split at V = 130); a shaded white surface reads as
+grey and a brightly lit brown one as orange. Tuned on ``find_ros.sim`` albedos and common swatches."""
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOUR_RANGES)
 """Colour names in embedding order (D = 12)."""
