@@ -126,6 +126,9 @@ def test_open_dataset_sim_and_errors():
     f = seq[2]
     assert f.color.shape == (48, 64, 3) and f.T_world_cam.shape == (4, 4) and f.depth.max() > 0
     assert np.array_equal(f.depth, open_dataset("sim", 3, n_frames=4, width=64, height=48)[2].depth)
+    sub = open_dataset("sim", "3", n_frames=4, width=64, height=48, stride=2, max_frames=1)
+    assert len(sub) == 1 and np.array_equal(sub[0].T_world_cam, seq[0].T_world_cam)
+    assert np.array_equal(open_dataset("sim", 3, n_frames=4, width=64, height=48, stride=2)[1].depth, f.depth)
     with pytest.raises(DatasetError, match="unknown dataset format"):
         open_dataset("kitti", "x")
     with pytest.raises(DatasetError, match="integer seed"):

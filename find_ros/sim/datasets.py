@@ -265,10 +265,12 @@ def read_7scenes(path, *, max_frames: int | None = None, stride: int = 1, K: np.
 
 
 class SimSequence(Sequence):
-    """Simulated stream (``Scene.generate(seed)`` along a trajectory) as a lazy ``RGBDFrame`` sequence."""
+    """Simulated stream (``Scene.generate(seed)`` along a trajectory of ``n_frames`` poses, then ``stride`` and
+    ``max_frames`` as for the recorded readers) as a lazy ``RGBDFrame`` sequence."""
 
     def __init__(self, seed: int, *, n_frames: int = 300, trajectory: str = "orbit", width: int = 640,
-                 height: int = 480, fps: float = 30.0, scene_kw: dict | None = None, **renderer_kw) -> None:
+                 height: int = 480, fps: float = 30.0, max_frames: int | None = None, stride: int = 1,
+                 scene_kw: dict | None = None, **renderer_kw) -> None:
         from .render import SimRenderer
         from .scene import Scene
         from .trajectory import orbit_trajectory, walkthrough_trajectory
@@ -278,18 +280,20 @@ class SimSequence(Sequence):
         self.scene = Scene.generate(int(seed), **(scene_kw or {}))
         self.poses = (orbit_trajectory(self.scene, n_frames) if trajectory == "orbit"
                       else walkthrough_trajectory(self.scene, n_frames, seed=int(seed)))
+        self._frame_no = _select(list(range(len(self.poses))), max_frames, stride)
         self.renderer = SimRenderer(self.scene, width=width, height=height, **renderer_kw)
         self.fps = float(fps)
 
     def __len__(self) -> int:
-        return len(self.poses)
+        return len(self._frame_no)
 
     def __getitem__(self, i: int) -> RGBDFrame:
-        n = len(self.poses)
+        n = len(self._frame_no)
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise IndexError(f"frame {i} out of range for {n} simulated frames")
-        f = self.renderer.render(self.poses[j], index=j, time_s=j / self.fps)
+        k = self._frame_no[j]
+        f = self.renderer.render(self.poses[k], index=k, time_s=k / self.fps)
         return RGBDFrame(color=f.color, depth=f.depth, K=f.K, T_world_cam=f.T_world_cam, stamp_s=f.time_s, index=j)
 
 
