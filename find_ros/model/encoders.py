@@ -48,10 +48,12 @@ def _language_classes(kind: str):
 
 
 def _hf_config_dict(cfg) -> dict:
+    import json
+
     d = cfg.to_dict()
     d.pop("transformers_version", None)
     d.pop("_name_or_path", None)
-    return d
+    return json.loads(json.dumps(d, default=str))  # JSON-normal form (str keys), as it is saved
 
 
 def _build_from_dict(model_cls, config_cls, d: dict) -> nn.Module:

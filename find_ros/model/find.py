@@ -71,7 +71,7 @@ def _clean(d: dict) -> dict:
     d = dict(d)
     d.pop("transformers_version", None)
     d.pop("_name_or_path", None)
-    return d
+    return json.loads(json.dumps(d, default=str))
 
 
 class FindModel(nn.Module):
