@@ -71,8 +71,9 @@ def test_resume_reproduces_uninterrupted_run(tiny_data, tmp_path):
     full = Trainer(config=_config(), out_dir=tmp_path / "full", dataset=tiny_data)
     full.run(progress=False)
     # interrupted: stop at step 3 (a checkpoint), then resume in a fresh trainer
-    part = Trainer(config=_config(steps=3), out_dir=tmp_path / "part", dataset=tiny_data)
-    part.run(progress=False)
+    part = Trainer(config=_config(), out_dir=tmp_path / "part", dataset=tiny_data)
+    part.run(progress=False, stop_at=3)
+    assert part.step == 3 and not (tmp_path / "part" / "model").exists()
     resumed = Trainer(config=_config(), out_dir=tmp_path / "part", dataset=tiny_data)
     resumed.run(resume=True, progress=False)
     assert resumed.step == full.step == 6

@@ -324,8 +324,10 @@ class Trainer:
         self.step += 1
         return {"task": batch["task"], **{k: float(v.detach()) for k, v in losses.items()}}
 
-    def run(self, *, resume: bool = False, progress: bool = True) -> Path:
+    def run(self, *, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
+        """Train to ``config.steps``; ``stop_at`` ends early (checkpointed) without changing the lr schedule."""
         c = self.config
+        end = c.steps if stop_at is None else min(c.steps, int(stop_at))
         if resume:
             self.load_checkpoint()
         (self.out / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
@@ -334,7 +336,7 @@ class Trainer:
         start = self.step
         acc: dict[str, list[float]] = {}
         try:
-            while self.step < c.steps:
+            while self.step < end:
                 m = self.train_step()
                 for k, v in m.items():
                     if k != "task":
@@ -360,6 +362,8 @@ class Trainer:
             if progress:
                 print("", file=sys.stderr)
         self.save_checkpoint()
+        if self.step < c.steps:  # stopped early: the checkpoint is the result
+            return self.ckpt_dir
         final = self.out / "model"
         self.model.save_pretrained(final)
         (final / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))

@@ -85,7 +85,9 @@ class Counters:
     dropped: int = 0
     """Frame sets replaced in the mailbox by a newer one before the worker took them."""
     stale: int = 0
-    """Frame sets older than max_stamp_age_s when the worker took them."""
+    """Colour frames older than max_stamp_age_s on arrival or when the worker took them."""
+    out_of_order: int = 0
+    """Messages not newer than the last matched frame set (fallback synchroniser only)."""
     rejected: int = 0
     """Frame sets refused for bad content (encoding, sizes, depth, camera_info)."""
     idle: int = 0
@@ -419,7 +421,27 @@ class PerceptionNode(LifecycleNode):
                            f"colour frames arrive but no {' and no '.join(missing)} has been received yet "
                            "(topics camera/depth/image_raw, camera/color/camera_info): frames wait")
         if self._sync is not None:
+            if stream == "color" and self._is_stale(msg):
+                return
+            before = self._sync.discarded
             self._sync.add(stream, _stamp_s(msg.header), msg)
+            if self._sync.discarded > before:
+                self._count("out_of_order")
+                self._warn("out_of_order", f"{stream} message stamped {_stamp_s(msg.header):.3f} is not newer than "
+                                           "the last matched frame set: dropped (clock jump or replay restart?)")
+
+    def _is_stale(self, color: Image) -> bool:
+        """Drop (counted, logged) a colour frame older than max_stamp_age_s; 0 disables the check."""
+        max_age = self._p["max_stamp_age_s"]
+        if max_age <= 0:
+            return False
+        age = self.get_clock().now().nanoseconds * 1e-9 - _stamp_s(color.header)
+        if age <= max_age:
+            return False
+        self._count("stale")
+        self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={max_age}): dropped; "
+                                  "check clocks / use_sim_time")
+        return True
 
     def _on_synced(self, matched: dict) -> None:
         self._on_frame_set(matched["color"], matched["depth"], matched["camera_info"])
@@ -586,14 +608,8 @@ class PerceptionNode(LifecycleNode):
         return rgb, depth_m, K
 
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
-        max_age = self._p["max_stamp_age_s"]
-        if max_age > 0:
-            age = self.get_clock().now().nanoseconds * 1e-9 - _stamp_s(color.header)
-            if age > max_age:
-                self._count("stale")
-                self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={max_age}): dropped; "
-                                          "check clocks / use_sim_time")
-                return
+        if self._is_stale(color):  # it may have aged while it waited for the worker
+            return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
         if self._field is not None:  # field hook: fuse every accepted posed frame, instruction or not
