@@ -75,14 +75,23 @@ class FindGrounder:
         x = torch.from_numpy(np.ascontiguousarray(small)).to(self.device)
         return x.permute(2, 0, 1)[None].to(self.model.dtype) / 255.0
 
+    def prepare(self, rgb: np.ndarray) -> torch.Tensor:
+        """The model input of a frame: resized to the model's image size, (1, 3, h, w) in [0, 1]."""
+        return self._frame_tensor(rgb)
+
+    @torch.no_grad()
+    def forward_only(self, x: torch.Tensor):
+        """The model alone on a prepared frame against the cached prompts (the benchmark's reference)."""
+        if self._prompts is None:
+            raise GrounderError("no instruction set (call set_instruction first)")
+        return self.model(self.model.encode_image(x), self._prompts, task=self.task)
+
     @torch.no_grad()
     def ground(self, rgb: np.ndarray) -> FrameGrounding:
         if self._prompts is None or self._instruction is None:
             raise GrounderError("no instruction set (call set_instruction first)")
         H, W = rgb.shape[:2] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else (0, 0)
-        x = self._frame_tensor(rgb)
-        feats = self.model.encode_image(x)
-        out = self.model(feats, self._prompts, task=self.task)
+        out = self.forward_only(self.prepare(rgb))
         E = len(self._instruction.entities)
         logits = out.entity_masks[0, :E].float()
         masks = (F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0] > 0).cpu().numpy()

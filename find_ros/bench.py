@@ -1,0 +1,346 @@
+"""``find-ros bench``: speed and memory of every stage, each next to a reference measured in the same run.
+
+Each stage is timed after warm-up as median / p95 over repeated runs; the peak RSS of the process is
+reset before a stage (Linux ``/proc/self/clear_refs``) and read after it. Ratios compare a stage with
+a reference timed in the same run, because absolute figures on shared machines drift:
+
+- conversions: ``find_ros.ros.conversions`` vs a plain ``np.frombuffer(...).copy()`` / ``tobytes()``;
+- model: the FIND model's own forward pass vs the whole node path (conversion in, pipeline, overlay,
+  conversion out) -> node overhead;
+- field: our embedding fusion vs open3d's own TSDF + colour integration, and vs a naive numpy
+  scatter-mean;
+- end to end: stamp -> publish latency through real DDS between processes (``find-ros demo`` graph).
+
+A stage whose layer is missing from the install is reported with ``"error"`` instead of figures.
+``--soak-minutes M`` runs the demo graph for M minutes and reports RSS and latency drift.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["cli", "run_bench", "time_stage", "StageTiming", "peak_rss_mb", "reset_peak_rss"]
+
+
+@dataclasses.dataclass
+class StageTiming:
+    """Timings of one callable, in milliseconds."""
+
+    median_ms: float
+    p95_ms: float
+    n: int
+    peak_rss_mb: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median_ms": round(self.median_ms, 4), "p95_ms": round(self.p95_ms, 4), "n": self.n,
+                "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1)}
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux; silently nothing elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process since the last reset, MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def time_stage(fn: Callable[[], Any], *, warmup: int, repeat: int, min_s: float = 0.0) -> StageTiming:
+    """Call ``fn`` ``warmup`` times, then at least ``repeat`` times (and at least ``min_s`` seconds)."""
+    for _ in range(warmup):
+        fn()
+    reset_peak_rss()
+    times: list[float] = []
+    t_end = time.perf_counter() + min_s
+    while len(times) < repeat or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 50 * max(repeat, 1):
+            break
+    arr = np.asarray(times)
+    return StageTiming(float(np.median(arr)), float(np.percentile(arr, 95)), len(times), peak_rss_mb())
+
+
+def _ratio(a: dict, b: dict) -> float | None:
+    if not a or not b or "median_ms" not in a or "median_ms" not in b or b["median_ms"] <= 0:
+        return None
+    return round(a["median_ms"] / b["median_ms"], 3)
+
+
+class _Bench:
+    def __init__(self, *, quick: bool) -> None:
+        self.quick = quick
+        self.warmup = 2 if quick else 5
+        self.repeat = 10 if quick else 50
+        self.stages: dict[str, Any] = {}
+        self.ratios: dict[str, Any] = {}
+        self.scaling: dict[str, list[dict]] = {}
+
+    def t(self, fn: Callable[[], Any], *, repeat: int | None = None) -> dict:
+        return time_stage(fn, warmup=self.warmup, repeat=repeat or self.repeat).as_dict()
+
+    def run(self, name: str, fn: Callable[[], None]) -> None:
+        t0 = time.monotonic()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            fn()
+        except Exception as e:  # a missing layer or a failure: reported, the other stages still run
+            self.stages[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
+            print(f"[bench] {name} FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        print(f"[bench] {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------- stages
+    def conversions(self) -> None:
+        from find_ros.ros import conversions as conv
+
+        rng = np.random.default_rng(0)
+        rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        depth = rng.integers(300, 5000, (480, 640), dtype=np.uint16)
+        msg_rgb = conv.numpy_to_image(rgb, "rgb8")
+        msg_bgr = conv.numpy_to_image(rgb[..., ::-1].copy(), "bgr8")
+        msg_d = conv.numpy_to_image(depth, "16UC1")
+        data = bytes(msg_rgb.data)
+        out: dict[str, Any] = {
+            "rgb8_in": self.t(lambda: conv.image_to_rgb(msg_rgb)),
+            "bgr8_in": self.t(lambda: conv.image_to_rgb(msg_bgr)),
+            "depth16_in_m": self.t(lambda: conv.image_to_depth_m(msg_d)),
+            "rgb8_out": self.t(lambda: conv.numpy_to_image(rgb, "rgb8")),
+            "ref_frombuffer_copy": self.t(lambda: np.frombuffer(data, np.uint8).reshape(480, 640, 3).copy()),
+            "ref_tobytes": self.t(lambda: rgb.tobytes()),
+        }
+        xyz = rng.normal(size=(100_000, 3)).astype(np.float32)
+        col = rng.integers(0, 255, (100_000, 3), dtype=np.uint8)
+        score = rng.random(100_000, dtype=np.float32)
+        out["cloud2_pack_100k"] = self.t(lambda: conv.points_to_cloud2(xyz, header=None, rgb=col, score=score))
+        self.stages["conversions"] = out
+        self.ratios["conversion_rgb8_in_vs_frombuffer_copy"] = _ratio(out["rgb8_in"], out["ref_frombuffer_copy"])
+        self.ratios["conversion_rgb8_out_vs_tobytes"] = _ratio(out["rgb8_out"], out["ref_tobytes"])
+
+    def _grounder(self, model_dir: str | None):
+        """The FIND grounder of ``model_dir`` (default: the shipped checkpoint)."""
+        from find_ros.model.grounder import DEFAULT_MODEL_DIR, FindGrounder
+
+        path = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no FIND model in {path} (config.json missing); pass --model DIR")
+        self.stages["model_dir"] = str(path)
+        return FindGrounder.from_pretrained(path, device="cpu")
+
+    def model(self, model_dir: str | None) -> None:
+        import torch
+
+        from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
+        from find_ros.instruction import parse_instruction
+        from find_ros.ros import conversions as conv
+
+        g = self._grounder(model_dir)
+        ins = parse_instruction("the red cube, the blue sphere")
+        with torch.inference_mode():  # the grounder caches set_instruction; time the embedding itself
+            out: dict[str, Any] = {"instruction_embedding": self.t(lambda: g.model.encode_instructions([ins]))}
+        g.set_instruction(ins)
+        rng = np.random.default_rng(1)
+        rows = []
+        for w, h in ((320, 240), (640, 480), (1280, 720)):
+            rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            with torch.inference_mode():
+                rows.append({"width": w, "height": h, **self.t(lambda: g.ground(rgb))})
+        out["ground_per_frame"] = rows
+        self.scaling["model_vs_image_size"] = rows
+        # the model's own forward pass (preprocessed tensor in, raw outputs) vs the whole node path
+        forward = getattr(g, "forward_only", None)
+        rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        depth = np.full((480, 640), 1.5, np.float32)
+        K = np.array([[525.0, 0, 320], [0, 525.0, 240], [0, 0, 1]])
+        vg = VideoGrounder(g, config=PipelineConfig())
+        vg.set_instruction(ins)
+        msg_rgb, msg_d = conv.numpy_to_image(rgb, "rgb8"), conv.numpy_to_image((depth * 1000).astype(np.uint16), "16UC1")
+
+        def node_path() -> None:
+            frame = conv.image_to_rgb(msg_rgb)
+            d = conv.image_to_depth_m(msg_d)
+            res = vg.process(frame, d, K, np.eye(4))
+            conv.numpy_to_image(np.ascontiguousarray(res.label_mask), "mono8")
+            conv.numpy_to_image(res.overlay(frame), "rgb8")
+
+        with torch.inference_mode():
+            out["node_path_640x480"] = self.t(node_path)
+            if forward is not None:
+                prepared = g.prepare(rgb)
+                out["model_forward_640x480"] = self.t(lambda: forward(prepared))
+            out["ground_640x480"] = rows[1]
+        self.stages["model"] = out
+        ref = out.get("model_forward_640x480") or rows[1]
+        self.ratios["node_path_vs_model_forward"] = _ratio(out["node_path_640x480"], ref)
+        self.ratios["node_overhead_fraction"] = (None if self.ratios["node_path_vs_model_forward"] is None
+                                                 else round(self.ratios["node_path_vs_model_forward"] - 1.0, 3))
+        self.ratios["node_overhead_reference"] = ("model_forward_640x480" if "model_forward_640x480" in out
+                                                  else "ground_640x480 (grounder.ground incl. pre/post-processing)")
+
+    def geometry(self) -> None:
+        from find_ros.grounding.geometry import target_pose_from_mask
+
+        h, w = 480, 640
+        depth = np.full((h, w), 2.0, np.float32)
+        mask = np.zeros((h, w), bool)
+        mask[180:300, 260:380] = True
+        K = np.array([[525.0, 0, 320], [0, 525.0, 240], [0, 0, 1]])
+        self.stages["mask_to_pose"] = self.t(lambda: target_pose_from_mask(mask, depth, K))
+
+    def field(self) -> None:
+        from find_ros.field import bench as fb
+
+        reset_peak_rss()
+        res = fb.run(frames=20 if self.quick else 60, query_voxels=200_000 if self.quick else 500_000)
+        res["peak_rss_mb"] = peak_rss_mb()
+        self.stages["field"] = res
+        self.ratios["field_integration_vs_open3d_tsdf_colour"] = round(res["ratio_field_vs_open3d"], 3)
+        self.ratios["field_integration_vs_numpy_scatter_mean"] = round(
+            res["field_ms_median"] / res["numpy_scatter_mean_ms_median"], 3)
+        self.scaling["field_integration_vs_embedding_dim"] = self._field_dim_scaling(fb)
+
+    def _field_dim_scaling(self, fb) -> list[dict]:
+        """Fusion ms/frame at 5 cm voxels on the same TUM frames for several embedding dimensions."""
+        from find_ros.field.field import FeatureField, FieldConfig
+
+        frames = fb._frames(fb.DEFAULT_DATA, 8 if self.quick else 30, 2)
+        rng = np.random.default_rng(0)
+        rows = []
+        for dim in ((16, 64, 128) if self.quick else (16, 32, 64, 128, 256)):
+            emb = rng.standard_normal((60, 80, dim)).astype(np.float32)
+            ff = FeatureField(config=FieldConfig(voxel_size=0.05, embedding_dim=dim))
+            ms = [ff.integrate(f.depth, f.K, f.T_world_cam, pixel_embeddings=emb, color=f.color).ms for f in frames]
+            rows.append({"embedding_dim": dim, "median_ms": round(float(np.median(ms[1:])), 3),
+                         "voxels": ff.num_voxels, "bytes_per_voxel": ff.bytes_per_voxel})
+        return rows
+
+    def e2e(self, seconds: float, grounder: str, rate_hz: float) -> None:
+        from find_ros.ros.demo import run_demo
+
+        with tempfile.TemporaryDirectory() as d:
+            rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder)
+        self.stages[f"e2e_{grounder}"] = {
+            "rate_hz": rate_hz, "resolution": "640x480", "seconds": seconds,
+            "latency_ms": rep["latency_ms"], "node_processing_ms": rep["node_processing_ms"],
+            "frames_in": rep["frames_in"], "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
+            "node_rss_mb_last": (rep["samples"][-1]["node_rss_mb"] if rep["samples"] else None),
+        }
+
+
+def soak(minutes: float, grounder: str, rate_hz: float) -> dict[str, Any]:
+    """Run the demo graph for ``minutes``; RSS and latency of the first vs the last 20% of the run."""
+    from find_ros.ros.demo import run_demo
+
+    with tempfile.TemporaryDirectory() as d:
+        rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0)
+    samples = [s for s in rep["samples"] if s["node_rss_mb"] is not None]
+    lat = rep["latency_series_ms"]
+    n = len(samples)
+    k = max(n // 5, 1)
+    rss_first = float(np.median([s["node_rss_mb"] for s in samples[1:k + 1]])) if n > 2 else None
+    rss_last = float(np.median([s["node_rss_mb"] for s in samples[-k:]])) if n > 2 else None
+    m = max(len(lat) // 5, 1)
+    lat_first = float(np.median(lat[:m])) if lat else None
+    lat_last = float(np.median(lat[-m:])) if lat else None
+
+    def drift(a, b):
+        return None if a in (None, 0) or b is None else round((b - a) / a, 4)
+
+    return {"minutes": minutes, "grounder": grounder, "rate_hz": rate_hz,
+            "node_rss_mb_first": rss_first, "node_rss_mb_last": rss_last, "rss_drift": drift(rss_first, rss_last),
+            "latency_median_first_ms": lat_first, "latency_median_last_ms": lat_last,
+            "latency_drift": drift(lat_first, lat_last), "latency_ms": rep["latency_ms"],
+            "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
+            "rss_series_mb": [(s["t_s"], s["node_rss_mb"]) for s in samples]}
+
+
+def run_bench(*, quick: bool, model_dir: str | None = None, e2e_seconds: float | None = None,
+              grounder: str = "find", soak_minutes: float = 0.0) -> dict[str, Any]:
+    """Run every stage; returns the JSON-ready report."""
+    import torch
+
+    b = _Bench(quick=quick)
+    t0 = time.monotonic()
+    b.run("conversions", b.conversions)
+    b.run("model", lambda: b.model(model_dir))
+    b.run("mask_to_pose", b.geometry)
+    b.run("field", b.field)
+    secs = e2e_seconds if e2e_seconds is not None else (12.0 if quick else 30.0)
+    b.run("e2e", lambda: b.e2e(secs, grounder, 30.0))
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine()},
+        "quick": quick, "stages": b.stages, "ratios": b.ratios, "scaling": b.scaling,
+    }
+    if soak_minutes > 0:
+        def _soak() -> None:
+            report["soak"] = soak(soak_minutes, grounder, 30.0)
+
+        b.run("soak", _soak)
+        if "soak" in b.stages:  # it failed: its error goes where its figures would have been
+            report["soak"] = b.stages.pop("soak")
+    report["wall_s"] = round(time.monotonic() - t0, 1)
+    return report
+
+
+def _scaling_table(report: dict[str, Any]) -> str:
+    lines = []
+    for name, rows in report.get("scaling", {}).items():
+        if not rows:
+            continue
+        keys = list(rows[0])
+        lines.append(f"## {name}")
+        lines.append(" | ".join(keys))
+        for r in rows:
+            lines.append(" | ".join(str(r.get(k)) for k in keys))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``find-ros bench`` entry point."""
+    ap = argparse.ArgumentParser(prog="find-ros bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and a 12 s e2e run (< 3 min)")
+    ap.add_argument("--json", type=Path, required=True, help="write the report here (a scaling table goes next to it)")
+    ap.add_argument("--model", default=None, help="FIND model directory (default: the shipped model)")
+    ap.add_argument("--grounder", default="find", choices=("find", "hsv-baseline"), help="grounder of the e2e run")
+    ap.add_argument("--e2e-seconds", type=float, default=None, help="length of the end-to-end DDS run")
+    ap.add_argument("--soak-minutes", type=float, default=0.0, help="also run a soak of this many minutes")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    report = run_bench(quick=args.quick, model_dir=args.model, e2e_seconds=args.e2e_seconds,
+                       grounder=args.grounder, soak_minutes=args.soak_minutes)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    args.json.with_suffix(".scaling.md").write_text(_scaling_table(report))
+    failed = [k for k, v in report["stages"].items() if isinstance(v, dict) and "error" in v]
+    print(json.dumps({"ratios": report["ratios"], "failed_stages": failed, "wall_s": report["wall_s"]}, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
