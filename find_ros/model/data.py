@@ -560,7 +560,9 @@ def build_shards(*, split: str, n_samples: int, out_dir: str | Path, config: Dat
     ds = SimFindDataset(split=split, config=config)
     d = Path(out_dir) / split
     d.mkdir(parents=True, exist_ok=True)
-    info = {"split": split, "n_samples": n_samples, "shard_size": shard_size, "config": config.to_dict()}
+    # JSON-normal (tuples -> lists) so that it compares equal with what a previous run wrote
+    info = json.loads(json.dumps({"split": split, "n_samples": n_samples, "shard_size": shard_size,
+                                  "config": config.to_dict()}))
     info_path = d / "info.json"
     if info_path.exists():
         old = json.loads(info_path.read_text())
@@ -601,12 +603,13 @@ class ShardDataset:
             raise DataError(f"no shard_*.npz files in {d}")
         self.images, self.instance, self.meta, self._refs = [], [], [], []
         for f in files:
-            z = np.load(f)
-            offs = z["ref_offsets"]
-            refs, rmasks = z["refs"], z["ref_masks"]
-            for k, m in enumerate(z["meta"]):
-                self.images.append(z["images"][k])
-                self.instance.append(z["instance"][k])
+            # read each array once (NpzFile decompresses on every item access); samples are views of them
+            with np.load(f) as z:
+                offs, refs, rmasks = z["ref_offsets"], z["refs"], z["ref_masks"]
+                images, instance, meta = z["images"], z["instance"], z["meta"]
+            for k, m in enumerate(meta):
+                self.images.append(images[k])
+                self.instance.append(instance[k])
                 self.meta.append(json.loads(str(m)))
                 self._refs.append([(refs[j], rmasks[j]) for j in range(offs[k], offs[k + 1])])
                 if limit is not None and len(self.meta) >= limit:
