@@ -139,3 +139,23 @@ def test_declare_on_a_real_node_rejects_bad_overrides(ros_context):
         assert not node.has_parameter("score_threshold") and node.has_parameter("depth_scale")
     finally:
         node.destroy_node()
+
+
+def test_shipped_yaml_applies_through_rcl_in_any_namespace(tmp_path):
+    """rcl parses config/perception.yaml (the /**/perception_node wildcard) for a node in a namespace."""
+    text = YAML.read_text()
+    assert "score_threshold: 0.5" in text
+    f = tmp_path / "p.yaml"
+    f.write_text(text.replace("score_threshold: 0.5", "score_threshold: 0.37"))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(f)])
+    try:
+        node = rclpy.create_node("perception_node", namespace="robot1", context=ctx)
+        try:
+            values = P.declare_parameters(node)
+            assert values["score_threshold"] == pytest.approx(0.37)
+            assert values["grounder"] == P.load_yaml_parameters(f)["grounder"]
+        finally:
+            node.destroy_node()
+    finally:
+        ctx.try_shutdown()

@@ -244,7 +244,7 @@ def load_yaml_parameters(path: str | Path, *, node_name: str = NODE_NAME) -> dic
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict):
         raise ParameterError(f"{path}: top level is not a mapping")
-    for key in (node_name, f"/{node_name}", "/**", "**"):
+    for key in (node_name, f"/{node_name}", f"/**/{node_name}", "/**", "**"):
         block = data.get(key)
         if isinstance(block, dict) and isinstance(block.get("ros__parameters"), dict):
             return dict(block["ros__parameters"])
