@@ -379,6 +379,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="override the config seed")
     ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (override)")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop (checkpointed) at this step without changing the lr schedule of --steps")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     d = json.loads(Path(a.config).read_text())
@@ -391,8 +393,8 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.from_dict(d)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainError(f"device {cfg.device!r} requested but CUDA is not available")
-    final = Trainer(config=cfg, out_dir=a.out).run(resume=a.resume)
-    print(f"model written to {final}")
+    final = Trainer(config=cfg, out_dir=a.out).run(resume=a.resume, stop_at=a.stop_at)
+    print(f"{'checkpoint' if a.stop_at is not None and a.stop_at < cfg.steps else 'model'} written to {final}")
     return 0
 
 
