@@ -406,13 +406,14 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--grounder", default="hsv-baseline", choices=("hsv-baseline", "find"),
                     help="perception node grounder (default hsv-baseline)")
     ap.add_argument("--seed", type=int, default=3, help="sim scene seed (default 3)")
+    ap.add_argument("--model", default=None, help="FIND model directory for --grounder find (default: the shipped one)")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
         report = run_demo(seconds=args.seconds, out=args.out, rate_hz=args.rate, grounder=args.grounder,
-                          seed=args.seed)
+                          seed=args.seed, node_params={"model_path": args.model} if args.model else None)
     except DemoError as e:
         print(f"find-ros demo: {e}", file=sys.stderr)
         return 1
