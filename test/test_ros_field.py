@@ -1,7 +1,11 @@
-"""Feature field ROS wiring: FieldBridge on a lifecycle node over real DDS (cloud, save/clear services)."""
+"""Feature field ROS wiring over real DDS: FieldBridge on a lifecycle node (latched cloud with score, query, goal,
+save/load/clear, errors) and the multi-process graph sim camera -> perception node (field_enable) -> query."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,16 +14,22 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("find_ros.ros.conversions")
 
+from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from find_ros.field import FeatureField  # noqa: E402
+from find_ros.field import FeatureField, FieldConfig  # noqa: E402
+from find_ros.grounding.baseline import HsvBaselineGrounder  # noqa: E402
+from find_ros.instruction import parse_instruction  # noqa: E402
 from find_ros.ros import conversions as conv  # noqa: E402
-from find_ros.ros.field_bridge import CLOUD_TOPIC, FieldBridge  # noqa: E402
+from find_ros.ros.field_bridge import (CLEAR_SERVICE, CLOUD_TOPIC, GOAL_TOPIC, HEATMAP_TOPIC,  # noqa: E402
+                                       LOAD_SERVICE, QUERY_SERVICE, SAVE_SERVICE, FieldBridge, FieldBridgeError)
 from find_ros.ros.params import PARAMS_BY_NAME  # noqa: E402
-from find_ros.ros.qos import OUTPUT_QOS  # noqa: E402
+from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS  # noqa: E402
+from find_ros.srv import FieldFile, QueryField  # noqa: E402
 
 H, W = 60, 80
 K = np.array([[70.0, 0, 39.5], [0, 70.0, 29.5], [0, 0, 1]])
@@ -27,19 +37,20 @@ NS = f"/field_test_{os.getpid()}"
 
 
 class _Host(LifecycleNode):
-    """Minimal lifecycle host: the bridge's publisher is enabled by the base class on activate."""
+    """Minimal lifecycle host: the bridge's publishers are enabled by the base class on activate."""
 
     def __init__(self, params):
         super().__init__("field_host", namespace=NS)
         self.params = params
         self.bridge = None
+        self.instruction = None
 
     def on_configure(self, state):
-        self.bridge = FieldBridge.create(self, self.params)
+        self.bridge = FieldBridge.create(self, self.params, instruction=lambda: self.instruction)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state):
-        self.bridge.activate()
+        self.bridge.activate(HsvBaselineGrounder())
         return super().on_activate(state)
 
     def on_deactivate(self, state):
@@ -55,8 +66,7 @@ class _Host(LifecycleNode):
 def ros(tmp_path):
     rclpy.init()
     params = {name: spec.default for name, spec in PARAMS_BY_NAME.items()}
-    params.update(field_enable=True, field_publish_period_s=0.1, field_embedding_dim=8,
-                  field_save_path=str(tmp_path / "field.npz"))
+    params.update(field_enable=True, field_publish_period_s=0.1, field_path=str(tmp_path / "field.npz"))
     host = _Host(params)
     client = rclpy.create_node("field_client", namespace=NS)
     ex = SingleThreadedExecutor()
@@ -65,6 +75,8 @@ def ros(tmp_path):
     try:
         yield host, client, ex, params
     finally:
+        if host.bridge is not None:
+            host.bridge.deactivate()
         ex.shutdown()
         host.destroy_node()
         client.destroy_node()
@@ -80,53 +92,130 @@ def _spin_until(ex, cond, timeout=10.0):
     return False
 
 
-def _call(ex, client, name):
-    cli = client.create_client(Trigger, name)
+def _call(ex, client, srv_type, name, req):
+    cli = client.create_client(srv_type, name)
     assert _spin_until(ex, lambda: cli.service_is_ready()), f"{name} not available"
-    fut = cli.call_async(Trigger.Request())
+    fut = cli.call_async(req)
     assert _spin_until(ex, fut.done), f"{name} did not answer"
     return fut.result()
+
+
+def _two_colour_frame():
+    """A wall at 2 m: left half red, right half blue."""
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, : W // 2] = (220, 20, 20)
+    rgb[:, W // 2:] = (20, 40, 220)
+    return rgb, np.full((H, W), 2.0, np.float32)
 
 
 def test_disabled_bridge_is_none():
     assert FieldBridge.create(None, {"field_enable": False}) is None
 
 
-def test_bridge_publishes_cloud_and_serves_save_clear(ros):
+def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     host, client, ex, params = ros
-    clouds = []
-    client.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, OUTPUT_QOS)
     host.trigger_configure()
     host.trigger_activate()
+    bridge = host.bridge
+    assert bridge.field.config.embedding_dim == 12  # follows the hsv-baseline grounder
     T = np.eye(4)
     T[:3, 3] = (0.5, 0.0, 1.0)
-    rgb = np.zeros((H, W, 3), np.uint8)
-    rgb[..., 0] = 220
-    host.bridge.feed(rgb, np.full((H, W), 2.0, np.float32), K, T)
-    host.bridge.feed(rgb, np.full((H, W), 2.0, np.float32), K, None)  # no pose: skipped, counted
-    assert host.bridge.frames == 1 and host.bridge.skipped_no_pose == 1
-    assert _spin_until(ex, lambda: any(c.width > 0 for c in clouds)), "no non-empty field cloud"
-    msg = next(c for c in clouds if c.width > 0)
-    assert msg.header.frame_id == params["world_frame"]
-    pts = conv.cloud2_to_numpy(msg)
-    assert np.all(np.abs(pts["z"] - 3.0) < 0.05)
-    assert np.all(pts["rgb"][:, 0] == 220)  # plane at 2 m in front of a camera at z=1 m
-    assert msg.width == host.bridge.field.num_voxels
+    rgb, depth = _two_colour_frame()
+    bridge.feed(rgb, depth, K, None)  # no pose: not fused, counted
+    assert bridge.skipped_no_pose == 1
+    bridge.feed(rgb, depth, K, T)  # no pixel embeddings given: the fusion thread asks the grounder
+    assert bridge.wait_idle(10.0) and bridge.frames == 1 and bridge.errors == 0
 
-    r = _call(ex, client, "find/field_save")
-    assert r.success, r.message
-    assert FeatureField.load(params["field_save_path"]).num_voxels == msg.width
+    # latched cloud: a late subscriber still gets it; score present and 0 without an instruction
+    assert _spin_until(ex, lambda: bridge._published is not None)
+    clouds = []
+    client.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, LATCHED_QOS)
+    assert _spin_until(ex, lambda: any(c.width > 0 for c in clouds)), "no latched field cloud"
+    pts = conv.cloud2_to_numpy(clouds[-1])
+    assert {"x", "y", "z", "rgb", "score"} <= set(pts)
+    assert clouds[-1].header.frame_id == params["world_frame"]
+    assert np.all(np.abs(pts["z"] - 3.0) < 0.05) and np.all(pts["score"] == 0)
 
-    r = _call(ex, client, "find/field_clear")
-    assert r.success
+    # an instruction makes the score the similarity to it: red voxels score high, blue ones low
+    host.instruction = parse_instruction("red wall", [])
     clouds.clear()
-    assert _spin_until(ex, lambda: any(c.width == 0 for c in clouds)), "cleared field not published"
+    assert _spin_until(ex, lambda: bool(clouds)), "cloud not republished after the instruction changed"
+    pts = conv.cloud2_to_numpy(clouds[-1])
+    red = pts["rgb"][:, 0] > 150
+    assert red.any() and (~red).any()
+    assert pts["score"][red].min() > 0.8 and pts["score"][~red].max() < 0.3
+
+    goals = []
+    client.create_subscription(PoseStamped, GOAL_TOPIC, goals.append, OUTPUT_QOS)
+    heat = []
+    client.create_subscription(PointCloud2, HEATMAP_TOPIC, heat.append, LATCHED_QOS)
+    r = _call(ex, client, QueryField, QUERY_SERVICE, QueryField.Request(text="blue wall"))
+    assert r.success, r.message
+    g = r.goals[0]
+    assert g.header.frame_id == params["world_frame"]
+    # blue half is the camera's right (+x): x in [0.5, 0.5 + 40/70*2]
+    assert 0.6 < g.pose.position.x < 1.7 and abs(g.pose.position.z - 3.0) < 0.1
+    assert len(r.scores) == len(r.goals) == len(r.extents) and r.scores[0] > 0.8
+    hm = conv.cloud2_to_numpy(r.heatmap)
+    assert hm["score"].shape[0] == bridge.field.num_voxels and hm["score"].max() > 0.8
+    assert _spin_until(ex, lambda: bool(goals) and bool(heat)), "goal/heatmap topics not published"
+    assert goals[-1].pose.position.x == pytest.approx(g.pose.position.x)
+    r = _call(ex, client, QueryField, QUERY_SERVICE, QueryField.Request())
+    assert not r.success and "empty" in r.message
+
+    # save (default path), clear, load back
+    n = bridge.field.num_voxels
+    r = _call(ex, client, FieldFile, SAVE_SERVICE, FieldFile.Request())
+    assert r.success and r.num_voxels == n, r.message
+    r = _call(ex, client, Trigger, CLEAR_SERVICE, Trigger.Request())
+    assert r.success and bridge.field.num_voxels == 0
+    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=params["field_path"]))
+    assert r.success and r.num_voxels == n and bridge.field.num_voxels == n, r.message
+
+    # errors come back as success=false and leave the field / the file alone
+    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "missing.npz")))
+    assert not r.success and "no field file" in r.message and bridge.field.num_voxels == n
+    other = FeatureField(config=FieldConfig(embedding_dim=7))
+    other.integrate(depth, K, T)
+    other.save(tmp_path / "d7.npz")
+    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "d7.npz")))
+    assert not r.success and "D=7" in r.message and bridge.field.config.embedding_dim == 12
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz")))
+    assert not r.success and bridge.field.num_voxels == n
+    r = _call(ex, client, FieldFile, SAVE_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz" / "x.npz")))
+    assert not r.success and "failed" in r.message
+    assert FeatureField.load(params["field_path"]).num_voxels == n  # the saved file is intact
+
     host.trigger_deactivate()
     host.trigger_cleanup()
-    assert host.bridge._pub is None
+    assert host.bridge._pubs == {}
 
 
-def test_perception_node_field_hook_configure_and_cleanup():
+def test_embedding_dim_must_match_grounder(ros):
+    host, client, ex, params = ros
+    params["field_embedding_dim"] = 64
+    host.trigger_configure()
+    with pytest.raises(FieldBridgeError, match="D=12"):
+        host.bridge.activate(HsvBaselineGrounder())
+
+
+def test_fusion_never_blocks_feed(ros):
+    """feed() only fills the one-slot mailbox: many frames in a burst, newest wins, the rest count as dropped."""
+    host, client, ex, params = ros
+    host.trigger_configure()
+    host.trigger_activate()
+    rgb, depth = _two_colour_frame()
+    T = np.eye(4)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        host.bridge.feed(rgb, depth, K, T)
+    assert host.bridge.wait_idle(20.0)
+    assert host.bridge.frames + host.bridge.dropped == 50 and host.bridge.frames >= 1
+    assert host.bridge.dropped >= 1, f"50 frames fed in {time.perf_counter() - t0:.3f} s were all fused in line"
+
+
+def test_perception_node_field_hook_configure_activate_cleanup():
     from rclpy.parameter import Parameter
 
     from find_ros.ros.perception_node import PerceptionNode
@@ -138,12 +227,114 @@ def test_perception_node_field_hook_configure_and_cleanup():
             Parameter("field_voxel_size", Parameter.Type.DOUBLE, 0.1)])
         try:
             node.trigger_configure()
-            assert node._field is not None and node._field.field.config.voxel_size == 0.1
+            assert node._field is not None
             topics = dict(node.get_publisher_names_and_types_by_node("perception_node", NS))
-            assert f"{NS}/{CLOUD_TOPIC}" in topics
+            assert f"{NS}/{CLOUD_TOPIC}" in topics and f"{NS}/{GOAL_TOPIC}" in topics
+            node.trigger_activate()
+            assert node._field.field.config.voxel_size == 0.1 and node._field.field.config.embedding_dim == 12
+            srvs = dict(node.get_service_names_and_types_by_node("perception_node", NS))
+            assert {f"{NS}/{s}" for s in (QUERY_SERVICE, SAVE_SERVICE, LOAD_SERVICE, CLEAR_SERVICE)} <= set(srvs)
+            node.trigger_deactivate()
             node.trigger_cleanup()
             assert node._field is None
         finally:
             node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_perception_node_refuses_wrong_embedding_dim():
+    from rclpy.parameter import Parameter
+
+    from find_ros.ros.perception_node import PerceptionNode
+
+    rclpy.init()
+    try:
+        node = PerceptionNode(namespace=NS, parameter_overrides=[
+            Parameter("field_enable", Parameter.Type.BOOL, True),
+            Parameter("field_embedding_dim", Parameter.Type.INTEGER, 64)])
+        try:
+            node.trigger_configure()
+            assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+            assert node._grounder is None  # torn down
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+# ---------------------------------------------------------------------------- multi-process graph
+SEED, TARGET = 1, "blue chair"  # seed 1: the only blue object is a large chair (hsv-baseline default grounder)
+
+
+def test_sim_camera_to_perception_node_field_query(tmp_path):
+    pytest.importorskip("find_ros.ros.sim_camera_node", reason="find_ros.sim not available")
+    domain = 100 + os.getpid() % 120
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    logs = {k: tmp_path / f"{k}.log" for k in ("camera", "node")}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "find_ros.ros.sim_camera_node", "--ros-args",
+                          "-p", f"seed:={SEED}", "-p", "rate_hz:=8.0", "-p", "width:=320", "-p", "height:=240",
+                          "-p", "loop_frames:=40", "-p", "publish_gt:=true"],
+                         env=env, stdout=open(logs["camera"], "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "find_ros.ros.perception_node", "--ros-args",
+                          "-p", "autostart:=true", "-p", "field_enable:=true", "-p", "field_publish_period_s:=0.5",
+                          "-p", "max_stamp_age_s:=0.0", "-p", "publish_overlay:=false"],
+                         env=env, stdout=open(logs["node"], "w"), stderr=subprocess.STDOUT,
+                         start_new_session=True),
+    ]
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process must speak the same transports
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = rclpy.create_node("field_graph_test", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    clouds, objects = [], []
+    node.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, LATCHED_QOS)
+    node.create_subscription(String, "camera/gt/objects", objects.append, LATCHED_QOS)
+
+    def tails():
+        return "\n".join(f"--- {k}\n{v.read_text(errors='replace')[-2000:]}" for k, v in logs.items())
+
+    try:
+        def spin(cond, timeout):
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and not cond():
+                assert all(p.poll() is None for p in procs), "a node exited\n" + tails()
+                ex.spin_once(timeout_sec=0.05)
+            return cond()
+
+        assert spin(lambda: bool(objects), 20.0), "no GT objects\n" + tails()
+        gt = json.loads(objects[-1].data)
+        target = [o for o in gt if f"{o['colour']} {o['category']}" == TARGET]
+        assert len(target) == 1 and sum(o["colour"] == "blue" for o in gt) == 1, gt
+        # the orbit (40 frames at 8 Hz) goes round once in ~5 s; wait for a cloud of a well-covered field
+        t_first = time.monotonic()
+        assert spin(lambda: bool(clouds) and clouds[-1].width > 2000 and time.monotonic() - t_first > 6, 25.0), \
+            f"no large field cloud (last width {clouds[-1].width if clouds else None})\n" + tails()
+        pts = conv.cloud2_to_numpy(clouds[-1])
+        assert "score" in pts and np.all(np.isfinite(pts["score"]))
+        cli = node.create_client(QueryField, QUERY_SERVICE)
+        assert spin(cli.service_is_ready, 5.0)
+        fut = cli.call_async(QueryField.Request(text=TARGET))
+        assert spin(fut.done, 10.0), "query did not answer\n" + tails()
+        r = fut.result()
+        assert r.success, r.message
+        g = np.array([r.goals[0].pose.position.x, r.goals[0].pose.position.y, r.goals[0].pose.position.z])
+        lo, hi = np.array(target[0]["box_min"]) - 0.1, np.array(target[0]["box_max"]) + 0.1
+        assert np.all(g >= lo) and np.all(g <= hi), f"goal {g} outside {lo}..{hi} ({r.message})"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

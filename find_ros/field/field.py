@@ -341,6 +341,19 @@ class FeatureField:
             self._cache["unit"] = e
         return self._cache["unit"]
 
+    def similarity(self, q: np.ndarray) -> np.ndarray:
+        """(N,) cosine similarity of each observed voxel (order of :meth:`points`) to q (max over rows)."""
+        q = np.asarray(q, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.config.embedding_dim:
+            raise FieldInputError(f"q must be (D,) or (E,D) with D={self.config.embedding_dim}, got {q.shape}")
+        e = self._unit_embeddings()
+        if e.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
+        return (e @ qn.T).max(axis=1).astype(np.float32)
+
     def query(self, q: np.ndarray, *, max_goals: int = 5, min_score: float | None = None,
               top_fraction: float = 0.02, min_voxels: int = 3) -> QueryResult:
         """Cosine similarity per observed voxel (max over rows of q), then goals.

@@ -1,105 +1,345 @@
-"""The feature field inside the perception node: fed with processed frames, published as a PointCloud2.
+"""The feature field inside the perception node: fed with grounded frames, published, queried, saved.
 
-Owned by a node (the perception node creates it when ``field_enable`` is true):
-- ``create(node, params)`` at configure: builds the :class:`~find_ros.field.FeatureField` and the lifecycle
-  publisher ``find/field_cloud`` (observed voxels, xyz + rgb, world frame);
-- ``activate()``: the publish timer and the ``find/field_save`` / ``find/field_clear`` Trigger services;
-- ``feed(rgb, depth_m, K, T_world_cam)`` from the worker thread (frames without a camera pose are skipped);
-- ``deactivate()`` / ``destroy()`` undo them.
-Without pixel embeddings from the grounder the voxel embedding is the field's colour feature.
+Owned by a lifecycle node (the perception node creates it when ``field_enable`` is true):
+
+- ``create(node, params, instruction=callable)`` at configure: the lifecycle publishers
+  ``find/field/cloud`` (transient-local: observed voxels, xyz + rgb + ``score`` = similarity to the
+  current instruction, 0 without one), ``find/field/goal`` (best goal of the last query, PoseStamped)
+  and ``find/field/heatmap`` (transient-local, xyz + rgb heat colour + score of the last query);
+- ``activate(grounder)``: the field's embeddings come from the grounder (:class:`FieldEmbedder`):
+  its dimension D sets the field's (``field_embedding_dim`` 0 = follow it, otherwise it must match);
+  starts the fusion worker, the publish timer and the services ``find/field/query`` (QueryField),
+  ``find/field/save`` / ``find/field/load`` (FieldFile) and ``find/field/clear`` (Trigger);
+- ``feed(rgb, depth_m, K, T_world_cam, pixel_embeddings=None)`` from the grounding worker: a one-slot
+  mailbox (newest frame wins) read by the fusion thread, so fusion never blocks grounding; frames
+  without a camera pose are not fused (throttled warning). Without pixel embeddings (no instruction
+  yet) the fusion thread asks the grounder for them;
+- ``deactivate()`` / ``destroy()`` undo them. The field itself survives deactivate/activate.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from find_ros.field import FeatureField, FieldConfig
+from find_ros.field import FeatureField, FieldConfig, FieldEmbedder
+from find_ros.instruction import Instruction, InstructionError, Reference, parse_instruction
 from find_ros.ros import conversions as conv
-from find_ros.ros.qos import OUTPUT_QOS
+from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
+from find_ros.srv import FieldFile, QueryField
 
 LOG = logging.getLogger(__name__)
 
-CLOUD_TOPIC = "find/field_cloud"
+__all__ = ["FieldBridge", "FieldBridgeError", "CLOUD_TOPIC", "GOAL_TOPIC", "HEATMAP_TOPIC", "QUERY_SERVICE",
+           "SAVE_SERVICE", "LOAD_SERVICE", "CLEAR_SERVICE", "heat_colours"]
+
+CLOUD_TOPIC = "find/field/cloud"
+GOAL_TOPIC = "find/field/goal"
+HEATMAP_TOPIC = "find/field/heatmap"
+QUERY_SERVICE = "find/field/query"
+SAVE_SERVICE = "find/field/save"
+LOAD_SERVICE = "find/field/load"
+CLEAR_SERVICE = "find/field/clear"
+
+
+class FieldBridgeError(RuntimeError):
+    """The field cannot run with this grounder / these parameters; the message says why."""
+
+
+def heat_colours(score: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 blue (low) -> red (high) colours of scores, normalised over their own range."""
+    s = np.asarray(score, np.float32)
+    if s.size == 0:
+        return np.zeros((0, 3), np.uint8)
+    lo, hi = float(s.min()), float(s.max())
+    t = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
+    return np.stack([255 * t, 255 * (1 - np.abs(2 * t - 1)), 255 * (1 - t)], axis=1).astype(np.uint8)
 
 
 class FieldBridge:
-    """One feature field, its cloud publisher, publish timer and save/clear services on ``node``."""
+    """One feature field with its fusion worker, publishers, timer and services on ``node``."""
 
-    def __init__(self, *, node: Any, params: dict[str, Any]) -> None:
+    def __init__(self, *, node: Any, params: dict[str, Any],
+                 instruction: Callable[[], Instruction | None] = lambda: None) -> None:
         self._node = node
         self._p = params
-        self.field = FeatureField(config=FieldConfig(voxel_size=params["field_voxel_size"],
-                                                     max_blocks=params["field_max_blocks"],
-                                                     embedding_dim=params["field_embedding_dim"]))
-        self._lock = threading.Lock()
-        self._pub = node.create_lifecycle_publisher(PointCloud2, CLOUD_TOPIC, OUTPUT_QOS)
+        self._instruction = instruction
+        self.field: FeatureField | None = None
+        self.embedder: FieldEmbedder | None = None
+        self._lock = threading.Lock()  # guards self.field
+        self._pubs = {"cloud": node.create_lifecycle_publisher(PointCloud2, CLOUD_TOPIC, LATCHED_QOS),
+                      "goal": node.create_lifecycle_publisher(PoseStamped, GOAL_TOPIC, OUTPUT_QOS),
+                      "heatmap": node.create_lifecycle_publisher(PointCloud2, HEATMAP_TOPIC, LATCHED_QOS)}
         self._timer: Any = None
         self._srvs: list[Any] = []
+        self._cv = threading.Condition()
+        self._mailbox: tuple | None = None
+        self._busy = False
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._version = 0  # bumped by every change of the field (fusion, load, clear)
+        self._published: tuple | None = None
         self.frames = 0
+        """Frames fused."""
+        self.dropped = 0
+        """Posed frames replaced in the mailbox before the fusion thread took them."""
         self.skipped_no_pose = 0
+        """Frames not fused for lack of a camera pose."""
+        self.errors = 0
 
     @classmethod
-    def create(cls, node: Any, params: dict[str, Any]) -> "FieldBridge | None":
-        return cls(node=node, params=params) if params.get("field_enable") else None
+    def create(cls, node: Any, params: dict[str, Any],
+               instruction: Callable[[], Instruction | None] = lambda: None) -> "FieldBridge | None":
+        return cls(node=node, params=params, instruction=instruction) if params.get("field_enable") else None
 
-    def activate(self) -> None:
+    # ------------------------------------------------------------------ lifecycle
+    def activate(self, grounder: Any) -> None:
+        """Bind the grounder's embeddings (checks D), start the fusion thread, timer and services."""
+        embedder = FieldEmbedder(grounder=grounder)
+        want = int(self._p.get("field_embedding_dim", 0))
+        if want and want != embedder.dim:
+            raise FieldBridgeError(f"field_embedding_dim={want} but grounder {embedder.name!r} embeds in "
+                                   f"D={embedder.dim}; set field_embedding_dim to 0 (follow the grounder) or {embedder.dim}")
+        with self._lock:
+            if self.field is not None and self.field.config.embedding_dim != embedder.dim:
+                LOG.warning("grounder %s embeds in D=%d, the field has D=%d: starting a new field",
+                            embedder.name, embedder.dim, self.field.config.embedding_dim)
+                self.field = None
+            if self.field is None:
+                self.field = FeatureField(config=FieldConfig(
+                    voxel_size=self._p["field_voxel_size"], max_blocks=self._p["field_max_blocks"],
+                    embedding_dim=embedder.dim))
+                self._version += 1
+        self.embedder = embedder
         n = self._node
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="find_ros-field", daemon=True)
+        self._worker.start()
         self._timer = n.create_timer(self._p["field_publish_period_s"], self.publish)
-        self._srvs = [n.create_service(Trigger, "find/field_save", self._srv_save),
-                      n.create_service(Trigger, "find/field_clear", self._srv_clear)]
+        self._published = None  # publish once after (re)activation
+        self._srvs = [n.create_service(QueryField, QUERY_SERVICE, self._srv_query),
+                      n.create_service(FieldFile, SAVE_SERVICE, self._srv_save),
+                      n.create_service(FieldFile, LOAD_SERVICE, self._srv_load),
+                      n.create_service(Trigger, CLEAR_SERVICE, self._srv_clear)]
 
     def deactivate(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._mailbox = None
+            self._cv.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10.0)
+        self._worker = None
         if self._timer is not None:
             self._node.destroy_timer(self._timer)
         for s in self._srvs:
             self._node.destroy_service(s)
         self._timer, self._srvs = None, []
+        self.embedder = None
 
     def destroy(self) -> None:
         self.deactivate()
-        if self._pub is not None:
-            self._node.destroy_lifecycle_publisher(self._pub)
-        self._pub = None
+        for p in self._pubs.values():
+            self._node.destroy_lifecycle_publisher(p)
+        self._pubs = {}
 
-    def feed(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None) -> None:
+    # ------------------------------------------------------------------ fusion
+    def feed(self, rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None,
+             pixel_embeddings: np.ndarray | None = None) -> None:
+        """Hand a frame to the fusion thread (newest wins); never blocks on fusion."""
         if T_world_cam is None:
             self.skipped_no_pose += 1
+            self._node.get_logger().warning(
+                f"frame without a camera pose: grounded but not fused into the field "
+                f"({self.skipped_no_pose} so far)", throttle_duration_sec=float(self._p.get("log_throttle_s", 5.0)))
             return
-        with self._lock:
-            self.field.integrate(np.asarray(depth_m, np.float32), K, T_world_cam, color=rgb)
-            self.frames += 1
+        with self._cv:
+            if self._mailbox is not None:
+                self.dropped += 1
+            self._mailbox = (rgb, depth_m, K, T_world_cam, pixel_embeddings)
+            self._cv.notify_all()
 
-    def publish(self) -> None:
-        if self._pub is None:
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once the mailbox is empty and no frame is being fused (tests, shutdown)."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self._mailbox is not None or self._busy:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(timeout=left)
+        return True
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                while self._mailbox is None and not self._stop.is_set():
+                    self._cv.wait(timeout=0.5)
+                item, self._mailbox = self._mailbox, None
+                self._busy = item is not None
+            if item is None:
+                continue
+            try:
+                self._fuse(*item)
+            except Exception as e:  # never let one frame kill the fusion thread
+                self.errors += 1
+                self._node.get_logger().error(f"field fusion failed, frame skipped: {type(e).__name__}: {e}",
+                                              throttle_duration_sec=float(self._p.get("log_throttle_s", 5.0)))
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _fuse(self, rgb, depth_m, K, T, pe) -> None:
+        emb = self.embedder
+        if emb is None:
             return
+        pe = emb.pixel_embeddings(rgb) if pe is None else emb.check_pixels(pe)
+        with self._lock:
+            self.field.integrate(np.asarray(depth_m, np.float32), K, T, pixel_embeddings=pe, color=rgb)
+            self._version += 1
+        self.frames += 1
+
+    # ------------------------------------------------------------------ outputs
+    def _header(self) -> Header:
+        return Header(frame_id=self._p["world_frame"], stamp=self._node.get_clock().now().to_msg())
+
+    def _scores_for(self, instruction: Instruction | None) -> np.ndarray | None:
+        """Similarity per observed voxel to ``instruction`` (call with the lock held); None without one."""
+        if instruction is None or self.embedder is None or self.field.num_voxels == 0:
+            return None
+        return self.field.similarity(self.embedder.embed_instruction(instruction))
+
+    def cloud(self) -> PointCloud2:
+        """The field as xyz + rgb + score (similarity to the current instruction, 0 without one)."""
+        instruction = self._instruction()
         with self._lock:
             p = self.field.points()
-        hdr = Header(frame_id=self._p["world_frame"], stamp=self._node.get_clock().now().to_msg())
-        self._pub.publish(conv.points_to_cloud2(p["xyz"], header=hdr, rgb=p["rgb"]))
+            try:
+                s = self._scores_for(instruction)
+            except Exception as e:
+                self._node.get_logger().error(f"field cloud: cannot embed the instruction: {e}",
+                                              throttle_duration_sec=5.0)
+                s = None
+        if s is None:
+            s = np.zeros(p["xyz"].shape[0], np.float32)
+        return conv.points_to_cloud2(p["xyz"], header=self._header(), rgb=p["rgb"], score=s)
+
+    def publish(self) -> None:
+        """Publish the field cloud when the field or the instruction changed since the last one."""
+        if not self._pubs or self.field is None:
+            return
+        ins = self._instruction()
+        key = (self._version, id(ins) if ins is not None else None)
+        if key == self._published:
+            return
+        self._pubs["cloud"].publish(self.cloud())
+        self._published = key
+
+    # ------------------------------------------------------------------ services
+    def _request_instruction(self, req) -> Instruction:
+        ins = req.instruction
+        if ins.text.strip():
+            if ins.reference_masks and len(ins.reference_masks) != len(ins.reference_images):
+                raise InstructionError(f"{len(ins.reference_images)} reference image(s) but "
+                                       f"{len(ins.reference_masks)} mask(s)")
+            refs = []
+            for k, img in enumerate(ins.reference_images):
+                try:
+                    rgb = conv.image_to_rgb(img)
+                    m = ins.reference_masks[k] if ins.reference_masks else None
+                    mask = conv.image_to_numpy(m) != 0 if m is not None and m.width and m.height else None
+                except conv.ConversionError as e:
+                    raise InstructionError(f"reference {k}: {e}") from e
+                refs.append(Reference(image=rgb, mask=mask))
+            return parse_instruction(ins.text, refs, id=ins.id or "field-query")
+        if not req.text.strip():
+            raise InstructionError("empty query: give text or instruction.text")
+        return parse_instruction(req.text, [], id="field-query")
+
+    def _srv_query(self, req, resp):
+        try:
+            instruction = self._request_instruction(req)
+            q = self.embedder.embed_instruction(instruction)
+        except Exception as e:
+            resp.success, resp.message = False, f"query rejected: {type(e).__name__}: {e}"
+            return resp
+        max_goals = int(req.max_goals) if req.max_goals > 0 else int(self._p.get("field_max_goals", 5))
+        with self._lock:
+            res = self.field.query(q, max_goals=max_goals)
+        hdr = self._header()
+        for g in res.goals:
+            resp.goals.append(PoseStamped(header=hdr, pose=Pose(
+                position=Point(x=float(g.position[0]), y=float(g.position[1]), z=float(g.position[2])),
+                orientation=Quaternion(w=1.0))))
+            resp.scores.append(float(g.score))
+            resp.extents.append(Vector3(x=float(g.extent[0]), y=float(g.extent[1]), z=float(g.extent[2])))
+        resp.heatmap = conv.points_to_cloud2(res.xyz, header=hdr, rgb=heat_colours(res.scores),
+                                             score=np.asarray(res.scores, np.float32))
+        if self._pubs:
+            self._pubs["heatmap"].publish(resp.heatmap)
+            if resp.goals:
+                self._pubs["goal"].publish(resp.goals[0])
+        resp.success = bool(resp.goals)
+        resp.message = (f"{len(resp.goals)} goal(s) for {instruction.text!r} over {res.xyz.shape[0]} voxels"
+                        if resp.goals else f"no goal for {instruction.text!r} ({res.xyz.shape[0]} voxels in the field)")
+        return resp
+
+    def _path(self, req) -> str:
+        return req.path or self._p.get("field_path", "")
 
     def _srv_save(self, req, resp):
-        path = self._p["field_save_path"]
+        path = self._path(req)
         if not path:
-            resp.success, resp.message = False, "field_save_path is empty: nothing saved"
+            resp.success, resp.message = False, "no path in the request and field_path is empty: nothing saved"
             return resp
         try:
             with self._lock:
                 self.field.save(path)
                 n = self.field.num_voxels
         except OSError as e:
-            resp.success, resp.message = False, f"save failed: {e}"
+            resp.success, resp.message = False, f"save to {path} failed (previous file untouched): {e}"
             return resp
-        resp.success, resp.message = True, f"saved {n} voxels to {path}"
+        resp.success, resp.message, resp.num_voxels = True, f"saved {n} voxels to {path}", n
+        return resp
+
+    def _srv_load(self, req, resp):
+        path = self._path(req)
+        if not path:
+            resp.success, resp.message = False, "no path in the request and field_path is empty: nothing loaded"
+            return resp
+        if not Path(path).is_file():
+            resp.success, resp.message = False, f"no field file at {path}: current field kept"
+            return resp
+        try:
+            ff = FeatureField.load(path)
+        except Exception as e:  # corrupt/foreign file
+            resp.success, resp.message = False, f"cannot load {path}: {type(e).__name__}: {e}; current field kept"
+            return resp
+        d = self.embedder.dim if self.embedder is not None else ff.config.embedding_dim
+        if ff.config.embedding_dim != d:
+            resp.success = False
+            resp.message = (f"{path} holds D={ff.config.embedding_dim} embeddings but grounder "
+                            f"{self.embedder.name!r} embeds in D={d}: current field kept")
+            return resp
+        with self._lock:
+            self.field = ff
+            self._version += 1
+            n = ff.num_voxels
+        resp.success, resp.message, resp.num_voxels = True, f"loaded {n} voxels from {path}", n
         return resp
 
     def _srv_clear(self, req, resp):
         with self._lock:
             self.field.clear()
+            self._version += 1
         resp.success, resp.message = True, "field cleared"
         return resp

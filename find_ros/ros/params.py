@@ -104,16 +104,23 @@ PARAMS: tuple[ParamSpec, ...] = (
               range=(0.05, 3600.0)),
     # --- 3D feature field (find_ros.field, bridged by find_ros.ros.field_bridge) ---
     ParamSpec("field_enable", bool, False,
-              "Fuse posed frames into a 3D feature field and publish it on find/field_cloud."),
+              "Fuse posed frames into a 3D feature field (grounder pixel embeddings + colour) and publish it on "
+              "find/field/cloud; services find/field/query, find/field/save, find/field/load, find/field/clear."),
     ParamSpec("field_voxel_size", float, 0.05, "Feature field voxel edge (m).", range=(0.005, 1.0)),
     ParamSpec("field_max_blocks", int, 20000,
               "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it.",
               range=(16, 10_000_000)),
-    ParamSpec("field_embedding_dim", int, 64, "Per-voxel embedding length.", range=(3, 4096)),
-    ParamSpec("field_publish_period_s", float, 1.0, "Period (s) of the find/field_cloud PointCloud2.",
+    ParamSpec("field_embedding_dim", int, 0,
+              "Per-voxel embedding length: 0 = the grounder's (hsv-baseline 12, FIND its sem_dim); "
+              "any other value must equal it (activate fails otherwise).", range=(0, 4096)),
+    ParamSpec("field_publish_period_s", float, 1.0,
+              "Period (s) of the check that republishes find/field/cloud when the field or instruction changed.",
               range=(0.05, 3600.0)),
-    ParamSpec("field_save_path", str, "",
-              "File written atomically by the find/field_save service (empty: the service refuses)."),
+    ParamSpec("field_max_goals", int, 5, "Goals returned by find/field/query when the request asks for 0.",
+              range=(1, 100)),
+    ParamSpec("field_path", str, "",
+              "Default file of find/field/save (atomic replace) and find/field/load when the request's path is "
+              "empty (empty: such requests are refused)."),
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}

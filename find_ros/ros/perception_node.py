@@ -246,7 +246,7 @@ class PerceptionNode(LifecycleNode):
         try:
             from find_ros.ros.field_bridge import FieldBridge
 
-            self._field = FieldBridge.create(self, self._p)
+            self._field = FieldBridge.create(self, self._p, instruction=lambda: self._instruction)
         except Exception as e:
             self.get_logger().error(f"configure failed: feature field: {e}")
             self._destroy_publishers()
@@ -275,8 +275,13 @@ class PerceptionNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
         self._worker.start()
         self._tmrs.append(self.create_timer(self._p["status_period_s"], self._publish_status))
-        if self._field is not None:  # field hook
-            self._field.activate()
+        if self._field is not None:  # field hook: the field's embeddings come from the grounder (D checked)
+            try:  # field hook
+                self._field.activate(self._grounder)  # field hook
+            except Exception as e:  # field hook
+                self.get_logger().error(f"activate failed: feature field: {e}")  # field hook
+                self._teardown_active()  # field hook
+                return TransitionCallbackReturn.FAILURE  # field hook
         ret = super().on_activate(state)  # enables the lifecycle publishers
         kind = "the FIND model" if self._p["grounder"] == "find" else "the HSV colour BASELINE (not FIND)"
         self.get_logger().info(f"active: grounding with {kind} ({self._grounder.name}); "
@@ -612,13 +617,13 @@ class PerceptionNode(LifecycleNode):
             return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
-        if self._field is not None:  # field hook: fuse every accepted posed frame, instruction or not
-            self._field.feed(rgb, depth_m, K, T_world_cam)
         with self._pipeline_lock:
             if self._pipeline is None:
                 return
             instruction = self._instruction
             if instruction is None:
+                if self._field is not None:  # field hook: no instruction: the field thread embeds the frame
+                    self._field.feed(rgb, depth_m, K, T_world_cam)  # field hook
                 self._count("idle")
                 self._warn("no_instruction", "no instruction yet: publish text on find/instruction_text "
                                              "(std_msgs/String) or an InterleavedInstruction on find/instruction",
@@ -626,6 +631,8 @@ class PerceptionNode(LifecycleNode):
                 return
             result = self._pipeline.process(rgb, depth_m, K, T_world_cam)
             overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
+        if self._field is not None:  # field hook: fuse with the grounder's own pixel embeddings (its thread)
+            self._field.feed(rgb, depth_m, K, T_world_cam, result.pixel_embeddings)  # field hook
         self._publish(color.header, instruction, result, overlay, t_receipt)
         self._count("processed")
 
