@@ -47,3 +47,42 @@ def test_consistency_is_small_for_the_fused_frame_and_large_for_a_wrong_pose():
     T[2, 3] = -0.2  # camera 20 cm behind: the rendered surface is 20 cm farther
     bad = depth_consistency(ff, [type("F", (), {"depth": depth, "K": K, "T_world_cam": T})])
     assert bad["median_m"] > 0.15
+
+
+def test_fuse_sim_with_hsv_embeddings_then_query_finds_the_object(tmp_path):
+    pytest.importorskip("find_ros.sim")
+    from find_ros.sim import Scene
+
+    out, js = tmp_path / "sim.npz", tmp_path / "q.json"
+    assert cli(["fuse", "--format", "sim", "--path", "1", "--out", str(out), "--embed", "hsv",
+                "--width", "160", "--height", "120", "--stride", "15", "--holdout-every", "5"]) == 0
+    ff = FeatureField.load(out)
+    assert ff.config.embedding_dim == 12 and ff.num_voxels > 1000
+    assert cli(["query", "--field", str(out), "--text", "blue chair", "--embed", "hsv", "--json", str(js)]) == 0
+    goal = np.array(json.loads(js.read_text())["goals"][0]["position"])
+    (chair,) = [o for o in Scene.generate(1).objects if o.colour == "blue"]
+    assert np.all(goal >= np.asarray(chair.box_min) - 0.1) and np.all(goal <= np.asarray(chair.box_max) + 0.1)
+    with pytest.raises(SystemExit, match="needs --model"):
+        cli(["query", "--field", str(out), "--text", "blue chair"])
+
+
+def test_fuse_sim_with_a_find_model_dir(tmp_path):
+    pytest.importorskip("find_ros.sim")
+    torch = pytest.importorskip("torch")
+    from find_ros.model.find import FindModel
+
+    torch.set_num_threads(1)
+    tiny = dict(vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+                text=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+                interface=dict(hidden=32, layers=2, heads=2, ffn=64, num_object_queries=8, num_entity_queries=4,
+                               sem_dim=16, stem_channels=8))
+    mdir = tmp_path / "model"
+    FindModel.build_tiny(vocab="a red blue chair cube".split(), image_size=(32, 48), **tiny).save_pretrained(mdir)
+    out, js = tmp_path / "f.npz", tmp_path / "f.json"
+    assert cli(["fuse", "--format", "sim", "--path", "1", "--out", str(out), "--model", str(mdir),
+                "--width", "80", "--height", "60", "--stride", "50", "--json", str(js)]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["embedding_dim"] == 16 and "FIND" in rep["embedding"] and rep["frames_fused"] == 6
+    assert FeatureField.load(out).config.embedding_dim == 16
+    with pytest.raises(SystemExit, match="D=16"):
+        cli(["query", "--field", str(out), "--text", "red cube", "--embed", "hsv"])

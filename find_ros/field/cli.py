@@ -16,63 +16,58 @@ from find_ros.field.field import FeatureField, FieldConfig
 LOG = logging.getLogger(__name__)
 
 
-def _open(fmt: str, path: str, *, stride: int, max_frames: int | None):
+def _open(fmt: str, path: str, *, stride: int, max_frames: int | None, width: int, height: int):
+    """A lazy frame sequence from ``find_ros.sim.datasets.open_dataset`` (sim: ``path`` is the scene seed)."""
+    from find_ros.sim.datasets import DatasetError, open_dataset
+
+    kw = {"stride": stride, "max_frames": max_frames}
+    if fmt == "sim":
+        kw.update(width=width, height=height)
     try:
-        from find_ros.sim.datasets import open_dataset
-    except ImportError:
-        open_dataset = None
-    if open_dataset is not None:
-        return list(open_dataset(fmt, path, stride=stride, max_frames=max_frames))
-    if fmt != "tum":
-        raise SystemExit(f"format {fmt!r} needs find_ros.sim.datasets, which is not installed yet")
-    LOG.warning("find_ros.sim.datasets missing: using the field's minimal TUM reader (associations_subset.txt)")
-    return _read_tum_subset(Path(path), stride=stride, max_frames=max_frames)
+        return open_dataset(fmt, path, **kw)
+    except DatasetError as e:
+        raise SystemExit(f"cannot open {fmt} dataset {path!r}: {e}") from e
 
 
-def _read_tum_subset(root: Path, *, stride: int, max_frames: int | None):
-    """Minimal TUM reader for associations_subset.txt + intrinsics.txt (stand-in until find_ros.sim lands)."""
-    import cv2
-    from types import SimpleNamespace
-    assoc = root / "associations_subset.txt"
-    if not assoc.exists():
-        raise SystemExit(f"{assoc} not found")
-    K = np.loadtxt(root / "intrinsics.txt")
-    seq = next(p for p in root.iterdir() if p.is_dir())
-    rows = [ln.split() for ln in assoc.read_text().splitlines() if ln and not ln.startswith("#")]
-    out = []
-    for i, r in enumerate(rows[::stride]):
-        if max_frames is not None and len(out) >= max_frames:
-            break
-        tx, ty, tz, qx, qy, qz, qw = map(float, r[5:12])
-        x, y, z, w = qx, qy, qz, qw
-        R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-        T = np.eye(4)
-        T[:3, :3], T[:3, 3] = R, (tx, ty, tz)
-        color = cv2.cvtColor(cv2.imread(str(seq / r[1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        depth = cv2.imread(str(seq / r[3]), cv2.IMREAD_UNCHANGED).astype(np.float32) / 5000.0
-        out.append(SimpleNamespace(color=color, depth=depth, K=K, T_world_cam=T, stamp_s=float(r[0]), index=i))
-    return out
+def _embedder(args: argparse.Namespace):
+    """(FieldEmbedder or None, description): --model DIR -> FIND, --embed hsv -> the HSV baseline, else colour."""
+    from find_ros.field.embedder import FieldEmbedder
+
+    if args.model:
+        from find_ros.model.grounder import DEFAULT_MODEL_DIR, FindGrounder
+
+        path = DEFAULT_MODEL_DIR if args.model == "default" else Path(args.model)
+        if not Path(path).is_dir():
+            raise SystemExit(f"--model {args.model}: no model directory at {path}")
+        g = FindGrounder.from_pretrained(path, device=args.device)
+        return FieldEmbedder(grounder=g), f"FIND pixel embeddings ({path})"
+    if args.embed == "hsv":
+        from find_ros.grounding.baseline import HsvBaselineGrounder
+
+        return FieldEmbedder(grounder=HsvBaselineGrounder()), "hsv-baseline colour memberships (BASELINE, not FIND)"
+    return None, "colour feature (no model)"
 
 
 def fuse(args: argparse.Namespace) -> dict:
-    frames = _open(args.format, args.path, stride=args.stride, max_frames=args.max_frames)
-    cfg = FieldConfig(voxel_size=args.voxel, embedding_dim=args.dim, max_blocks=args.max_blocks)
+    frames = _open(args.format, args.path, stride=args.stride, max_frames=args.max_frames,
+                   width=args.width, height=args.height)
+    embedder, what = _embedder(args)
+    dim = embedder.dim if embedder is not None else args.dim
+    cfg = FieldConfig(voxel_size=args.voxel, embedding_dim=dim, max_blocks=args.max_blocks)
     ff = FeatureField(config=cfg)
-    embedder = None
-    if args.model:
-        from find_ros.model.grounder import FindGrounder  # noqa: F401  (pixel embeddings from FIND)
-        raise SystemExit("--model is not wired yet: pixel embeddings from FindGrounder are pending")
-    fused, held, ms = [], [], []
-    for k, fr in enumerate(frames):
+    fused, held, ms, embed_ms = [], [], [], []
+    for k, fr in enumerate(frames):  # lazy: one frame decoded at a time (held-out frames are kept)
         if fr.T_world_cam is None:
             continue
         if args.holdout_every and k % args.holdout_every == args.holdout_every - 1:
             held.append(fr)
             continue
-        st = ff.integrate(fr.depth.astype(np.float32), fr.K, fr.T_world_cam, pixel_embeddings=embedder,
-                          color=fr.color)
+        pe = None
+        if embedder is not None:
+            t0 = time.perf_counter()
+            pe = embedder.pixel_embeddings(fr.color)
+            embed_ms.append((time.perf_counter() - t0) * 1e3)
+        st = ff.integrate(fr.depth.astype(np.float32), fr.K, fr.T_world_cam, pixel_embeddings=pe, color=fr.color)
         ms.append(st.ms)
         fused.append(fr.index)
     if not ms:
@@ -81,10 +76,11 @@ def fuse(args: argparse.Namespace) -> dict:
     ff.save(args.out)
     save_ms = (time.perf_counter() - t0) * 1e3
     report = {"format": args.format, "path": str(args.path), "out": str(args.out),
-              "embedding": "colour feature (no model)", "voxel_size": cfg.voxel_size,
+              "embedding": what, "embedding_dim": dim, "voxel_size": cfg.voxel_size,
               "frames_fused": len(fused), "frames_held_out": len(held), "voxels": ff.num_voxels,
               "active_blocks": ff.active_blocks, "bytes_per_voxel": ff.bytes_per_voxel,
               "memory_bytes": ff.memory_bytes, "ms_per_frame_median": float(np.median(ms)),
+              "embed_ms_per_frame_median": float(np.median(embed_ms)) if embed_ms else 0.0,
               "save_ms": save_ms}
     if held:
         c = depth_consistency(ff, held)
@@ -93,12 +89,28 @@ def fuse(args: argparse.Namespace) -> dict:
     return report
 
 
+def query(args: argparse.Namespace) -> dict:
+    """Text query of a saved field; the embedder must be the one the field was fused with."""
+    ff = FeatureField.load(args.field)
+    embedder, what = _embedder(args)
+    if embedder is None:
+        raise SystemExit("query needs --model DIR or --embed hsv (the colour feature has no text embedding)")
+    if embedder.dim != ff.config.embedding_dim:
+        raise SystemExit(f"{args.field} holds D={ff.config.embedding_dim} embeddings but {what} has D={embedder.dim}")
+    t0 = time.perf_counter()
+    r = ff.query(embedder.embed_text(args.text), max_goals=args.max_goals)
+    return {"field": str(args.field), "text": args.text, "embedding": what, "voxels": int(r.xyz.shape[0]),
+            "query_ms": (time.perf_counter() - t0) * 1e3,
+            "goals": [{"position": g.position.tolist(), "extent": g.extent.tolist(), "score": g.score,
+                       "num_voxels": g.num_voxels} for g in r.goals]}
+
+
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="find-ros field")
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fuse", help="fuse an RGB-D dataset into a feature field file")
     f.add_argument("--format", choices=("tum", "7scenes", "sim"), required=True)
-    f.add_argument("--path", required=True)
+    f.add_argument("--path", required=True, help="dataset folder (tum, 7scenes) or scene seed (sim)")
     f.add_argument("--out", required=True)
     f.add_argument("--json")
     f.add_argument("--voxel", type=float, default=0.05)
@@ -107,15 +119,25 @@ def cli(argv: list[str] | None = None) -> int:
     f.add_argument("--stride", type=int, default=1)
     f.add_argument("--max-frames", type=int)
     f.add_argument("--holdout-every", type=int, default=0)
-    f.add_argument("--model")
+    f.add_argument("--width", type=int, default=640, help="sim only: image width")
+    f.add_argument("--height", type=int, default=480, help="sim only: image height")
+    q = sub.add_parser("query", help="text query of a saved field (goals as JSON)")
+    q.add_argument("--field", required=True)
+    q.add_argument("--text", required=True)
+    q.add_argument("--max-goals", type=int, default=5)
+    q.add_argument("--json")
+    for p in (f, q):
+        p.add_argument("--model", help="FIND model directory ('default' = the shipped one): FIND pixel embeddings")
+        p.add_argument("--embed", choices=("colour", "hsv"), default="colour",
+                       help="without --model: colour feature (--dim) or the hsv-baseline's colour memberships")
+        p.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    if args.cmd == "fuse":
-        rep = fuse(args)
-        text = json.dumps(rep, indent=2)
-        print(text)
-        if args.json:
-            Path(args.json).write_text(text + "\n")
+    rep = fuse(args) if args.cmd == "fuse" else query(args)
+    text = json.dumps(rep, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
     return 0
 
 
