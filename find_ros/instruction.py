@@ -20,12 +20,15 @@ __all__ = [
     "parse_instruction",
     "MAX_TEXT_CHARS",
     "MAX_REFERENCES",
+    "MAX_ID_CHARS",
 ]
 
 MAX_TEXT_CHARS = 2000
 """Longest instruction text accepted (characters)."""
 MAX_REFERENCES = 16
 """Most reference images one instruction may carry."""
+MAX_ID_CHARS = 128
+"""Longest instruction id accepted (characters)."""
 
 _PLACEHOLDER = re.compile(r"<(\d+)>")
 _SEPARATORS = re.compile(r"\s*(?:;|,|\band\b|\bthen\b)\s*", re.IGNORECASE)
@@ -98,11 +101,16 @@ def parse_instruction(
 ) -> Instruction:
     """Validate ``text`` + ``references`` and split it into entities.
 
-    Raises :class:`InstructionError` for empty, oversized or non-printable text, placeholders that
-    name a missing reference, references never mentioned, or too many references.
+    Raises :class:`InstructionError` for empty, oversized or non-printable text or id, placeholders that
+    name a missing reference, references never mentioned, too many references, or text in which no part
+    has a letter, a digit or a placeholder (e.g. only punctuation or symbols: nothing to find).
     """
     if not isinstance(text, str):
         raise InstructionError(f"instruction text must be a string, got {type(text).__name__}")
+    if not isinstance(id, str) or len(id) > MAX_ID_CHARS or not id.isprintable():
+        shown = id[:40] if isinstance(id, str) else type(id).__name__
+        raise InstructionError(f"instruction id {shown!r} must be a printable string of at most {MAX_ID_CHARS} "
+                               "characters")
     if len(text) > MAX_TEXT_CHARS:
         raise InstructionError(f"instruction text has {len(text)} characters (max {MAX_TEXT_CHARS})")
     bad = [c for c in text if not c.isprintable() and c not in "\t\n"]
@@ -136,8 +144,8 @@ def parse_instruction(
             continue
         idx = tuple(int(m) for m in _PLACEHOLDER.findall(part))
         plain = " ".join(_PLACEHOLDER.sub(" ", part).split())
-        if not plain and not idx:
-            continue
+        if not idx and not any(c.isalnum() for c in plain):
+            continue  # punctuation / symbols only: nothing to find
         entities.append(Entity(phrase=part, text=plain, reference_indices=idx))
     if not entities:
         raise InstructionError(f"instruction {folded!r} names nothing to find")

@@ -27,14 +27,22 @@ except Exception:  # noqa: BLE001
     _pc2 = None
 
 __all__ = [
-    "ConversionError", "SUPPORTED_IMAGE_ENCODINGS", "image_to_numpy", "numpy_to_image", "image_to_rgb",
+    "ConversionError", "SUPPORTED_IMAGE_ENCODINGS", "RGB_ENCODINGS", "DEPTH_ENCODINGS", "check_image", "image_to_numpy", "numpy_to_image", "image_to_rgb",
     "image_to_depth_m", "camera_info_to_K", "camera_info_from_K", "pose_to_matrix", "matrix_to_pose",
     "points_to_cloud2", "cloud2_to_numpy",
 ]
 
 
 class ConversionError(ValueError):
-    """A message that cannot be converted; the text names the encoding, sizes or field at fault."""
+    """A message that cannot be converted; the text names the encoding, sizes or field at fault.
+
+    ``kind`` is a short problem class (``encoding``, ``empty``, ``too_large``, ``step``, ``truncated`` from
+    :func:`check_image`; ``invalid`` otherwise) for per-kind counting and throttled logging.
+    """
+
+    def __init__(self, message: str, *, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # encoding -> (numpy dtype, channels)
@@ -54,6 +62,10 @@ _ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 SUPPORTED_IMAGE_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
 _RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "8UC3")
 _DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+RGB_ENCODINGS: tuple[str, ...] = _RGB_ENCODINGS
+"""Encodings :func:`image_to_rgb` reads."""
+DEPTH_ENCODINGS: tuple[str, ...] = _DEPTH_ENCODINGS
+"""Encodings :func:`image_to_depth_m` reads."""
 
 
 def _layout(encoding: str) -> tuple[np.dtype, int]:
@@ -62,6 +74,33 @@ def _layout(encoding: str) -> tuple[np.dtype, int]:
     except KeyError:
         raise ConversionError(f"unsupported image encoding {encoding!r}; supported: "
                               f"{', '.join(SUPPORTED_IMAGE_ENCODINGS)}") from None
+
+
+def check_image(msg: Image, *, encodings: tuple[str, ...] | None = None, max_pixels: int | None = None) -> None:
+    """Validate an Image from its header and data length only (no copy, no conversion): cheap for any size.
+
+    Raises :class:`ConversionError` with ``kind`` ``encoding`` (unsupported, or not in ``encodings``), ``empty``
+    (zero width/height), ``too_large`` (``width * height > max_pixels``), ``step`` (``step < width *
+    bytes_per_pixel``) or ``truncated`` (``data`` shorter than ``step * height``).
+    """
+    enc = msg.encoding
+    if enc not in _ENCODINGS or (encodings is not None and enc not in encodings):
+        allowed = encodings if encodings is not None else SUPPORTED_IMAGE_ENCODINGS
+        raise ConversionError(f"encoding {enc[:40]!r} is not one of {', '.join(allowed)}", kind="encoding")
+    dtype, ch = _ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError(f"{enc} image has zero size: {w}x{h}", kind="empty")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ConversionError(f"{enc} image {w}x{h} has {w * h} pixels > max_image_pixels={max_pixels}",
+                              kind="too_large")
+    row = w * ch * dtype.itemsize
+    if step < row:
+        raise ConversionError(f"{enc} image {w}x{h}: step {step} < width*bytes_per_pixel {row}", kind="step")
+    n = len(msg.data)
+    if n < step * h:
+        raise ConversionError(f"{enc} image {w}x{h}: data has {n} bytes, step*height needs {step * h}",
+                              kind="truncated")
 
 
 def image_to_numpy(msg: Image) -> np.ndarray:

@@ -76,8 +76,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Largest stamp difference (s) between colour, depth, camera_info and pose of one frame set.",
               range=(0.0, 1.0)),
     ParamSpec("max_stamp_age_s", float, 1.0,
-              "Frame sets older than this (s, node clock minus stamp) are dropped; 0 disables the check.",
+              "Frames stamped more than this (s) before the node clock are dropped as stale, and camera messages "
+              "stamped more than this after it as from the future (a clock mismatch); 0 disables both checks.",
               range=(0.0, 3600.0), live=True),
+    ParamSpec("max_image_pixels", int, 4096 * 4096,
+              "Largest width*height accepted for a colour, depth or reference image; bigger ones (and camera_info "
+              "claiming a bigger size) are refused on arrival from their header, before any conversion.",
+              range=(1, 1_000_000_000)),
     ParamSpec("depth_scale", float, 0.001,
               "Metres per unit of 16UC1/mono16 depth (0.001 = millimetres); 32FC1 depth is metres already.",
               range=(1e-6, 10.0)),

@@ -43,7 +43,7 @@ from std_msgs.msg import ColorRGBA, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from find_ros.instruction import InstructionError, Reference, parse_instruction
+from find_ros.instruction import MAX_REFERENCES, InstructionError, Reference, parse_instruction
 from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
@@ -86,6 +86,10 @@ class Counters:
     """Frame sets replaced in the mailbox by a newer one before the worker took them."""
     stale: int = 0
     """Colour frames older than max_stamp_age_s on arrival or when the worker took them."""
+    future: int = 0
+    """Camera messages stamped more than max_stamp_age_s after the node clock (dropped on arrival)."""
+    invalid_input: int = 0
+    """Camera / pose messages refused on arrival (encoding, size, step, data length, pixel limit, camera_info K)."""
     out_of_order: int = 0
     """Messages not newer than the last matched frame set (fallback synchroniser only)."""
     rejected: int = 0
@@ -415,9 +419,43 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ inputs
     def _on_input(self, stream: str, msg: Any) -> None:
-        self._seen.add(stream)
+        """Subscription callback of colour / depth / camera_info: never raises (that would stop the executor)."""
+        try:
+            self._take_input(stream, msg)
+        except FrameRejected as e:
+            self._count("invalid_input")
+            self._warn(e.kind, str(e))
+        except Exception as e:  # noqa: BLE001 - whatever the message, the node keeps running
+            self._count("invalid_input")
+            self._warn("input_error", f"{stream} message dropped: {type(e).__name__}: {e}", level="error")
+
+    def _precheck(self, stream: str, msg: Any) -> None:
+        """Cheap header-only checks on arrival, so bad or huge messages never enter the synchroniser."""
+        max_px = self._p["max_image_pixels"]
+        if stream == "camera_info":
+            if int(msg.width) * int(msg.height) > max_px:
+                raise FrameRejected("camera_info", f"camera_info unusable: size {msg.width}x{msg.height} > "
+                                                   f"max_image_pixels={max_px}")
+            try:
+                conv.camera_info_to_K(msg)
+            except conv.ConversionError as e:
+                raise FrameRejected("camera_info", f"camera_info unusable: {e}") from e
+            return
+        encodings = conv.RGB_ENCODINGS if stream == "color" else conv.DEPTH_ENCODINGS
+        try:
+            conv.check_image(msg, encodings=encodings, max_pixels=max_px)
+        except conv.ConversionError as e:
+            what = "colour" if stream == "color" else stream
+            raise FrameRejected(f"{stream}_{e.kind}", f"{what} image dropped: {e}") from e
+
+    def _take_input(self, stream: str, msg: Any) -> None:
         if stream == "color":
             self._count("frames_in")
+        self._precheck(stream, msg)
+        if self._is_future(stream, msg):
+            return
+        self._seen.add(stream)
+        if stream == "color":
             missing = [s for s in ("depth", "camera_info") if s not in self._seen]
             if "camera_info" in missing:
                 self._count("waiting_camera_info")
@@ -434,6 +472,22 @@ class PerceptionNode(LifecycleNode):
                 self._count("out_of_order")
                 self._warn("out_of_order", f"{stream} message stamped {_stamp_s(msg.header):.3f} is not newer than "
                                            "the last matched frame set: dropped (clock jump or replay restart?)")
+
+    def _is_future(self, stream: str, msg: Any) -> bool:
+        """Drop (counted, logged) a message stamped more than max_stamp_age_s ahead of the node clock.
+
+        Such a set would otherwise be matched and make every later, correctly stamped frame look out of order.
+        """
+        max_age = self._p["max_stamp_age_s"]
+        if max_age <= 0:
+            return False
+        ahead = _stamp_s(msg.header) - self.get_clock().now().nanoseconds * 1e-9
+        if ahead <= max_age:
+            return False
+        self._count("future")
+        self._warn("future_stamp", f"{stream} message stamped {ahead:.2f} s in the future (> max_stamp_age_s="
+                                   f"{max_age}): dropped; check clocks / use_sim_time")
+        return True
 
     def _is_stale(self, color: Image) -> bool:
         """Drop (counted, logged) a colour frame older than max_stamp_age_s; 0 disables the check."""
@@ -466,11 +520,17 @@ class PerceptionNode(LifecycleNode):
         self._store_pose(msg.header, msg.pose.pose)
 
     def _store_pose(self, header, pose: Pose) -> None:
+        try:
+            T = conv.pose_to_matrix(pose)
+        except conv.ConversionError as e:  # NaN position, zero quaternion: never raise in a callback
+            self._count("invalid_input")
+            self._warn("pose_invalid", f"camera pose dropped: {e}")
+            return
         if header.frame_id and header.frame_id != self._p["world_frame"]:
             self._warn("pose_frame", f"camera pose is in frame {header.frame_id!r} but world_frame is "
                                      f"{self._p['world_frame']!r}; using it as the world frame")
         with self._pose_lock:
-            self._poses.append((_stamp_s(header), conv.pose_to_matrix(pose)))
+            self._poses.append((_stamp_s(header), T))
 
     def _lookup_pose(self, color: Image) -> np.ndarray | None:
         src = self._p["camera_pose_source"]
@@ -543,22 +603,30 @@ class PerceptionNode(LifecycleNode):
             f"{[e.phrase for e in instruction.entities]} ({len(instruction.references)} reference image(s))")
         return True, "accepted", instruction.id
 
-    @staticmethod
-    def _references(images: list, masks: list) -> list[Reference]:
+    def _references(self, images: list, masks: list) -> list[Reference]:
+        if len(images) > MAX_REFERENCES:  # before converting any of them
+            raise InstructionError(f"instruction has {len(images)} reference images (max {MAX_REFERENCES})")
         if masks and len(masks) != len(images):
             raise InstructionError(f"instruction has {len(images)} reference image(s) but {len(masks)} "
                                    "reference mask(s); give none or one per image")
+        max_px = self._p.get("max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default)
         refs = []
         for k, img in enumerate(images):
             try:
+                conv.check_image(img, encodings=conv.RGB_ENCODINGS, max_pixels=max_px)
                 rgb = conv.image_to_rgb(img)
             except conv.ConversionError as e:
                 raise InstructionError(f"reference image {k}: {e}") from e
             mask = None
             if masks and masks[k].width > 0 and masks[k].height > 0:
                 if masks[k].encoding not in ("mono8", "8UC1"):
-                    raise InstructionError(f"reference mask {k} has encoding {masks[k].encoding!r}, expected mono8")
-                m = conv.image_to_numpy(masks[k])
+                    raise InstructionError(f"reference mask {k} has encoding {masks[k].encoding[:40]!r}, "
+                                           "expected mono8")
+                try:
+                    conv.check_image(masks[k], encodings=("mono8", "8UC1"), max_pixels=max_px)
+                    m = conv.image_to_numpy(masks[k])
+                except conv.ConversionError as e:
+                    raise InstructionError(f"reference mask {k}: {e}") from e
                 if m.shape != rgb.shape[:2]:
                     raise InstructionError(f"reference mask {k} is {m.shape[1]}x{m.shape[0]} but its image is "
                                            f"{rgb.shape[1]}x{rgb.shape[0]}")
