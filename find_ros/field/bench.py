@@ -2,13 +2,21 @@
 
 Run: python -m find_ros.field.bench [--data DIR] [--frames N]. Prints measured medians and returns them as a dict.
 Embeddings are random unit vectors at 1/8 resolution (80x60x64), the size FIND's pixel embeddings have.
+
+Memory (issue 3, "RSS stays flat while voxels are evicted"):
+python -m find_ros.field.bench --rss [--minutes 10] [--width 320 --height 240] [--max-blocks 400] fuses a sim
+walk-through (find_ros.sim walkthrough_trajectory + SimRenderer, looping) for M minutes with a block cap small
+enough to force eviction, samples the process RSS every few seconds and reports the mean RSS of the first and
+the last window (60 s each, or a third of the run when it is shorter than 3 minutes) and their ratio.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import open3d as o3d
@@ -102,13 +110,105 @@ def run(*, data: Path = DEFAULT_DATA, frames: int = 60, stride: int = 2, voxel: 
     return out
 
 
+def rss_mb() -> float:
+    """Resident set size of this process (MB) from /proc/self/statm."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, max_blocks: int = 400,
+               voxel: float = 0.05, embed: str = "hsv", dim: int = 64, seed: int = 0, loop_frames: int = 600,
+               sample_s: float = 5.0, log: Callable[[str], None] | None = print) -> dict:
+    """Fuse a looping sim walk-through for ``minutes`` under a block cap; RSS sampled every ``sample_s`` s.
+
+    ``embed``: "hsv" = the hsv-baseline grounder's pixel embeddings (D=12), "random" = random unit vectors of
+    length ``dim`` at 1/8 resolution (FIND-sized).
+    """
+    from find_ros.sim import Scene, SimRenderer, walkthrough_trajectory
+
+    if minutes <= 0 or sample_s <= 0:
+        raise ValueError(f"minutes and sample_s must be > 0, got {minutes}, {sample_s}")
+    scene = Scene.generate(seed)
+    poses = walkthrough_trajectory(scene, loop_frames, seed=seed)
+    renderer = SimRenderer(scene, width=width, height=height)
+    if embed == "hsv":
+        from find_ros.field.embedder import FieldEmbedder
+        from find_ros.grounding.baseline import HsvBaselineGrounder
+
+        embedder = FieldEmbedder(grounder=HsvBaselineGrounder())
+        dim = embedder.dim
+        embed_fn = embedder.pixel_embeddings
+    elif embed == "random":
+        rng = np.random.default_rng(seed)
+
+        def embed_fn(rgb):
+            e = rng.standard_normal((height // 8, width // 8, dim)).astype(np.float32)
+            return e / np.linalg.norm(e, axis=-1, keepdims=True)
+    else:
+        raise ValueError(f"embed must be 'hsv' or 'random', got {embed!r}")
+    ff = FeatureField(config=FieldConfig(voxel_size=voxel, embedding_dim=dim, max_blocks=max_blocks))
+    duration = minutes * 60.0
+    t_start = time.monotonic()
+    next_sample = 0.0
+    samples: list[tuple[float, float, int, int]] = []  # (t s, rss MB, active blocks, frames)
+    frames = evicted = peak_blocks = 0
+    ms: list[float] = []
+    while True:
+        t = time.monotonic() - t_start
+        if t >= next_sample:
+            samples.append((t, rss_mb(), ff.active_blocks, frames))
+            if log is not None and len(samples) % max(1, int(60 / sample_s)) == 1:
+                log(f"t={t:6.0f} s rss={samples[-1][1]:.1f} MB blocks={ff.active_blocks} frames={frames} "
+                    f"evicted={evicted}")
+            next_sample += sample_s
+        if t >= duration:
+            break
+        f = renderer.render(poses[frames % len(poses)], index=frames)
+        st = ff.integrate(f.depth, f.K, f.T_world_cam, pixel_embeddings=embed_fn(f.color), color=f.color)
+        frames += 1
+        evicted += st.evicted_blocks
+        peak_blocks = max(peak_blocks, st.active_blocks)
+        ms.append(st.ms)
+    ts = np.array([s[0] for s in samples])
+    rss = np.array([s[1] for s in samples])
+    win = min(60.0, duration / 3.0)
+    first = rss[ts <= win]
+    last = rss[ts >= duration - win]
+    return {"minutes": minutes, "resolution": [height, width], "voxel_size": voxel, "embedding": embed,
+            "embedding_dim": dim, "max_blocks": max_blocks, "frames": frames, "evicted_blocks": int(evicted),
+            "peak_active_blocks": int(peak_blocks), "final_voxels": ff.num_voxels,
+            "field_memory_mb": ff.memory_bytes / 2**20, "fuse_ms_median": float(np.median(ms)) if ms else 0.0,
+            "window_s": win, "rss_first_window_mb": float(first.mean()), "rss_last_window_mb": float(last.mean()),
+            "rss_ratio_last_vs_first": float(last.mean() / first.mean()),
+            "rss_min_mb": float(rss.min()), "rss_max_mb": float(rss.max()),
+            "rss_samples": [[round(a, 1), round(b, 1), c, d] for a, b, c, d in samples]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m find_ros.field.bench")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--voxel", type=float, default=0.05)
+    ap.add_argument("--rss", action="store_true", help="memory run: RSS over a sim walk-through with eviction")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--width", type=int, default=320)
+    ap.add_argument("--height", type=int, default=240)
+    ap.add_argument("--max-blocks", type=int, default=400)
+    ap.add_argument("--embed", choices=("hsv", "random"), default="hsv")
+    ap.add_argument("--dim", type=int, default=64, help="--embed random: embedding length")
+    ap.add_argument("--sample-s", type=float, default=5.0)
+    ap.add_argument("--json", type=Path, help="also write the result here")
     a = ap.parse_args(argv)
-    print(json.dumps(run(data=a.data, frames=a.frames, voxel=a.voxel), indent=2))
+    if a.rss:
+        res = run_memory(minutes=a.minutes, width=a.width, height=a.height, max_blocks=a.max_blocks,
+                         voxel=a.voxel, embed=a.embed, dim=a.dim, sample_s=a.sample_s)
+    else:
+        res = run(data=a.data, frames=a.frames, voxel=a.voxel)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if a.json:
+        a.json.write_text(text + "\n")
     return 0
 
 

@@ -16,7 +16,8 @@ from find_ros.field.field import FeatureField, FieldConfig
 LOG = logging.getLogger(__name__)
 
 
-def _open(fmt: str, path: str, *, stride: int, max_frames: int | None, width: int, height: int):
+def _open(fmt: str, path: str, *, stride: int = 1, max_frames: int | None = None, width: int = 640,
+          height: int = 480):
     """A lazy frame sequence from ``find_ros.sim.datasets.open_dataset`` (sim: ``path`` is the scene seed)."""
     from find_ros.sim.datasets import DatasetError, open_dataset
 

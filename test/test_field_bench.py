@@ -1,0 +1,26 @@
+"""Field memory run (find_ros.field.bench.run_memory): a short sim walk-through under a block cap evicts blocks,
+never exceeds the cap and reports RSS windows (no timing or RSS assertions: the figures belong to the benchmark)."""
+import json
+
+import pytest
+
+pytest.importorskip("find_ros.sim")
+
+from find_ros.field import bench  # noqa: E402
+
+
+def test_memory_run_evicts_under_the_cap_and_reports_rss():
+    res = bench.run_memory(minutes=0.04, width=160, height=120, max_blocks=60, sample_s=0.5, log=None)
+    assert res["frames"] > 0 and res["evicted_blocks"] > 0
+    assert res["peak_active_blocks"] <= 60
+    assert res["rss_first_window_mb"] > 0 and res["rss_last_window_mb"] > 0
+    assert res["rss_ratio_last_vs_first"] == pytest.approx(res["rss_last_window_mb"] / res["rss_first_window_mb"])
+    assert len(res["rss_samples"]) >= 3 and res["window_s"] == pytest.approx(0.04 * 60 / 3)
+    json.dumps(res)
+
+
+def test_memory_run_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="embed"):
+        bench.run_memory(minutes=0.01, embed="nope", log=None)
+    with pytest.raises(ValueError, match="minutes"):
+        bench.run_memory(minutes=0, log=None)
