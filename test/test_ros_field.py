@@ -294,6 +294,9 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
     clouds, objects = [], []
     node.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, LATCHED_QOS)
     node.create_subscription(String, "camera/gt/objects", objects.append, LATCHED_QOS)
+    goals = []
+    node.create_subscription(PoseStamped, GOAL_TOPIC, goals.append, OUTPUT_QOS)
+    pub = node.create_publisher(String, "find/instruction_text", 10)
 
     def tails():
         return "\n".join(f"--- {k}\n{v.read_text(errors='replace')[-2000:]}" for k, v in logs.items())
@@ -325,6 +328,17 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
         g = np.array([r.goals[0].pose.position.x, r.goals[0].pose.position.y, r.goals[0].pose.position.z])
         lo, hi = np.array(target[0]["box_min"]) - 0.1, np.array(target[0]["box_max"]) + 0.1
         assert np.all(g >= lo) and np.all(g <= hi), f"goal {g} outside {lo}..{hi} ({r.message})"
+        assert spin(lambda: bool(goals), 5.0), "find/field/goal not published"
+        assert goals[-1].pose.position.x == pytest.approx(g[0]) and goals[-1].header.frame_id == "map"
+
+        # with an instruction the cloud's score is the similarity to it: the best voxels lie on the target
+        pub.publish(String(data=TARGET))
+        assert spin(lambda: clouds and conv.cloud2_to_numpy(clouds[-1])["score"].max() > 0.5, 10.0), \
+            "cloud score did not follow the instruction\n" + tails()
+        pts = conv.cloud2_to_numpy(clouds[-1])
+        top = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] >= np.quantile(pts["score"], 0.99)]
+        inside = np.all((top >= lo) & (top <= hi), axis=1).mean()
+        assert inside > 0.5, f"only {inside:.0%} of the top-1% score voxels lie in the {TARGET} box"
     finally:
         for p in procs:
             if p.poll() is None:

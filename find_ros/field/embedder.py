@@ -35,8 +35,7 @@ class FieldEmbedder:
                                 "embed_instruction (QueryEmbedder protocol): it cannot feed or query a field")
         self.grounder = grounder
         self.name = str(getattr(grounder, "name", type(grounder).__name__))
-        self._cache_key: Any = None
-        self._cache_val: np.ndarray | None = None
+        self._cache: list[tuple[Instruction, np.ndarray]] = []  # last few (instruction, embedding), newest last
         self.dim = int(self.embed_text("object").shape[1])
 
     def pixel_embeddings(self, rgb: np.ndarray) -> np.ndarray:
@@ -62,14 +61,15 @@ class FieldEmbedder:
         return pe
 
     def embed_instruction(self, instruction: Instruction) -> np.ndarray:
-        """(E, D) float32 unit-norm query embeddings, cached for the last instruction object."""
-        if instruction is self._cache_key and self._cache_val is not None:
-            return self._cache_val
+        """(E, D) float32 unit-norm query embeddings, cached for the last few instruction objects."""
+        for ins, q in self._cache:
+            if ins is instruction:
+                return q
         q = np.asarray(self.grounder.embed_instruction(instruction), dtype=np.float32)
         if q.ndim != 2 or q.shape[0] != len(instruction.entities) or (hasattr(self, "dim") and q.shape[1] != self.dim):
             raise EmbedderError(f"{self.name}: embed_instruction returned {q.shape}, expected "
                                 f"({len(instruction.entities)}, {getattr(self, 'dim', 'D')})")
-        self._cache_key, self._cache_val = instruction, q
+        self._cache = [*self._cache[-3:], (instruction, q)]
         return q
 
     def embed_text(self, text: str) -> np.ndarray:
