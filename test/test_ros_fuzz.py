@@ -161,7 +161,7 @@ class Node:
         return h
 
     def frame(self, *, rgb=None, depth=None, info: CameraInfo | None = None, pose=True, dt_s: float = 0.0,
-              depth_encoding: str = "32FC1", color_msg: Image | None = None) -> int:
+              depth_encoding: str = "32FC1", color_msg: Image | None = None, send_info: bool = True) -> int:
         """Publish one colour + depth + camera_info (+ identity pose) set stamped now + ``dt_s``; the stamp in ns."""
         h = self.header(dt_s)
         rgb = make_rgb() if rgb is None else rgb
@@ -170,7 +170,8 @@ class Node:
         Kc = K if (hh, ww) == (H, W) else np.array([[100.0, 0, ww / 2], [0, 100.0, hh / 2], [0, 0, 1]])
         info = conv.camera_info_from_K(Kc, ww, hh, header=h) if info is None else info
         info.header = h
-        self.pub_info.publish(info)
+        if send_info:
+            self.pub_info.publish(info)
         if pose:
             self.pub_pose.publish(PoseStamped(header=Header(stamp=h.stamp, frame_id="map"),
                                               pose=conv.matrix_to_pose(np.eye(4))))

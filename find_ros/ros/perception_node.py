@@ -331,7 +331,10 @@ class PerceptionNode(LifecycleNode):
         try:
             return FindGrounder.from_pretrained(path, device=self._p["device"])
         except Exception as e:
-            raise RuntimeError(f"grounder='find': cannot load the model from {str(path)!r}: "
+            culprit = {"JSONDecodeError": "config.json", "UnicodeDecodeError": "config.json",
+                       "SafetensorError": "model.safetensors"}.get(type(e).__name__)
+            where = f" ({culprit} is corrupt)" if culprit else ""
+            raise RuntimeError(f"grounder='find': cannot load the model from {str(path)!r}{where}: "
                                f"{type(e).__name__}: {e}") from e
 
     def _build_pipeline(self, grounder: Any) -> Any:
