@@ -145,9 +145,9 @@ def test_rviz_config_is_yaml_with_the_node_topics():
     assert {"/find/field/goal", "/find/target_pose_world"} <= topics("Pose")
     (cloud,) = [d for t, d in displays["rviz_default_plugins/PointCloud2"] if t == "/find/field/cloud"]
     assert cloud["Color Transformer"] == "Intensity" and cloud["Channel Name"] == "score"
-    # a volatile reader matches volatile and transient-local writers alike (transient-local would miss volatile ones)
-    assert all(d["Topic"]["Durability Policy"] == "Volatile"
-               for t, d in displays["rviz_default_plugins/PointCloud2"])
+    # the field writers are transient-local: a transient-local reader also gets the cloud published before RViz started
+    assert all(d["Topic"]["Durability Policy"] == "Transient Local"
+               for t, d in displays["rviz_default_plugins/PointCloud2"] if t in ("/find/field/cloud", "/find/field/heatmap"))
     for cls, items in displays.items():
         assert cls.startswith("rviz_default_plugins/"), cls
         for t, d in items:
