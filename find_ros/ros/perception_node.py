@@ -72,6 +72,12 @@ class FrameRejected(ValueError):
         self.kind = kind
 
 
+_POSE_WAIT_S = 0.1
+"""Longest wait of the worker for a camera pose stamped like its frame when the pose stream lags the images."""
+_POSE_STREAM_ALIVE_S = 1.0
+"""A pose stream whose newest pose is older than this (relative to the frame) has stopped: no waiting."""
+
+
 @dataclasses.dataclass
 class Counters:
     """What the node has seen and done since activation (published on ``find/status``)."""
@@ -156,7 +162,7 @@ class PerceptionNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._poses: collections.deque = collections.deque(maxlen=_POSE_BUFFER)
-        self._pose_lock = threading.Lock()
+        self._pose_lock = threading.Condition()  # _store_pose notifies a worker waiting for its frame's pose
         self._seen: set[str] = set()
         self._last_warn: dict[str, float] = {}
         self._counters = Counters()
@@ -534,6 +540,7 @@ class PerceptionNode(LifecycleNode):
                                      f"{self._p['world_frame']!r}; using it as the world frame")
         with self._pose_lock:
             self._poses.append((_stamp_s(header), T))
+            self._pose_lock.notify_all()
 
     def _lookup_pose(self, color: Image) -> np.ndarray | None:
         src = self._p["camera_pose_source"]
@@ -549,9 +556,19 @@ class PerceptionNode(LifecycleNode):
                 return None
             q, v = tr.transform.rotation, tr.transform.translation
             return conv.pose_to_matrix(Pose(position=Point(x=v.x, y=v.y, z=v.z), orientation=q))
+        slop = max(self._p["sync_slop_s"], 1e-6)
+        deadline = time.monotonic() + _POSE_WAIT_S
         with self._pose_lock:
-            best = min(self._poses, key=lambda p: abs(p[0] - t), default=None)
-        if best is None or abs(best[0] - t) > max(self._p["sync_slop_s"], 1e-6):
+            while True:
+                best = min(self._poses, key=lambda p: abs(p[0] - t), default=None)
+                newest = max((p[0] for p in self._poses), default=None)
+                # a pose stream that is alive but behind this frame: wait (bounded) for the frame's pose
+                behind = newest is not None and t - _POSE_STREAM_ALIVE_S < newest < t - slop
+                left = deadline - time.monotonic()
+                if (best is not None and abs(best[0] - t) <= slop) or not behind or left <= 0:
+                    break
+                self._pose_lock.wait(left)
+        if best is None or abs(best[0] - t) > slop:
             self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "
                                        f"frame at t={t:.3f}: grounded without world poses")
             return None
