@@ -301,22 +301,28 @@ def test_fuzz_node_survives_counts_throttles_grounds_and_stays_bounded(tmp_path)
         assert t.spin_until(lambda: any(s in t.grounding for s in warm), 15), t.log_text()[-2000:]
         t.spin_for(1.0)
         rss_good = rss_mb(proc.pid)
-        # a real 8000x8000 mono8 image (64 MB, refused from its header): the DDS layer keeps a receive buffer of the
-        # largest sample it has seen, so it is part of the warm-up; the fuzz sends more and RSS must not follow
-        t.pub_color.publish(_huge(t.header()))
-        t.spin_for(1.0)
-        rss_warm = rss_mb(proc.pid)
-
         good: list[int] = []
         tiny: list[int] = []
         sent: dict[str, int] = {}
         n_bad = 0
-        t_fuzz = time.monotonic()
 
         def bad(kind: str, n: int = 1) -> None:
             nonlocal n_bad
             sent[kind] = sent.get(kind, 0) + n
             n_bad += n
+
+        # real 8000x8000 mono8 images (64 MB, refused from their header): the DDS reader keeps receive buffers
+        # grown to the largest sample it has seen (measured: +61 MB anonymous RSS after the first one, flat after
+        # more), so they are part of the warm-up, back to back and spaced; the fuzz sends more and RSS must not follow
+        for k in range(4):
+            t.pub_color.publish(_huge(t.header()))
+            bad("color_too_large")
+            t.spin_for(0.05 if k % 2 == 0 else 0.5)
+            warm.append(t.frame())
+        t.spin_for(1.0)
+        rss_warm = rss_mb(proc.pid)
+
+        t_fuzz = time.monotonic()
 
         cycles = 60
         for c in range(cycles):
@@ -407,13 +413,54 @@ def test_fuzz_node_survives_counts_throttles_grounds_and_stays_bounded(tmp_path)
             assert g.instruction_text == "the red cube" and g.entities[0].found, g
             ious.append(square_iou(conv.image_to_numpy(t.mask[s]), g.entities[0].label))
         print(f"fuzz: {len(ious)}/{len(good)} good frames grounded, IoU min {min(ious, default=0):.3f}; "
-              f"node RSS after good frames {rss_good:.1f} MB, after warm-up (+1 huge image) {rss_warm:.1f} MB, after fuzz {rss_end:.1f} MB "
+              f"node RSS after good frames {rss_good:.1f} MB, after warm-up (+4 huge images) {rss_warm:.1f} MB, after fuzz {rss_end:.1f} MB "
               f"(+{rss_end - rss_warm:.1f} MB); status {json.dumps({k: v for k, v in status.items() if k != 'problems'})}")
         assert len(ious) >= len(good) // 2, (len(ious), len(good), status)
         assert min(ious) > 0.7, ious
         # nothing published for refused sets: every grounding is of a good, warm-up or 1x1 frame
         assert set(t.grounding) <= set(good) | set(warm) | set(tiny), sorted(set(t.grounding) - set(good))
         assert rss_end - rss_warm < 50.0, (rss_good, rss_warm, rss_end)
+        # the DDS receive buffers for the 64 MB samples are bounded (two here), not one per huge message
+        assert rss_warm - rss_good < 3 * 64.0, (rss_good, rss_warm)
     finally:
         t.close()
         stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------- in-process units
+@pytest.mark.parametrize("mutate, kind", [
+    (lambda m: setattr(m, "encoding", "yuv422"), "encoding"),
+    (lambda m: setattr(m, "width", 0), "empty"),
+    (lambda m: (setattr(m, "width", 8000), setattr(m, "height", 8000)), "too_large"),
+    (lambda m: setattr(m, "step", W * 3 - 1), "step"),
+    (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "truncated"),
+], ids=["encoding", "empty", "too_large", "step", "truncated"])
+def test_check_image_refuses_from_the_header_with_a_kind(mutate, kind):
+    m = conv.numpy_to_image(make_rgb(), "rgb8")
+    conv.check_image(m, encodings=conv.RGB_ENCODINGS, max_pixels=W * H)  # the good one passes
+    mutate(m)
+    with pytest.raises(conv.ConversionError) as e:
+        conv.check_image(m, encodings=conv.RGB_ENCODINGS, max_pixels=4096 * 4096)
+    assert e.value.kind == kind
+
+
+def test_depth_encoding_is_refused_for_colour_and_vice_versa():
+    with pytest.raises(conv.ConversionError, match="not one of") as e:
+        conv.check_image(conv.numpy_to_image(np.ones((4, 4), np.float32), "32FC1"), encodings=conv.RGB_ENCODINGS)
+    assert e.value.kind == "encoding"
+    conv.check_image(conv.numpy_to_image(np.ones((4, 4), np.float32), "32FC1"), encodings=conv.DEPTH_ENCODINGS)
+
+
+def test_instruction_garbage_is_refused():
+    from find_ros.instruction import InstructionError, parse_instruction
+
+    for text in ("\u2603\u2605!!! ???", "...", "x\x07y", "red " * 600):
+        with pytest.raises(InstructionError):
+            parse_instruction(text)
+    with pytest.raises(InstructionError, match="instruction id"):
+        parse_instruction("the red cube", id="i" * 200)
+    with pytest.raises(InstructionError, match="instruction id"):
+        parse_instruction("the red cube", id="a\nb")
+    ins = parse_instruction("the red cube, !!!", id="ok-1")  # the symbol-only part names nothing: dropped
+    assert [e.phrase for e in ins.entities] == ["the red cube"]
+    assert parse_instruction("\u82f9\u679c").entities[0].text == "\u82f9\u679c"  # non-latin letters are fine

@@ -703,6 +703,8 @@ class PerceptionNode(LifecycleNode):
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
         if self._is_stale(color):  # it may have aged while it waited for the worker
             return
+        if self._mf_sync is not None and self._is_future("color", color):  # message_filters matched it unchecked
+            return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
         with self._pipeline_lock:
