@@ -16,9 +16,15 @@ importable, else :class:`find_ros.ros.sync.ApproximateSync`); the matched set go
 mailbox read by a single worker thread, so the newest frame wins and inference never queues behind
 the camera (a set replaced before the worker took it counts as dropped). The camera pose is looked
 up by stamp from ``camera/pose`` / ``camera/odom`` (or tf2). Every output copies the colour
-image's header. Bad input (wrong encoding, size mismatch, no valid depth, missing camera_info,
-bad instruction) is logged once per kind per ``log_throttle_s`` and the frame is dropped; the
-node keeps running. Counters are published as JSON on ``find/status``.
+image's header. Camera messages are checked from their header on arrival (encoding, zero size,
+step, data length, ``max_image_pixels``; camera_info K) so bad or huge ones never enter the
+synchroniser; a colour frame stamped more than ``max_stamp_age_s`` before the node clock is stale,
+and any camera message stamped more than ``max_stamp_age_s`` after it is "from the future" (a clock
+mismatch that would otherwise make every later frame look out of order): both are dropped. Bad
+input (those, size mismatch, no valid depth, missing camera_info, NaN camera pose, bad instruction)
+is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped and the
+node keeps running (no subscription callback raises). Counters are published as JSON on
+``find/status``.
 """
 from __future__ import annotations
 
