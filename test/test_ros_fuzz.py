@@ -398,7 +398,7 @@ def test_fuzz_node_survives_counts_throttles_grounds_and_stays_bounded(tmp_path)
         print(f"\nfuzz: {n_bad} malformed messages in {fuzz_s:.1f} s; kind: (sent, counted, log lines) {report}")
         for kind in EXPECTED_KINDS:
             count, lines = problems.get(kind, 0), log_lines(text, kind)
-            assert count >= 10, (kind, report, status)
+            assert count >= max(10, sent[kind] // 2), (kind, report, status)  # keep-last-1 readers may lose a few
             assert 1 <= lines <= fuzz_s / throttle + 3 and lines * 4 <= count, (kind, report)
         assert status["instructions_rejected"] >= sent["instruction_rejected"] * 0.9, status
         assert status["future"] >= 10 and status["stale"] >= 10 and status["invalid_input"] >= 10 * 9, status
