@@ -30,7 +30,7 @@ def pipeline(text="the red cube", **cfg):
 
 
 def test_found_entity_gets_label_pose_and_world_pose():
-    vg = pipeline("the red cube, the blue ball")
+    vg = pipeline("the red cube, the blue ball", shape_voxel_m=0.0)  # visible centroid: exact hand maths
     rgb, depth = frame([(60, 40, 30, RED)])
     T = np.eye(4)
     T[:3, 3] = [1.0, 2.0, 0.5]

@@ -31,9 +31,11 @@ import numpy as np
 
 __all__ = [
     "GeometryError",
+    "MAX_POSE_POINTS",
     "TargetPose",
     "backproject",
     "depth_edges",
+    "robust_centre",
     "target_pose_from_mask",
     "transform_pose",
     "facing_rotation",
@@ -43,6 +45,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+MAX_POSE_POINTS = 4096
+"""Most inlier points a :class:`TargetPose` keeps (an even subsample)."""
 _PCT_LO, _PCT_HI = 5.0, 95.0
 _MAD_K = 3.0
 """Inlier radius of the robust centre, in robust standard deviations (1.4826 MAD) per axis."""
@@ -68,6 +72,9 @@ class TargetPose:
     """Valid 3D points (inliers) the pose was computed from."""
     frame: str = "camera"
     """``"camera"`` (optical frame of the input image) or ``"world"``."""
+    points: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    """(N, 3) inlier points (m) in ``frame`` the pose was computed from, an even subsample of at most
+    :data:`MAX_POSE_POINTS` (used by the tracker's multi-view shape); None when not kept."""
 
     def matrix(self) -> np.ndarray:
         """(4, 4) homogeneous transform target frame -> ``frame``."""
@@ -145,7 +152,7 @@ def depth_edges(depth_m: np.ndarray, threshold_m: float) -> np.ndarray:
     return valid & ((hi - lo) > threshold_m)
 
 
-def _robust_centre(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def robust_centre(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median + per-axis MAD outlier rejection, then the mean of the inliers. Returns (centre, inlier mask)."""
     med = np.median(points, axis=0)
     dev = np.abs(points - med)
@@ -267,15 +274,18 @@ def target_pose_from_mask(
     if int(keep.sum()) < min_points:
         return None
     pts = backproject(d, K, keep)
-    centre, inl = _robust_centre(pts)
+    centre, inl = robust_centre(pts)
     n = int(inl.sum())
     if n < min_points:
         return None
     R = facing_rotation(-centre, _CAM_UP)
     local = (pts[inl] - centre) @ R
     lo, hi = np.percentile(local, [_PCT_LO, _PCT_HI], axis=0)
+    kept = pts[inl]
+    if len(kept) > MAX_POSE_POINTS:
+        kept = kept[np.linspace(0, len(kept) - 1, MAX_POSE_POINTS).astype(np.int64)]
     return TargetPose(position=centre, orientation_xyzw=quaternion_from_matrix(R), extent=hi - lo,
-                      num_points=n, frame="camera")
+                      num_points=n, frame="camera", points=kept)
 
 
 def transform_pose(pose: TargetPose, T_world_cam: np.ndarray) -> TargetPose:
@@ -284,7 +294,7 @@ def transform_pose(pose: TargetPose, T_world_cam: np.ndarray) -> TargetPose:
     The position is transformed by ``T_world_cam``; the orientation is re-derived with the world
     convention (x toward the camera projected on the floor, z = world up) rather than rotated, so a pitched
     camera does not tilt the target frame. ``extent`` is kept: its components keep their meaning (depth
-    toward the camera, width, height) and are exact for a level camera.
+    toward the camera, width, height) and are exact for a level camera. ``points`` are transformed too.
     """
     if pose.frame != "camera":
         raise GeometryError(f"transform_pose expects a camera-frame pose, got frame={pose.frame!r}")
@@ -293,6 +303,7 @@ def transform_pose(pose: TargetPose, T_world_cam: np.ndarray) -> TargetPose:
     to_cam = T[:3, 3] - p
     to_cam[2] = 0.0
     R = facing_rotation(to_cam, _WORLD_UP)
+    pts = None if pose.points is None else pose.points @ T[:3, :3].T + T[:3, 3]
     return TargetPose(position=p, orientation_xyzw=quaternion_from_matrix(R),
                       extent=np.asarray(pose.extent, dtype=np.float64).copy(), num_points=pose.num_points,
-                      frame="world")
+                      frame="world", points=pts)

@@ -62,6 +62,11 @@ class PipelineConfig:
     depth_edge_m: float = 0.05
     """Pixels whose 3x3 neighbourhood spans more depth than this (m) are dropped before back-projection; 0
     disables the check."""
+    shape_voxel_m: float = 0.01
+    """Voxel size (m) of each track's multi-view shape memory, whose robust box centre is the published world
+    position (see :mod:`find_ros.grounding.tracking`); 0 = publish the frame's visible-surface centroid."""
+    shape_max_voxels: int = 20000
+    """Most voxels a track's shape memory keeps (the least-seen are dropped): 16 bytes each."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,6 +84,9 @@ class PipelineConfig:
             ("assoc_min_similarity", -1.0 <= self.assoc_min_similarity <= 1.0, "in [-1, 1]"),
             ("assoc_min_iou", 0.0 <= self.assoc_min_iou <= 1.0, "in [0, 1]"),
             ("depth_edge_m", self.depth_edge_m >= 0, ">= 0"),
+            ("shape_voxel_m", self.shape_voxel_m >= 0, ">= 0"),
+            ("shape_max_voxels", int(self.shape_max_voxels) == self.shape_max_voxels
+             and self.shape_max_voxels >= 1, "an integer >= 1"),
         )
         for name, ok, want in checks:
             if not ok:
@@ -109,7 +117,9 @@ class TrackedEntity:
     pose_cam: TargetPose | None
     """Target pose in the camera optical frame (found entities with enough valid depth only)."""
     pose_world: TargetPose | None
-    """Target pose in the world frame (found entities, when the camera pose was given)."""
+    """Target pose in the world frame (found entities, when the camera pose was given). Its position is the
+    track's amodal centre (``shape_voxel_m`` > 0) and ``pose_cam``'s position is that centre in the camera
+    frame; orientation and extent are this frame's."""
     found: bool = False
     """score >= score_threshold, not lost, non-empty mask."""
 
@@ -269,7 +279,8 @@ class VideoGrounder:
                 det = Detection(score=float(r.score), box=tuple(int(v) for v in r.box),
                                 embedding=None if emb is None else mean_embedding(emb, mask),
                                 position=None if pose_world is None else pose_world.position,
-                                extent=None if pose_cam is None else pose_cam.extent)
+                                extent=None if pose_cam is None else pose_cam.extent,
+                                points=None if pose_world is None else pose_world.points)
             st: TrackState = tracker.update(det)
             own = st.matched or st.track_id is None
             if not own:
@@ -277,6 +288,11 @@ class VideoGrounder:
             found = bool(st.score >= cfg.score_threshold and not st.lost and own and mask.any())
             if found:
                 label[mask] = r.entity_index + 1
+                centre = tracker.centre if pose_world is not None and st.matched else None
+                if centre is not None:  # the track's amodal centre, in both frames
+                    pose_world = dataclasses.replace(pose_world, position=centre)
+                    T = np.asarray(T_world_cam, dtype=np.float64)
+                    pose_cam = dataclasses.replace(pose_cam, position=T[:3, :3].T @ (centre - T[:3, 3]))
             out.append(TrackedEntity(
                 phrase=r.phrase, entity_index=int(r.entity_index), score=float(st.score),
                 raw_score=float(r.score), mask=mask, box=tuple(int(v) for v in r.box) if own else (0, 0, 0, 0),

@@ -7,10 +7,18 @@ following (association), a previously seen object coming back (re-acquisition), 
 Association cues, each used when both sides have it (all available cues must agree):
 
 - embedding: cosine similarity of the mean pixel embedding inside the mask >= ``assoc_min_similarity``;
-- 3D: world-position distance <= ``assoc_max_dist_m`` + half the track's largest extent (the visible-surface
-  centroid of a large object moves with the viewpoint);
+- 3D: distance from the detection's world position to the box of the track's shape memory (below)
+  <= ``assoc_max_dist_m``; without a shape memory, to the track's smoothed position, with half the track's
+  largest extent added to the limit (the visible-surface centroid of a large object moves with the viewpoint);
 - 2D box IoU >= ``assoc_min_iou``, only when neither of the above is available (and only against the
   active track: a box says nothing about a track lost frames ago).
+
+Position: besides the smoothed visible-surface centroid used for association, every track keeps a bounded
+voxel set of the world points of its detections (:class:`ShapeMemory`, ``shape_voxel_m`` voxels, at most
+``shape_max_voxels``). The centre of the box of its voxels seen at least twice is the track's
+*amodal* centre: a single view gives the centre of what is seen (closer to the object's centre than the
+visible-surface centroid, which is biased toward the camera); as the object is seen from more sides it
+converges to the centre of the whole object. This assumes the object does not move while tracked.
 
 Scores: ``s <- smoothing * s + (1 - smoothing) * raw`` on every frame of a track, ``raw = 0`` on frames
 where the track gets no detection; a new or re-acquired track starts at its raw score. A frame whose
@@ -31,7 +39,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from find_ros.grounding.pipeline import PipelineConfig
 
-__all__ = ["Detection", "TrackState", "EntityTracker", "box_iou"]
+__all__ = ["Detection", "TrackState", "EntityTracker", "ShapeMemory", "box_iou"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ class Detection:
     """(3,) world position (m) of the target, when a world pose was computed."""
     extent: np.ndarray | None = None
     """(3,) extent (m) of the target's visible points, when a pose was computed."""
+    points: np.ndarray | None = None
+    """(N, 3) world points (m) of the target this frame (for the track's :class:`ShapeMemory`)."""
 
 
 @dataclasses.dataclass
@@ -83,6 +93,72 @@ class _Track:
     misses: int = 0
     lost: bool = False
     hits: int = 1
+    shape: "ShapeMemory | None" = None
+
+
+_OFF = 1 << 20
+"""Voxel index offset of the packed keys (21 bits per axis: +-1e6 voxels, 10 km at 1 cm)."""
+
+
+class ShapeMemory:
+    """A bounded set of world voxels seen on one object, with hit counts (detections that hit each voxel).
+
+    ``add`` voxelises points at ``voxel_m`` and merges them (vectorised: packed int64 keys + ``np.unique``);
+    beyond ``max_voxels`` the least-hit voxels are dropped (ties: arbitrary but deterministic). ``centre`` is
+    the centre of the box of the voxels hit by at least two detections (thin parts such as chair legs count;
+    one-off mask leaks do not), or, before ten such voxels exist, of the 1st..99th percentile box of all of
+    them (``None`` when empty).
+    """
+
+    def __init__(self, voxel_m: float, max_voxels: int) -> None:
+        if voxel_m <= 0 or max_voxels < 1:
+            raise ValueError(f"ShapeMemory needs voxel_m > 0 and max_voxels >= 1, got {voxel_m}, {max_voxels}")
+        self.voxel_m = float(voxel_m)
+        self.max_voxels = int(max_voxels)
+        self._keys = np.empty(0, np.int64)
+        self._hits = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, points: np.ndarray) -> None:
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        p = p[np.all(np.isfinite(p), axis=1)]
+        if not len(p):
+            return
+        idx = np.floor(p / self.voxel_m).astype(np.int64) + _OFF
+        if idx.min() < 0 or idx.max() >= (1 << 21):
+            raise ValueError(f"points beyond +-{_OFF * self.voxel_m:.0f} m cannot be stored at {self.voxel_m} m voxels")
+        keys = np.unique((idx[:, 0] << 42) | (idx[:, 1] << 21) | idx[:, 2])  # one hit per voxel per view
+        allk = np.concatenate([self._keys, keys])
+        w = np.concatenate([self._hits, np.ones(len(keys), np.int64)])
+        uniq, inv = np.unique(allk, return_inverse=True)
+        hits = np.bincount(inv, weights=w, minlength=len(uniq)).astype(np.int64)
+        if len(uniq) > self.max_voxels:
+            keep = np.sort(np.argsort(-hits, kind="stable")[: self.max_voxels])
+            uniq, hits = uniq[keep], hits[keep]
+        self._keys, self._hits = uniq, hits
+
+    def voxel_centres(self) -> np.ndarray:
+        """(N, 3) centres (m) of the stored voxels."""
+        k = self._keys
+        idx = np.stack([(k >> 42) & 0x1FFFFF, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF], axis=1) - _OFF
+        return (idx + 0.5) * self.voxel_m
+
+    def box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(lo, hi) world box whose centre is :meth:`centre` (see the class docstring), or None."""
+        if not len(self._keys):
+            return None
+        v = self.voxel_centres()
+        seen = self._hits >= 2
+        if int(seen.sum()) >= 10:  # confirmed voxels: the full box (thin parts such as legs count)
+            return v[seen].min(axis=0), v[seen].max(axis=0)
+        lo, hi = np.percentile(v, [1.0, 99.0], axis=0)  # one view so far: trim single-pixel outliers
+        return lo, hi
+
+    def centre(self) -> np.ndarray | None:
+        b = self.box()
+        return None if b is None else (b[0] + b[1]) / 2.0
 
 
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -130,8 +206,15 @@ class EntityTracker:
 
     @property
     def position(self) -> np.ndarray | None:
-        """Smoothed world position of the active track, or None."""
+        """Smoothed world position (visible-surface centroid) of the active track, or None."""
         return None if self._active is None or self._active.position is None else self._active.position.copy()
+
+    @property
+    def centre(self) -> np.ndarray | None:
+        """Amodal world centre of the active track (its :class:`ShapeMemory`, see the module docstring), or
+        None (no world points yet, or ``shape_voxel_m`` is 0)."""
+        t = self._active
+        return None if t is None or t.shape is None else t.shape.centre()
 
     def reset(self) -> None:
         """Forget every track (counters too)."""
@@ -148,7 +231,14 @@ class EntityTracker:
             if sim < cfg.assoc_min_similarity:
                 return None
             cues, quality = cues + 1, quality + sim
-        if t.position is not None and d.position is not None:
+        box = None if t.shape is None else t.shape.box()
+        if box is not None and d.position is not None:  # distance to the track's multi-view box
+            dist = float(np.linalg.norm(d.position - np.clip(d.position, box[0], box[1])))
+            limit = cfg.assoc_max_dist_m
+            if dist > limit:
+                return None
+            cues, quality = cues + 1, quality + 1.0 - dist / max(limit, 1e-9)
+        elif t.position is not None and d.position is not None:
             dist = float(np.linalg.norm(t.position - d.position))
             slack = 0.5 * float(np.max(t.extent)) if t.extent is not None else 0.0
             limit = cfg.assoc_max_dist_m + slack
@@ -174,6 +264,15 @@ class EntityTracker:
         if d.extent is not None:
             t.extent = d.extent.copy() if t.extent is None else a * t.extent + (1 - a) * d.extent
         t.hits += 1
+        self._add_points(t, d)
+
+    def _add_points(self, t: _Track, d: Detection) -> None:
+        cfg = self.config
+        if d.points is None or not len(d.points) or cfg.shape_voxel_m <= 0:
+            return
+        if t.shape is None or t.shape.voxel_m != cfg.shape_voxel_m or t.shape.max_voxels != cfg.shape_max_voxels:
+            t.shape = ShapeMemory(cfg.shape_voxel_m, cfg.shape_max_voxels)
+        t.shape.add(d.points)
 
     def _remember(self, t: _Track) -> None:
         self._memory.append(t)
@@ -199,6 +298,7 @@ class EntityTracker:
                    embedding=None if d.embedding is None else d.embedding.copy(),
                    position=None if d.position is None else np.asarray(d.position, float).copy(),
                    extent=None if d.extent is None else np.asarray(d.extent, float).copy())
+        self._add_points(t, d)
         self._active = t
         self.tracks_started += 1
         log.debug("track %d started", t.id)

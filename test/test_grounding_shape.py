@@ -1,0 +1,121 @@
+"""Multi-view shape memory of a track: the published world position converges to the object's centre."""
+import numpy as np
+import pytest
+
+from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
+from find_ros.grounding.baseline import HsvBaselineGrounder
+from find_ros.grounding.sim_eval import EvalConfig, main as sim_eval_main, pick_target, run as sim_eval_run
+from find_ros.grounding.tracking import Detection, EntityTracker, ShapeMemory
+from find_ros.instruction import parse_instruction
+
+
+def face(axis, value, lo, hi, n=30):
+    """Points on the face ``axis = value`` of the box [lo, hi]."""
+    others = [a for a in range(3) if a != axis]
+    g = np.stack(np.meshgrid(np.linspace(lo[others[0]], hi[others[0]], n),
+                             np.linspace(lo[others[1]], hi[others[1]], n)), -1).reshape(-1, 2)
+    p = np.empty((len(g), 3))
+    p[:, axis], p[:, others[0]], p[:, others[1]] = value, g[:, 0], g[:, 1]
+    return p
+
+
+LO, HI = np.array([1.0, 2.0, 0.0]), np.array([1.4, 2.3, 0.5])
+
+
+def test_shape_memory_centre_converges_with_more_sides():
+    s = ShapeMemory(0.01, 100_000)
+    assert s.centre() is None and len(s) == 0
+    front = face(0, LO[0], LO, HI)  # only the face toward a camera at -x
+    s.add(front)
+    s.add(front)
+    c1 = s.centre()
+    assert c1[0] == pytest.approx(LO[0], abs=0.01)  # one face: the box is flat at x = 1.0
+    np.testing.assert_allclose(c1[1:], ((LO + HI) / 2)[1:], atol=0.01)
+    for pts in (face(2, HI[2], LO, HI), face(0, HI[0], LO, HI)):  # top, back: seen twice each
+        s.add(pts)
+        s.add(pts)
+    np.testing.assert_allclose(s.centre(), (LO + HI) / 2, atol=0.01)
+
+
+def test_shape_memory_ignores_one_off_leaks_and_keeps_its_cap():
+    s = ShapeMemory(0.02, 500)
+    pts = face(2, HI[2], LO, HI)
+    s.add(pts)
+    s.add(pts)
+    before = s.centre()
+    s.add(np.array([[5.0, 5.0, 5.0], [np.nan, 0, 0]]))  # a single stray point (and a NaN) in one frame
+    np.testing.assert_allclose(s.centre(), before)
+    big = np.random.default_rng(0).uniform(-3, 3, (5000, 3))
+    s.add(big)
+    assert len(s) == 500
+    np.testing.assert_allclose(s.centre(), before, atol=1e-9)  # the twice-seen voxels outrank one-offs
+    with pytest.raises(ValueError):
+        ShapeMemory(0.0, 10)
+    with pytest.raises(ValueError, match="beyond"):
+        s.add(np.array([[1e6, 0.0, 0.0]]))
+
+
+def test_tracker_reacquires_from_the_other_side_of_a_large_object():
+    cfg = PipelineConfig(lost_after_frames=2, assoc_max_dist_m=0.1)
+    tr = EntityTracker(config=cfg)
+    front, back = face(0, LO[0], LO, HI), face(0, HI[0], LO, HI)
+    top = face(2, HI[2], LO, HI)
+    for pts in (np.vstack([front, top]), np.vstack([front, top])):
+        st = tr.update(Detection(score=0.9, box=(0, 0, 10, 10), position=pts.mean(0), points=pts))
+    first = st.track_id
+    for _ in range(3):
+        st = tr.update(None)
+    assert st.lost
+    pts = np.vstack([back, top])  # seen again from behind: its centroid is 0.4 m from the first one
+    st = tr.update(Detection(score=0.9, box=(50, 0, 60, 10), position=pts.mean(0), points=pts))
+    assert st.track_id == first and st.event == "reacquired"
+    tr.update(Detection(score=0.9, box=(50, 0, 60, 10), position=pts.mean(0), points=pts))
+    np.testing.assert_allclose(tr.centre, (LO + HI) / 2, atol=0.01)
+    far = face(0, 3.0, LO + 2, HI + 2)  # a look-alike 2 m away: a new track
+    st = tr.update(Detection(score=0.9, box=(0, 0, 10, 10), position=far.mean(0), points=far))
+    assert st.track_id != first and st.event == "new"
+
+
+def test_pipeline_publishes_the_track_centre_in_both_frames():
+    H, W = 120, 160
+    K = np.array([[100.0, 0, 80.0], [0, 100.0, 60.0], [0, 0, 1]])
+    rgb = np.full((H, W, 3), 128, np.uint8)
+    rgb[40:70, 60:90] = (220, 20, 20)
+    depth = np.full((H, W), 2.0, np.float32)
+    T = np.eye(4)
+    T[:3, 3] = [1.0, 2.0, 0.5]
+    vg = VideoGrounder(HsvBaselineGrounder(), config=PipelineConfig(shape_voxel_m=0.01))
+    vg.set_instruction(parse_instruction("the red cube"))
+    for _ in range(2):
+        e = vg.process(rgb, depth, K, T).entities[0]
+    assert e.found
+    np.testing.assert_allclose(e.pose_world.position, vg.trackers[0].centre)
+    np.testing.assert_allclose(e.pose_cam.position + T[:3, 3], e.pose_world.position, atol=1e-9)
+    # the eroded patch spans pixels 62..87 x 42..67 at 2 m: box centre (74.5, 54.5) px, within a voxel
+    np.testing.assert_allclose(e.pose_cam.position, [(74.5 - 80) / 50, (54.5 - 60) / 50, 2.0], atol=0.01)
+
+
+def test_sim_eval_walkthrough_finds_one_track_near_the_object_centre(tmp_path):
+    r = sim_eval_run(EvalConfig(seed=1, frames=150, width=320, height=240))
+    assert r["frames_in_view"] >= 20 and r["recall_in_view"] >= 0.95 and r["mask_iou_median"] >= 0.95
+    assert r["distinct_track_ids_in_view"] == 1
+    size = np.asarray(r["target"]["size"])
+    assert size.max() > 0.5  # a big object: its visible-surface centroid is far from its centre
+    assert r["position_error_vs_centre_m"]["median"] <= 0.05
+    with pytest.raises(ValueError, match="trajectory"):
+        sim_eval_run(EvalConfig(trajectory="spiral"))
+    out = tmp_path / "e.json"
+    assert sim_eval_main(["--seed", "1", "--frames", "20", "--width", "160", "--height", "120",
+                          "--json", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_pick_target_needs_an_unambiguous_name():
+    from find_ros.sim import Scene
+
+    objs = Scene.generate(0, n_objects=(6, 10)).objects
+    t = pick_target(objs, baseline=True)
+    assert [o.colour for o in objs].count(t.colour) == 1
+    t = pick_target(objs, baseline=False)
+    assert [(o.colour, o.category) for o in objs].count((t.colour, t.category)) == 1
+    assert pick_target(objs[:1] * 2, baseline=True) is None
