@@ -69,6 +69,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               "FIND model directory (from save_pretrained); empty = the model shipped with the package."),
     ParamSpec("device", str, "cpu", "torch device for the model: cpu, cuda, cuda:N or mps.",
               pattern=r"cpu|cuda(:\d+)?|mps"),
+    ParamSpec("torch_threads", int, 1,
+              "torch CPU threads (torch.set_num_threads, process-wide) set when the FIND model is loaded; 0 = "
+              "leave torch's default. The shipped model is fastest on one thread and slows down ~100x when its "
+              "threads compete with another busy process for the cores.", range=(0, 256)),
     ParamSpec("score_threshold", float, 0.5,
               "Minimum (smoothed) score for an entity to count as found and be published as a target.",
               range=(0.0, 1.0), pipeline_field="score_threshold", live=True),

@@ -340,6 +340,10 @@ class PerceptionNode(LifecycleNode):
         if not path.is_dir():
             raise RuntimeError(f"grounder='find': model directory {str(path)!r} does not exist "
                                "(set model_path to a directory written by save_pretrained)")
+        if int(self._p["torch_threads"]) > 0:
+            import torch
+
+            torch.set_num_threads(int(self._p["torch_threads"]))
         try:
             return FindGrounder.from_pretrained(path, device=self._p["device"])
         except Exception as e:
