@@ -135,8 +135,10 @@ def test_colcon_build_installs_a_usable_package(tmp_path):
         import json, find_ros, find_ros.instruction, find_ros.grounding.base
         from find_ros.msg import Grounding
         from find_ros.srv import QueryField
+        from find_ros.model.grounder import DEFAULT_MODEL_DIR
         print(json.dumps({"src": find_ros.instruction.__file__, "msg": __import__("find_ros.msg").msg.__file__,
-                          "g": Grounding().grounder}))
+                          "g": Grounding().grounder, "model": str(DEFAULT_MODEL_DIR),
+                          "model_files": sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir())}))
         """
     )
     env_run = dict(env)
@@ -154,4 +156,6 @@ def test_colcon_build_installs_a_usable_package(tmp_path):
     paths = json.loads(run.stdout.strip().splitlines()[-1])
     assert paths["src"].startswith(str(site)), paths
     assert paths["msg"].startswith(str(site)), paths
+    assert paths["model"].startswith(str(site)), paths  # the default FIND model ships in the install tree
+    assert {"config.json", "model.safetensors"} <= set(paths["model_files"]), paths
     shutil.rmtree(ws / "build", ignore_errors=True)

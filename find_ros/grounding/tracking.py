@@ -7,9 +7,9 @@ following (association), a previously seen object coming back (re-acquisition), 
 Association cues, each used when both sides have it (all available cues must agree):
 
 - embedding: cosine similarity of the mean pixel embedding inside the mask >= ``assoc_min_similarity``;
-- 3D: distance from the detection's world position to the box of the track's shape memory (below)
-  <= ``assoc_max_dist_m``; without a shape memory, to the track's smoothed position, with half the track's
-  largest extent added to the limit (the visible-surface centroid of a large object moves with the viewpoint);
+- 3D: the detection's world position is within ``assoc_max_dist_m`` of the box of the track's shape memory
+  (below), or of the track's smoothed position once half the track's largest extent is subtracted (the
+  visible-surface centroid of a large object moves with the viewpoint);
 - 2D box IoU >= ``assoc_min_iou``, only when neither of the above is available (and only against the
   active track: a box says nothing about a track lost frames ago).
 
@@ -231,17 +231,16 @@ class EntityTracker:
             if sim < cfg.assoc_min_similarity:
                 return None
             cues, quality = cues + 1, quality + sim
-        box = None if t.shape is None else t.shape.box()
-        if box is not None and d.position is not None:  # distance to the track's multi-view box
-            dist = float(np.linalg.norm(d.position - np.clip(d.position, box[0], box[1])))
-            limit = cfg.assoc_max_dist_m
-            if dist > limit:
-                return None
-            cues, quality = cues + 1, quality + 1.0 - dist / max(limit, 1e-9)
-        elif t.position is not None and d.position is not None:
-            dist = float(np.linalg.norm(t.position - d.position))
-            slack = 0.5 * float(np.max(t.extent)) if t.extent is not None else 0.0
-            limit = cfg.assoc_max_dist_m + slack
+        if d.position is not None and (t.position is not None or t.shape is not None):
+            # 3D: the closer of (distance to the multi-view box) and (centroid distance minus half the extent)
+            margins = []
+            box = None if t.shape is None else t.shape.box()
+            if box is not None:
+                margins.append(float(np.linalg.norm(d.position - np.clip(d.position, box[0], box[1]))))
+            if t.position is not None:
+                slack = 0.5 * float(np.max(t.extent)) if t.extent is not None else 0.0
+                margins.append(max(0.0, float(np.linalg.norm(t.position - d.position)) - slack))
+            dist, limit = min(margins), cfg.assoc_max_dist_m
             if dist > limit:
                 return None
             cues, quality = cues + 1, quality + 1.0 - dist / max(limit, 1e-9)
