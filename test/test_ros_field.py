@@ -264,7 +264,7 @@ def test_perception_node_refuses_wrong_embedding_dim():
 
 
 # ---------------------------------------------------------------------------- multi-process graph
-SEED, TARGET = 1, "blue chair"  # seed 1: the only blue object is a large chair (hsv-baseline default grounder)
+SEED, TARGET = 1, "blue chair"  # seed 1: the only blue object is a large chair (hsv-baseline grounder)
 
 
 def test_sim_camera_to_perception_node_field_query(tmp_path):
@@ -280,7 +280,8 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
                          env=env, stdout=open(logs["camera"], "w"), stderr=subprocess.STDOUT,
                          start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "find_ros.ros.perception_node", "--ros-args",
-                          "-p", "autostart:=true", "-p", "field_enable:=true", "-p", "field_publish_period_s:=0.5",
+                          "-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "field_enable:=true",
+                          "-p", "field_publish_period_s:=0.5",
                           "-p", "max_stamp_age_s:=0.0", "-p", "publish_overlay:=false"],
                          env=env, stdout=open(logs["node"], "w"), stderr=subprocess.STDOUT,
                          start_new_session=True),
@@ -297,6 +298,8 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
     goals = []
     node.create_subscription(PoseStamped, GOAL_TOPIC, goals.append, OUTPUT_QOS)
     pub = node.create_publisher(String, "find/instruction_text", 10)
+    status = []
+    node.create_subscription(String, "find/status", lambda m: status.append(json.loads(m.data)), 10)
 
     def tails():
         return "\n".join(f"--- {k}\n{v.read_text(errors='replace')[-2000:]}" for k, v in logs.items())
@@ -339,6 +342,9 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
         top = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] >= np.quantile(pts["score"], 0.99)]
         inside = np.all((top >= lo) & (top <= hi), axis=1).mean()
         assert inside > 0.5, f"only {inside:.0%} of the top-1% score voxels lie in the {TARGET} box"
+        assert spin(lambda: status and status[-1].get("field_frames", 0) > 10, 5.0), status[-1:]
+        st = status[-1]
+        assert st["field_errors"] == 0 and st["field_active_blocks"] > 0 and st["field_memory_bytes"] > 0, st
     finally:
         for p in procs:
             if p.poll() is None:

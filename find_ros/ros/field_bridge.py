@@ -167,6 +167,14 @@ class FieldBridge:
             self._mailbox = (rgb, depth_m, K, T_world_cam, pixel_embeddings)
             self._cv.notify_all()
 
+    def counters(self) -> dict:
+        """Field counters for the node's find/status JSON (cheap: no voxel scan)."""
+        ff = self.field
+        return {"field_frames": self.frames, "field_dropped": self.dropped,
+                "field_skipped_no_pose": self.skipped_no_pose, "field_errors": self.errors,
+                "field_active_blocks": 0 if ff is None else ff.active_blocks,
+                "field_memory_bytes": 0 if ff is None else ff.memory_bytes}
+
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once the mailbox is empty and no frame is being fused (tests, shutdown)."""
         end = time.monotonic() + timeout

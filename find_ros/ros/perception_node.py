@@ -209,6 +209,9 @@ class PerceptionNode(LifecycleNode):
             d = dataclasses.asdict(self._counters)
         d["grounder"] = getattr(self._grounder, "name", self._p.get("grounder", ""))
         d["instruction_id"] = getattr(self._instruction, "id", "")
+        fb = self._field
+        if fb is not None:  # field hook
+            d.update(fb.counters())
         return d
 
     def _on_set_parameters(self, params) -> Any:
