@@ -45,14 +45,26 @@ def test_shape_memory_ignores_one_off_leaks_and_keeps_its_cap():
     before = s.centre()
     s.add(np.array([[5.0, 5.0, 5.0], [np.nan, 0, 0]]))  # a single stray point (and a NaN) in one frame
     np.testing.assert_allclose(s.centre(), before)
-    big = np.random.default_rng(0).uniform(-3, 3, (5000, 3))
-    s.add(big)
-    assert len(s) == 500
-    np.testing.assert_allclose(s.centre(), before, atol=1e-9)  # the twice-seen voxels outrank one-offs
     with pytest.raises(ValueError):
         ShapeMemory(0.0, 10)
-    with pytest.raises(ValueError, match="beyond"):
-        s.add(np.array([[1e6, 0.0, 0.0]]))
+    s.add(np.array([[1e6, 0.0, 0.0]]))  # beyond the key range around the object: dropped, counted
+    assert s.dropped_points == 1
+    np.testing.assert_allclose(s.centre(), before)
+
+
+def test_shape_memory_cap_keeps_the_current_view():
+    s = ShapeMemory(0.01, 1500)
+    front = face(0, LO[0], LO, HI)
+    for _ in range(3):
+        s.add(front)  # ~900 voxels seen three times
+    back = face(0, HI[0], LO, HI)
+    s.add(back)  # over the cap: the new side is kept, the least-hit old voxels go
+    assert len(s) == 1500
+    v = s.voxel_centres()
+    assert np.sum(np.abs(v[:, 0] - HI[0]) < 0.01) >= 800  # the back face is in
+    far = ShapeMemory(0.01, 100)
+    far.add(np.array([[7.0e5, -3.0e5, 12.0]]) + face(2, 0.5, LO, HI)[:50])  # UTM-like coordinates work
+    assert far.dropped_points == 0 and far.centre()[0] == pytest.approx(7.0e5 + 1.2, abs=0.3)
 
 
 def test_tracker_reacquires_from_the_other_side_of_a_large_object():

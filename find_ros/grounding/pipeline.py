@@ -84,7 +84,7 @@ class PipelineConfig:
             ("assoc_min_similarity", -1.0 <= self.assoc_min_similarity <= 1.0, "in [-1, 1]"),
             ("assoc_min_iou", 0.0 <= self.assoc_min_iou <= 1.0, "in [0, 1]"),
             ("depth_edge_m", self.depth_edge_m >= 0, ">= 0"),
-            ("shape_voxel_m", self.shape_voxel_m >= 0, ">= 0"),
+            ("shape_voxel_m", self.shape_voxel_m == 0 or 0.001 <= self.shape_voxel_m <= 1.0, "0 (off) or in [0.001, 1]"),
             ("shape_max_voxels", int(self.shape_max_voxels) == self.shape_max_voxels
              and self.shape_max_voxels >= 1, "an integer >= 1"),
         )

@@ -6,9 +6,11 @@
 Renders a :mod:`find_ros.sim` scene with >= 6 objects along a trajectory, grounds an instruction naming one
 object through :class:`~find_ros.grounding.pipeline.VideoGrounder` and compares with the ground truth (the
 grounder never sees it). For the colour baseline the target is an object whose colour is unique in the scene
-(and not one of the colours that shading makes ambiguous when another is present). Errors are given against
-the GT box centre and against the robust centre of the GT visible points (instance mask + depth): the
-visible-surface centroid is biased toward the camera, so the first is larger by construction.
+(and not one of the colours that shading makes ambiguous when another is present). The published world
+position (the track's multi-view centre, see :mod:`find_ros.grounding.tracking`) is compared with the GT box
+centre and with the robust centre of the GT visible points of the frame (instance mask + depth); the latter
+is biased toward the camera by about half the object's depth, so it says how far the estimate moved off the
+visible surface rather than how good it is.
 """
 from __future__ import annotations
 
@@ -155,7 +157,7 @@ def run(cfg: EvalConfig, pipeline_config: PipelineConfig | None = None) -> dict:
         if len(pts) >= 10:
             vis_c, _ = robust_centre(pts @ f.T_world_cam[:3, :3].T + f.T_world_cam[:3, 3])
             err_visible.append(float(np.linalg.norm(p - vis_c)))
-        tp = vg.trackers[0].position
+        tp = vg.trackers[0].centre
         if tp is not None:
             err_track.append(float(np.linalg.norm(tp - centre)))
     tr = vg.trackers[0]

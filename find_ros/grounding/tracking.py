@@ -103,11 +103,15 @@ _OFF = 1 << 20
 class ShapeMemory:
     """A bounded set of world voxels seen on one object, with hit counts (detections that hit each voxel).
 
-    ``add`` voxelises points at ``voxel_m`` and merges them (vectorised: packed int64 keys + ``np.unique``);
-    beyond ``max_voxels`` the least-hit voxels are dropped (ties: arbitrary but deterministic). ``centre`` is
-    the centre of the box of the voxels hit by at least two detections (thin parts such as chair legs count;
-    one-off mask leaks do not), or, before ten such voxels exist, of the 1st..99th percentile box of all of
-    them (``None`` when empty).
+    ``add`` voxelises points at ``voxel_m`` and merges them (vectorised: packed int64 keys + ``np.unique``).
+    Keys are relative to the voxel of the first point added (21 bits per axis: +-10 km at 1 cm around the
+    object); points beyond that range are dropped and counted in :attr:`dropped_points`. Beyond ``max_voxels``
+    the voxels of the current view are kept first, then the most-hit ones (so a new side of a large object is
+    never starved by the sides already seen). ``box`` is the full box of the voxels hit by at least two
+    detections (thin parts such as chair legs count, a single frame's mask leak does not; a leak repeated
+    in two frames does widen it: trimming percentiles was measured to lose thin parts and cost more, see
+    ``find_ros.grounding.sim_eval``), or, before ten such voxels exist, the 1..99th percentile box of all of
+    them; ``centre`` is its centre (both ``None`` when empty).
     """
 
     def __init__(self, voxel_m: float, max_voxels: int) -> None:
@@ -115,8 +119,11 @@ class ShapeMemory:
             raise ValueError(f"ShapeMemory needs voxel_m > 0 and max_voxels >= 1, got {voxel_m}, {max_voxels}")
         self.voxel_m = float(voxel_m)
         self.max_voxels = int(max_voxels)
+        self._origin: np.ndarray | None = None
         self._keys = np.empty(0, np.int64)
         self._hits = np.empty(0, np.int64)
+        self.dropped_points = 0
+        """Points farther than the key range from the first point (not stored)."""
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -126,23 +133,35 @@ class ShapeMemory:
         p = p[np.all(np.isfinite(p), axis=1)]
         if not len(p):
             return
-        idx = np.floor(p / self.voxel_m).astype(np.int64) + _OFF
-        if idx.min() < 0 or idx.max() >= (1 << 21):
-            raise ValueError(f"points beyond +-{_OFF * self.voxel_m:.0f} m cannot be stored at {self.voxel_m} m voxels")
+        vox = np.floor(p / self.voxel_m)
+        if self._origin is None:
+            self._origin = vox[0].copy()
+        idx = vox - self._origin + _OFF
+        ok = np.all((idx >= 0) & (idx < (1 << 21)), axis=1)
+        if not ok.all():
+            self.dropped_points += int((~ok).sum())
+            idx = idx[ok]
+            if not len(idx):
+                return
+        idx = idx.astype(np.int64)
         keys = np.unique((idx[:, 0] << 42) | (idx[:, 1] << 21) | idx[:, 2])  # one hit per voxel per view
         allk = np.concatenate([self._keys, keys])
         w = np.concatenate([self._hits, np.ones(len(keys), np.int64)])
         uniq, inv = np.unique(allk, return_inverse=True)
         hits = np.bincount(inv, weights=w, minlength=len(uniq)).astype(np.int64)
         if len(uniq) > self.max_voxels:
-            keep = np.sort(np.argsort(-hits, kind="stable")[: self.max_voxels])
+            current = np.isin(uniq, keys, assume_unique=True)
+            order = np.lexsort((-hits, ~current))  # current view first, then most hits
+            keep = np.sort(order[: self.max_voxels])
             uniq, hits = uniq[keep], hits[keep]
         self._keys, self._hits = uniq, hits
 
     def voxel_centres(self) -> np.ndarray:
         """(N, 3) centres (m) of the stored voxels."""
         k = self._keys
-        idx = np.stack([(k >> 42) & 0x1FFFFF, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF], axis=1) - _OFF
+        if self._origin is None:
+            return np.empty((0, 3))
+        idx = np.stack([(k >> 42) & 0x1FFFFF, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF], axis=1) - _OFF + self._origin
         return (idx + 0.5) * self.voxel_m
 
     def box(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -151,7 +170,7 @@ class ShapeMemory:
             return None
         v = self.voxel_centres()
         seen = self._hits >= 2
-        if int(seen.sum()) >= 10:  # confirmed voxels: the full box (thin parts such as legs count)
+        if int(seen.sum()) >= 10:  # confirmed voxels (thin parts such as legs count)
             return v[seen].min(axis=0), v[seen].max(axis=0)
         lo, hi = np.percentile(v, [1.0, 99.0], axis=0)  # one view so far: trim single-pixel outliers
         return lo, hi

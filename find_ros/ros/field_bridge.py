@@ -18,6 +18,7 @@ Owned by a lifecycle node (the perception node creates it when ``field_enable`` 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -48,6 +49,21 @@ QUERY_SERVICE = "find/field/query"
 SAVE_SERVICE = "find/field/save"
 LOAD_SERVICE = "find/field/load"
 CLEAR_SERVICE = "find/field/clear"
+
+
+def _never_raises(fn):
+    """Service callbacks answer ``success=False`` with the error instead of raising (that would stop the node)."""
+    @functools.wraps(fn)
+    def wrapper(self, req, resp):
+        try:
+            return fn(self, req, resp)
+        except Exception as e:  # noqa: BLE001 - one bad request never takes the node down
+            what = fn.__name__.replace("_srv_", "field ")
+            self._node.get_logger().error(f"{what} failed: {type(e).__name__}: {e}")
+            resp.success, resp.message = False, f"{what} failed: {type(e).__name__}: {e}"
+            return resp
+
+    return wrapper
 
 
 class FieldBridgeError(RuntimeError):
@@ -246,11 +262,11 @@ class FieldBridge:
         if not self._pubs or self.field is None:
             return
         ins = self._instruction()
-        key = (self._version, id(ins) if ins is not None else None)
-        if key == self._published:
+        last = self._published
+        if last is not None and last[0] == self._version and last[1] is ins:  # the object, not its id (reused)
             return
         self._pubs["cloud"].publish(self.cloud())
-        self._published = key
+        self._published = (self._version, ins)
 
     # ------------------------------------------------------------------ services
     def _request_instruction(self, req) -> Instruction:
@@ -273,6 +289,7 @@ class FieldBridge:
             raise InstructionError("empty query: give text or instruction.text")
         return parse_instruction(req.text, [], id="field-query")
 
+    @_never_raises
     def _srv_query(self, req, resp):
         try:
             instruction = self._request_instruction(req)
@@ -304,6 +321,7 @@ class FieldBridge:
     def _path(self, req) -> str:
         return req.path or self._p.get("field_path", "")
 
+    @_never_raises
     def _srv_save(self, req, resp):
         path = self._path(req)
         if not path:
@@ -319,6 +337,7 @@ class FieldBridge:
         resp.success, resp.message, resp.num_voxels = True, f"saved {n} voxels to {path}", n
         return resp
 
+    @_never_raises
     def _srv_load(self, req, resp):
         path = self._path(req)
         if not path:
@@ -345,6 +364,7 @@ class FieldBridge:
         resp.success, resp.message, resp.num_voxels = True, f"loaded {n} voxels from {path}", n
         return resp
 
+    @_never_raises
     def _srv_clear(self, req, resp):
         with self._lock:
             self.field.clear()

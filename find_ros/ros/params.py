@@ -108,7 +108,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("shape_voxel_m", float, 0.01,
               "Voxel (m) of each track's multi-view shape memory; the published target position is its robust "
               "box centre (converges to the object centre as more sides are seen; assumes a static target). "
-              "0 = the frame's visible-surface centroid.", range=(0.0, 1.0), pipeline_field="shape_voxel_m"),
+              "0 = the frame's visible-surface centroid; else at least 0.001.", range=(0.0, 1.0),
+              pipeline_field="shape_voxel_m"),
     ParamSpec("log_throttle_s", float, 5.0,
               "A warning of one kind (bad encoding, missing camera_info, ...) is logged at most once per this "
               "many seconds.", range=(0.0, 3600.0), live=True),

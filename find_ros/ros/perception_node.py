@@ -159,6 +159,7 @@ class PerceptionNode(LifecycleNode):
         self._tmrs: list[Any] = []
         self._sync: Any = None
         self._mf_sync: Any = None
+        self._mf_relays: dict | None = None
         self._grounder: Any = None
         self._pipeline: Any = None
         self._instruction: Any = None
@@ -364,24 +365,20 @@ class PerceptionNode(LifecycleNode):
 
     def _create_inputs(self) -> None:
         color_t, depth_t, info_t = "camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info"
-        if _mf is not None:
-            subs = [_mf.Subscriber(self, Image, color_t, qos_profile=SENSOR_QOS),
-                    _mf.Subscriber(self, Image, depth_t, qos_profile=SENSOR_QOS),
-                    _mf.Subscriber(self, CameraInfo, info_t, qos_profile=SENSOR_QOS)]
-            self._mf_sync = _mf.ApproximateTimeSynchronizer(subs, 2, max(self._p["sync_slop_s"], 1e-6))
+        if _mf is not None:  # relays: only messages that passed the arrival checks reach the synchroniser
+            self._mf_relays = {k: _mf.SimpleFilter() for k in ("color", "depth", "camera_info")}
+            self._mf_sync = _mf.ApproximateTimeSynchronizer(
+                [self._mf_relays[k] for k in ("color", "depth", "camera_info")], 2,
+                max(self._p["sync_slop_s"], 1e-6))
             self._mf_sync.registerCallback(self._on_frame_set)
-            subs[0].registerCallback(lambda m: self._on_input("color", m))
-            subs[1].registerCallback(lambda m: self._on_input("depth", m))
-            subs[2].registerCallback(lambda m: self._on_input("camera_info", m))
-            self._subs += [s.sub for s in subs]
         else:
             from find_ros.ros.sync import ApproximateSync
 
             self._sync = ApproximateSync(slop_s=self._p["sync_slop_s"], callback=self._on_synced)
-            for stream, mtype, topic in (("color", Image, color_t), ("depth", Image, depth_t),
-                                         ("camera_info", CameraInfo, info_t)):
-                self._subs.append(self.create_subscription(
-                    mtype, topic, lambda m, s=stream: self._on_input(s, m), SENSOR_QOS))
+        for stream, mtype, topic in (("color", Image, color_t), ("depth", Image, depth_t),
+                                     ("camera_info", CameraInfo, info_t)):
+            self._subs.append(self.create_subscription(
+                mtype, topic, lambda m, s=stream: self._on_input(s, m), SENSOR_QOS))
         src = self._p["camera_pose_source"]
         if src == "pose":
             self._subs.append(self.create_subscription(PoseStamped, "camera/pose", self._on_pose, SENSOR_QOS))
@@ -419,7 +416,7 @@ class PerceptionNode(LifecycleNode):
         for s in self._srvs:
             self.destroy_service(s)
         self._tmrs, self._subs, self._srvs = [], [], []
-        self._sync = self._mf_sync = None
+        self._sync = self._mf_sync = self._mf_relays = None
         self._tf_listener = self._tf_buffer = None
         with self._pipeline_lock:
             had_model = self._grounder is not None
@@ -485,9 +482,11 @@ class PerceptionNode(LifecycleNode):
                 self._warn(f"missing_{'_'.join(missing)}",
                            f"colour frames arrive but no {' and no '.join(missing)} has been received yet "
                            "(topics camera/depth/image_raw, camera/color/camera_info): frames wait")
-        if self._sync is not None:
-            if stream == "color" and self._is_stale(msg):
-                return
+        if stream == "color" and self._is_stale(msg):
+            return
+        if self._mf_relays is not None:  # message_filters (a ROS install): its exceptions land in _on_input
+            self._mf_relays[stream].signalMessage(msg)
+        elif self._sync is not None:
             before = self._sync.discarded
             self._sync.add(stream, _stamp_s(msg.header), msg)
             if self._sync.discarded > before:
@@ -574,9 +573,12 @@ class PerceptionNode(LifecycleNode):
         with self._pose_lock:
             while True:
                 best = min(self._poses, key=lambda p: abs(p[0] - t), default=None)
-                newest = max((p[0] for p in self._poses), default=None)
-                # a pose stream that is alive but behind this frame: wait (bounded) for the frame's pose
-                behind = newest is not None and t - _POSE_STREAM_ALIVE_S < newest < t - slop
+                stamps = sorted(p[0] for p in self._poses)
+                newest = stamps[-1] if stamps else None
+                # a pose stream that is alive but behind this frame: wait (bounded) for the frame's pose, unless
+                # its poses are spaced too far apart for one to land within sync_slop_s of the frame anyway
+                dense = len(stamps) < 3 or float(np.median(np.diff(stamps[-9:]))) <= 2.0 * slop
+                behind = dense and newest is not None and t - _POSE_STREAM_ALIVE_S < newest < t - slop
                 left = deadline - time.monotonic()
                 if (best is not None and abs(best[0] - t) <= slop) or not behind or left <= 0:
                     break
@@ -715,8 +717,6 @@ class PerceptionNode(LifecycleNode):
 
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
         if self._is_stale(color):  # it may have aged while it waited for the worker
-            return
-        if self._mf_sync is not None and self._is_future("color", color):  # message_filters matched it unchecked
             return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
