@@ -22,7 +22,7 @@ def generate_launch_description():
         DeclareLaunchArgument("rate_hz", default_value="30.0", description="sim camera frame rate"),
         DeclareLaunchArgument("seed", default_value="3", description="sim scene seed"),
         DeclareLaunchArgument("trajectory", default_value="orbit", description="sim camera path: orbit or walk"),
-        DeclareLaunchArgument("grounder", default_value="hsv-baseline",
+        DeclareLaunchArgument("grounder", default_value="find",
                               description="find (FIND model) or hsv-baseline (colour-word baseline)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "perception.yaml"),
                               description="perception node parameter file"),

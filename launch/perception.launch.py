@@ -32,7 +32,7 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="perception node parameter file"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        DeclareLaunchArgument("grounder", default_value="hsv-baseline",
+        DeclareLaunchArgument("grounder", default_value="find",
                               description="find (FIND model) or hsv-baseline (colour-word baseline)"),
     ]
     args += [DeclareLaunchArgument(name, default_value=topic, description=desc) for name, topic, desc in INPUT_REMAPS]

@@ -24,7 +24,7 @@ def test_short_demo_writes_a_report(tmp_path):
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     report = json.loads((out / "report.json").read_text())
     assert REPORT_KEYS <= set(report), set(report) ^ REPORT_KEYS
-    assert report["grounder"] == "hsv-baseline"
+    assert report["grounder"] == "find"
     assert report["frames_processed"] > 0 and report["groundings_received"] > 0
     assert report["frames_in"] >= report["frames_processed"]
     lat = report["latency_ms"]

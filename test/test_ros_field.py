@@ -226,6 +226,7 @@ def test_perception_node_field_hook_configure_activate_cleanup():
     rclpy.init()
     try:
         node = PerceptionNode(namespace=NS, parameter_overrides=[
+            Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),
             Parameter("field_enable", Parameter.Type.BOOL, True),
             Parameter("field_voxel_size", Parameter.Type.DOUBLE, 0.1)])
         try:
@@ -254,6 +255,7 @@ def test_perception_node_refuses_wrong_embedding_dim():
     rclpy.init()
     try:
         node = PerceptionNode(namespace=NS, parameter_overrides=[
+            Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),  # D=12
             Parameter("field_enable", Parameter.Type.BOOL, True),
             Parameter("field_embedding_dim", Parameter.Type.INTEGER, 64)])
         try:

@@ -244,7 +244,7 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: float = 30.0,
-             grounder: str = "hsv-baseline", seed: int = 3, startup_timeout_s: float = 60.0,
+             grounder: str = "find", seed: int = 3, startup_timeout_s: float = 60.0,
              domain_id: int | None = None, sample_period_s: float = 1.0,
              node_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report.
@@ -403,8 +403,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="run time after start-up (default 20)")
     ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
     ap.add_argument("--rate", type=float, default=30.0, help="sim camera rate in Hz (default 30)")
-    ap.add_argument("--grounder", default="hsv-baseline", choices=("hsv-baseline", "find"),
-                    help="perception node grounder (default hsv-baseline)")
+    ap.add_argument("--grounder", default="find", choices=("hsv-baseline", "find"),
+                    help="perception node grounder (default find: the shipped FIND model)")
     ap.add_argument("--seed", type=int, default=3, help="sim scene seed (default 3)")
     ap.add_argument("--model", default=None, help="FIND model directory for --grounder find (default: the shipped one)")
     try:

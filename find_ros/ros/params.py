@@ -62,7 +62,7 @@ class ParamSpec:
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", bool, False,
               "Configure and activate at start (for graphs without a lifecycle manager)."),
-    ParamSpec("grounder", str, "hsv-baseline",
+    ParamSpec("grounder", str, "find",
               "Model behind the node: 'find' (FIND model) or 'hsv-baseline' (colour-word HSV baseline).",
               choices=("find", "hsv-baseline")),
     ParamSpec("model_path", str, "",
