@@ -243,3 +243,33 @@ def test_connected_components_26_diagonal_joins_gap_splits():
     assert lab[0] == lab[1] == lab[2]
     assert lab[3] == lab[4] != lab[0]
     assert len(set(lab.tolist())) == 3
+
+
+def test_connected_components_26_matches_a_breadth_first_search():
+    from collections import deque
+
+    from find_ros.field import connected_components_26
+
+    rng = np.random.default_rng(3)
+    for n in (1, 50, 400):
+        grid = np.unique(rng.integers(-4, 5, (n, 3)), axis=0)
+        lab = connected_components_26(grid)
+        index = {tuple(p): i for i, p in enumerate(grid.tolist())}
+        ref = -np.ones(len(grid), np.int64)
+        comp = 0
+        for i in range(len(grid)):  # plain BFS over the 26 neighbours
+            if ref[i] >= 0:
+                continue
+            ref[i] = comp
+            todo = deque([i])
+            while todo:
+                x, y, z = grid[todo.popleft()]
+                for d in np.ndindex(3, 3, 3):
+                    j = index.get((x + d[0] - 1, y + d[1] - 1, z + d[2] - 1))
+                    if j is not None and ref[j] < 0:
+                        ref[j] = comp
+                        todo.append(j)
+            comp += 1
+        # same partition: a bijection between labels
+        pairs = set(zip(lab.tolist(), ref.tolist()))
+        assert len(pairs) == len(set(lab.tolist())) == len(set(ref.tolist())) == comp
