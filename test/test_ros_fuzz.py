@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from std_msgs.msg import Header, String  # noqa: E402
 
 from find_ros.msg import Grounding, InterleavedInstruction  # noqa: E402
 from find_ros.ros import conversions as conv  # noqa: E402
+from find_ros.ros.demo import stop_process  # noqa: E402
 from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -63,14 +63,7 @@ def spawn(args: list[str], dom: int, log: Path) -> subprocess.Popen:
                             env=env(dom), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+stop = stop_process  # SIGINT, then kill (shared with find-ros demo)
 
 
 def rss_mb(pid: int) -> float:

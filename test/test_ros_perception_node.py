@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ pytest.importorskip("find_ros.grounding.pipeline", reason="find_ros.grounding.pi
 pytest.importorskip("find_ros.grounding.baseline", reason="find_ros.grounding.baseline not delivered yet")
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+
+from find_ros.ros.demo import stop_process  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -58,14 +59,7 @@ def _spawn(module: str, args: list[str], domain: int, log: Path) -> subprocess.P
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
+_stop = stop_process  # SIGINT, then kill (shared with find-ros demo)
 
 
 def _ns(header) -> int:

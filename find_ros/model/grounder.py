@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -65,8 +66,6 @@ class FindGrounder:
     # ------------------------------------------------------------------ frames
 
     def _frame_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        import cv2
-
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise GrounderError(f"frame must be an (H, W, 3) uint8 array, got "
                                 f"{getattr(rgb, 'shape', type(rgb))} {getattr(rgb, 'dtype', '')}")
@@ -93,8 +92,10 @@ class FindGrounder:
         H, W = rgb.shape[:2] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else (0, 0)
         out = self.forward_only(self.prepare(rgb))
         E = len(self._instruction.entities)
-        logits = out.entity_masks[0, :E].float()
-        masks = (F.interpolate(logits[None], size=(H, W), mode="bilinear", align_corners=False)[0] > 0).cpu().numpy()
+        logits = out.entity_masks[0, :E].float().cpu().numpy()
+        # bilinear upsampling with half-pixel centres (= F.interpolate(align_corners=False)); cv2 is ~8x faster
+        masks = np.stack([cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR) > 0 for m in logits]) if E else \
+            np.zeros((0, H, W), bool)
         scores = out.entity_scores[0, :E].float().cpu().numpy()
         ents = [EntityResult(phrase=e.phrase, entity_index=i, score=float(scores[i]), mask=masks[i],
                              box=mask_box(masks[i])) for i, e in enumerate(self._instruction.entities)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cli", "run_demo", "DemoError"]
+__all__ = ["cli", "run_demo", "DemoError", "stop_process"]
 
 _COLOURS_FIRST = ("red",)
 
@@ -208,7 +208,8 @@ def _spawn(module: str, ros_args: list[str], env: dict, log: Path) -> subprocess
                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGINT (a ROS node's clean shutdown), then kill after 10 s; waits for the process either way."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -343,7 +344,7 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
                 cv2.imwrite(str(png), cv2.cvtColor(driver.overlay_last, cv2.COLOR_RGB2BGR))
                 overlays.append(png.name)
         watched.remove(procs[0])
-        _stop(procs[0])  # camera off, then let the node drain and report its final counters
+        stop_process(procs[0])  # camera off, then let the node drain and report its final counters
         last: list = []
 
         def settled() -> bool:
@@ -354,7 +355,7 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         status = dict(driver.status)
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         executor.shutdown()
         driver.node.destroy_node()
         ctx.try_shutdown()
