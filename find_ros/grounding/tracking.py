@@ -122,6 +122,7 @@ class ShapeMemory:
         self._origin: np.ndarray | None = None
         self._keys = np.empty(0, np.int64)
         self._hits = np.empty(0, np.int64)
+        self._box: tuple[np.ndarray, np.ndarray] | None = None  # cache of box(), cleared by add()
         self.dropped_points = 0
         """Points farther than the key range from the first point (not stored)."""
 
@@ -155,6 +156,7 @@ class ShapeMemory:
             keep = np.sort(order[: self.max_voxels])
             uniq, hits = uniq[keep], hits[keep]
         self._keys, self._hits = uniq, hits
+        self._box = None
 
     def voxel_centres(self) -> np.ndarray:
         """(N, 3) centres (m) of the stored voxels."""
@@ -165,15 +167,20 @@ class ShapeMemory:
         return (idx + 0.5) * self.voxel_m
 
     def box(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(lo, hi) world box whose centre is :meth:`centre` (see the class docstring), or None."""
+        """(lo, hi) world box whose centre is :meth:`centre` (see the class docstring), or None.
+
+        Computed once per :meth:`add` (association and the published centre both read it every frame)."""
         if not len(self._keys):
             return None
-        v = self.voxel_centres()
-        seen = self._hits >= 2
-        if int(seen.sum()) >= 10:  # confirmed voxels (thin parts such as legs count)
-            return v[seen].min(axis=0), v[seen].max(axis=0)
-        lo, hi = np.percentile(v, [1.0, 99.0], axis=0)  # one view so far: trim single-pixel outliers
-        return lo, hi
+        if self._box is None:
+            v = self.voxel_centres()
+            seen = self._hits >= 2
+            if int(seen.sum()) >= 10:  # confirmed voxels (thin parts such as legs count)
+                self._box = (v[seen].min(axis=0), v[seen].max(axis=0))
+            else:  # one view so far: trim single-pixel outliers
+                lo, hi = np.percentile(v, [1.0, 99.0], axis=0)
+                self._box = (lo, hi)
+        return self._box
 
     def centre(self) -> np.ndarray | None:
         b = self.box()
