@@ -39,7 +39,7 @@ class _Graph:
 
     def __init__(self, domain, module, args, log):
         self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-                        PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+                        PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=self.env,
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -75,6 +75,19 @@ class _Graph:
                 return cond()
             self.ex.spin_once(timeout_sec=0.05)
         return cond()
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """The process's exit code; past ``timeout_s`` it is aborted (faulthandler writes every thread's stack to
+        the log) and the test fails with the log's tail."""
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            pytest.fail(f"process did not exit within {timeout_s} s; its log:\n{self.tail()}")
 
     def tail(self):
         return self.log.read_text(errors="replace")[-3000:]
@@ -173,10 +186,10 @@ def test_sim_camera_finite_run_and_bad_parameter(graph, tmp_path):
     g = graph("find_ros.ros.sim_camera_node",
               ["-p", "rate_hz:=20", "-p", "n_frames:=3", "-p", f"width:={W}", "-p", f"height:={H}",
                "-p", "trajectory:=walk"], 3)
-    assert g.proc.wait(timeout=40) == 0, g.tail()
+    assert g.wait_exit(40) == 0, g.tail()
     assert "published 3 frames; done" in g.tail()
     bad = graph("find_ros.ros.sim_camera_node", ["-p", "trajectory:=spiral"], 4)
-    assert bad.proc.wait(timeout=40) == 2
+    assert bad.wait_exit(40) == 2, bad.tail()
     assert "trajectory must be orbit or walk, got 'spiral'" in bad.tail()
 
 

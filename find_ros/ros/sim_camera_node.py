@@ -199,6 +199,17 @@ class SimCameraNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_camera_node", **kwargs)
+        try:
+            self._setup()
+        except BaseException:
+            # A node that fails to set up releases its DDS entities (and a started frame timer) here, before
+            # main() shuts the context down, instead of whenever the exception's frames are freed.
+            if getattr(self, "timer", None) is not None:
+                self.timer.stop()
+            self.destroy_node()
+            raise
+
+    def _setup(self) -> None:
         p = declare(self, PARAMETERS)
         self.p = p
         if not p["rate_hz"] > 0:
