@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from find_ros.field import FeatureField, FieldConfig
+from find_ros.field.field import FieldInputError
 from find_ros.field.cli import cli
 from find_ros.field.consistency import depth_consistency
 
@@ -86,3 +87,34 @@ def test_fuse_sim_with_a_find_model_dir(tmp_path):
     assert FeatureField.load(out).config.embedding_dim == 16
     with pytest.raises(SystemExit, match="D=16"):
         cli(["query", "--field", str(out), "--text", "red cube", "--embed", "hsv"])
+
+
+def test_raycast_depth_finds_a_fused_plane_from_the_fusing_and_a_moved_camera():
+    H, W = 120, 160
+    K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])
+    vs = 0.05
+    ff = FeatureField(config=FieldConfig(voxel_size=vs, embedding_dim=4))
+    depth = np.full((H, W), 1.5, np.float32)
+    for _ in range(2):
+        ff.integrate(depth, K, np.eye(4))
+    d = ff.raycast_depth(K, np.eye(4), (H, W))
+    assert d.shape == (H, W) and d.dtype == np.float32
+    hit = d > 0
+    assert hit.mean() > 0.9
+    assert np.median(np.abs(d[hit] - 1.5)) < 0.25 * vs
+    T = np.eye(4)
+    T[:3, 3] = [0.1, -0.05, -0.3]  # 30 cm farther back and off to the side: the plane is 1.8 m away
+    d = ff.raycast_depth(K, T, (H, W))
+    hit = d > 0
+    assert 0.3 < hit.mean() < 1.0
+    assert np.median(np.abs(d[hit] - 1.8)) < 0.25 * vs
+    T_away = np.diag([-1.0, 1.0, -1.0, 1.0])  # looking along -z: nothing in front
+    assert not ff.raycast_depth(K, T_away, (H, W)).any()
+    empty = FeatureField(config=FieldConfig(voxel_size=vs, embedding_dim=4))
+    assert not empty.raycast_depth(K, np.eye(4), (H, W)).any()
+    with pytest.raises(FieldInputError, match="K must be"):
+        ff.raycast_depth(K[:2], np.eye(4), (H, W))
+    with pytest.raises(FieldInputError, match="T_world_cam"):
+        ff.raycast_depth(K, np.full((4, 4), np.nan), (H, W))
+    with pytest.raises(FieldInputError, match="shape"):
+        ff.raycast_depth(K, np.eye(4), (0, W))
