@@ -193,6 +193,33 @@ def test_sim_camera_finite_run_and_bad_parameter(graph, tmp_path):
     assert "trajectory must be orbit or walk, got 'spiral'" in bad.tail()
 
 
+def test_sim_camera_prerender_replays_the_rendered_frames_and_bounds_its_memory(graph):
+    from find_ros.sim import Scene, SimRenderer, orbit_trajectory
+
+    g = graph("find_ros.ros.sim_camera_node",
+              ["-p", "rate_hz:=10.0", "-p", "seed:=2", "-p", f"width:={W}", "-p", f"height:={H}",
+               "-p", "loop_frames:=5", "-p", "publish_gt:=true", "-p", "prerender:=true"], 6)
+    keys = ["color", "depth", "pose", "gt_instance"]
+    assert g.spin_until(lambda: len(g.complete(keys)) >= 7, 40), g.tail()  # past the end of the first loop
+    assert "prerendered 5 frames" in g.tail()
+    scene = Scene.generate(2)
+    poses = orbit_trajectory(scene, 5)
+    renderer = SimRenderer(scene, width=W, height=H)
+    for frame in g.complete(keys):
+        T = conv.pose_to_matrix(frame["pose"].pose)
+        i = int(np.argmin([np.abs(P - T).max() for P in poses]))
+        assert np.abs(poses[i] - T).max() < 1e-6
+        ref = renderer.render(poses[i], index=i)
+        np.testing.assert_array_equal(conv.image_to_rgb(frame["color"]), ref.color)
+        np.testing.assert_allclose(conv.image_to_depth_m(frame["depth"]), ref.depth, atol=0.0011)
+        inst = conv.image_to_numpy(frame["gt_instance"])
+        assert frame["gt_instance"].encoding == "32SC1"
+        np.testing.assert_array_equal(inst, ref.instance)
+    big = graph("find_ros.ros.sim_camera_node", ["-p", "prerender:=true", "-p", "prerender_max_mb:=10"], 7)
+    assert big.wait_exit(40) == 2, big.tail()
+    assert "needs" in big.tail() and "prerender_max_mb 10" in big.tail()
+
+
 @pytest.mark.skipif(not TUM.is_dir(), reason=f"TUM data not found at {TUM}")
 def test_replay_node_tum(graph):
     pytest.importorskip("find_ros.ros.replay_node", reason="find_ros.sim.datasets not delivered yet")

@@ -268,7 +268,8 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
     logs = {"camera": out / "sim_camera_node.log", "node": out / "perception_node.log"}
     procs = [
         _spawn("find_ros.ros.sim_camera_node",
-               ["-p", f"rate_hz:={float(rate_hz)}", "-p", f"seed:={int(seed)}", "-p", "publish_gt:=true"],
+               ["-p", f"rate_hz:={float(rate_hz)}", "-p", f"seed:={int(seed)}", "-p", "publish_gt:=true",
+                "-p", "prerender:=true"],  # rendering live would take CPU from the node being measured
                env, logs["camera"]),
         _spawn("find_ros.ros.perception_node",
                ["-p", "autostart:=true", "-p", f"grounder:={grounder}", "-p", "status_period_s:=0.5",

@@ -9,7 +9,9 @@ transient-local so late joiners get it; republished with every frame for volatil
 All messages of one frame share one stamp (the clock at render time); images and camera_info are in ``frame_id``
 (an optical frame: x right, y down, z forward, REP 103/105), poses in ``world_frame``. A timer at ``rate_hz``
 wakes a render thread; ticks that arrive while it is still rendering are coalesced (counted as skipped), so a
-slow machine lowers the rate instead of building a backlog.
+slow machine lowers the rate instead of building a backlog. With ``prerender`` every trajectory frame is
+rendered once at start-up and replayed (stamps still from the clock), so on a small machine the renderer does not
+take CPU from the nodes under test; ``prerender_max_mb`` bounds the memory it may take.
 
     python -m find_ros.ros.sim_camera_node --ros-args -p rate_hz:=10.0 -p seed:=0 -p publish_gt:=true
 """
@@ -34,7 +36,7 @@ from std_msgs.msg import Header, String
 from find_ros.ros import conversions as conv
 
 try:
-    from find_ros.sim import Scene, SimRenderer, orbit_trajectory, walkthrough_trajectory
+    from find_ros.sim import Scene, SimFrame, SimRenderer, orbit_trajectory, walkthrough_trajectory
 except ImportError as e:  # a partial checkout: report it as a missing module (pytest.importorskip skips on that)
     raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
 from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
@@ -57,6 +59,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "world_frame": ("map", "frame of camera/pose and camera/odom"),
     "publish_gt": (False, "publish camera/gt/instance and camera/gt/objects"),
     "publish_odom": (False, "publish camera/odom (nav_msgs/Odometry)"),
+    "prerender": (False, "render every trajectory frame once at start-up and replay them, so the renderer does not "
+                         "compete for CPU with the nodes under test (memory: see prerender_max_mb)"),
+    "prerender_max_mb": (2048, "refuse prerender when the rendered frames would need more memory than this (MB)"),
 }
 
 #: ground-truth object list: reliable, transient-local (late joiners get the last one), keep-last 1.
@@ -232,6 +237,9 @@ class SimCameraNode(Node):
             self.poses = orbit_trajectory(self.scene, n_traj)
         else:
             self.poses = walkthrough_trajectory(self.scene, n_traj, seed=int(p["seed"]))
+        self.frames: list[SimFrame] | None = None
+        if p["prerender"]:
+            self.frames = self._prerender(int(p["prerender_max_mb"]))
         self.out = RgbdPublisher(self, frame_id=p["frame_id"], world_frame=p["world_frame"],
                                  depth_encoding=p["depth_encoding"], publish_odom=bool(p["publish_odom"]))
         self.gt_instance = self.gt_objects = None
@@ -248,11 +256,36 @@ class SimCameraNode(Node):
             f"{p['rate_hz']} Hz, {p['trajectory']} trajectory, depth {p['depth_encoding']}, "
             f"{'%d frames' % p['n_frames'] if p['n_frames'] else 'looping'}")
 
+    def _prerender(self, max_mb: int) -> list[SimFrame]:
+        """Every trajectory frame, rendered once (instance ids kept as uint16 when they fit)."""
+        first = self._compact(self.renderer.render(self.poses[0], index=0))
+        per_frame = first.color.nbytes + first.depth.nbytes + first.instance.nbytes
+        need_mb = per_frame * len(self.poses) / 2**20
+        if need_mb > max_mb:
+            raise ParameterValueError(
+                f"prerender of {len(self.poses)} frames at {self.p['width']}x{self.p['height']} needs "
+                f"{need_mb:.0f} MB > prerender_max_mb {max_mb}: lower loop_frames / n_frames or raise the cap")
+        t0 = time.monotonic()
+        frames = [first] + [self._compact(self.renderer.render(T, index=i))
+                            for i, T in enumerate(self.poses[1:], start=1)]
+        self.get_logger().info(f"prerendered {len(frames)} frames in {time.monotonic() - t0:.1f} s "
+                               f"({need_mb:.0f} MB)")
+        return frames
+
+    @staticmethod
+    def _compact(frame: SimFrame) -> SimFrame:
+        if frame.instance.size and 0 <= frame.instance.min() and frame.instance.max() < 2**16:
+            frame.instance = frame.instance.astype(np.uint16)
+        return frame
+
     def _publish_frame(self) -> bool:
         i = self.published
-        T = self.poses[i % len(self.poses)]
         stamp_time = self.get_clock().now()
-        frame = self.renderer.render(T, index=i, time_s=stamp_time.nanoseconds * 1e-9)
+        if self.frames is not None:  # the first loop's pixels (a render is a function of pose and index)
+            frame = self.frames[i % len(self.frames)]
+        else:
+            frame = self.renderer.render(self.poses[i % len(self.poses)], index=i,
+                                         time_s=stamp_time.nanoseconds * 1e-9)
         stamp = stamp_time.to_msg()
         h = self.out.publish(stamp=stamp, color=frame.color, depth_m=frame.depth, K=frame.K,
                              T_world_cam=frame.T_world_cam)
