@@ -350,6 +350,8 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
         assert spin(lambda: status and status[-1].get("field_frames", 0) > 10, 5.0), status[-1:]
         st = status[-1]
         assert st["field_errors"] == 0 and st["field_active_blocks"] > 0 and st["field_memory_bytes"] > 0, st
+        assert st["field_reserved_bytes"] > st["field_memory_bytes"], st
+        assert "MB reserved" in logs["node"].read_text(errors="replace"), "the field reservation is not logged"
     finally:
         for p in procs:
             if p.poll() is None:

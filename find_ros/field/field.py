@@ -156,6 +156,11 @@ class FeatureField:
         return self.active_blocks * self._r3 * self.bytes_per_voxel
 
     @property
+    def reserved_bytes(self) -> int:
+        """Bytes of voxel storage the grid allocates (and zero-fills) up front: 1.25 * max_blocks + 64 blocks."""
+        return self._capacity * self._r3 * self.bytes_per_voxel
+
+    @property
     def num_voxels(self) -> int:
         return int(self._observed()[0].size)
 

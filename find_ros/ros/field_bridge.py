@@ -134,6 +134,10 @@ class FieldBridge:
                     voxel_size=self._p["field_voxel_size"], max_blocks=self._p["field_max_blocks"],
                     embedding_dim=embedder.dim))
                 self._version += 1
+                self._node.get_logger().info(
+                    f"feature field: voxel {self.field.config.voxel_size} m, D={embedder.dim}, up to "
+                    f"{self.field.config.max_blocks} blocks: {self.field.reserved_bytes / 2**20:.0f} MB reserved "
+                    f"(field_max_blocks sets it)")
         self.embedder = embedder
         n = self._node
         self._stop.clear()
@@ -189,7 +193,8 @@ class FieldBridge:
         return {"field_frames": self.frames, "field_dropped": self.dropped,
                 "field_skipped_no_pose": self.skipped_no_pose, "field_errors": self.errors,
                 "field_active_blocks": 0 if ff is None else ff.active_blocks,
-                "field_memory_bytes": 0 if ff is None else ff.memory_bytes}
+                "field_memory_bytes": 0 if ff is None else ff.memory_bytes,
+                "field_reserved_bytes": 0 if ff is None else ff.reserved_bytes}
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once the mailbox is empty and no frame is being fused (tests, shutdown)."""
