@@ -344,9 +344,12 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
         assert spin(lambda: clouds and conv.cloud2_to_numpy(clouds[-1])["score"].max() > 0.5, 10.0), \
             "cloud score did not follow the instruction\n" + tails()
         pts = conv.cloud2_to_numpy(clouds[-1])
-        top = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] >= np.quantile(pts["score"], 0.99)]
-        inside = np.all((top >= lo) & (top <= hi), axis=1).mean()
-        assert inside > 0.5, f"only {inside:.0%} of the top-1% score voxels lie in the {TARGET} box"
+        # voxels that match well (score > 0.5: about 175 here) lie on the target; a top-k share would depend on how
+        # much of the room has been fused (about 90 % measured; 47 % for the top 1 % in one CI run)
+        high = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] > 0.5]
+        inside = np.all((high >= lo) & (high <= hi), axis=1).mean()
+        assert len(high) >= 50 and inside > 0.75, \
+            f"{len(high)} voxels score > 0.5, {inside:.0%} of them in the {TARGET} box"
         assert spin(lambda: status and status[-1].get("field_frames", 0) > 10, 5.0), status[-1:]
         st = status[-1]
         assert st["field_errors"] == 0 and st["field_active_blocks"] > 0 and st["field_memory_bytes"] > 0, st
