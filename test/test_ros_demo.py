@@ -44,3 +44,18 @@ def test_demo_help_and_bad_arguments():
     r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--grounder", "nope"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_graph_that_does_not_start_names_the_missing_links(tmp_path):
+    """A start-up timeout says which publishers this process discovered and shows both logs (one fresh-session run
+    of the demo waited 60 s for camera frames while the node was receiving them)."""
+    code = ("import sys\nfrom pathlib import Path\nfrom find_ros.ros.demo import run_demo, DemoError\n"
+            "try:\n    run_demo(seconds=1, out=Path(sys.argv[1]), grounder='hsv-baseline', startup_timeout_s=0.3)\n"
+            "except DemoError as e:\n    print(e)\n    sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 3, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert "graph did not start within 0 s" in r.stdout
+    for topic in ("camera/color/image_raw", "camera/gt/objects", "find/status"):
+        assert f"{topic} " in r.stdout.split("publishers discovered:")[1]
+    assert "camera log:" in r.stdout and "node log:" in r.stdout
