@@ -310,14 +310,13 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
     overlays: list[str] = []
     script: list[dict] = []
     try:
-        n = driver.node
         if not spin_until(lambda: driver.objects is not None and driver.status and
                           driver.pub.get_subscription_count() > 0 and len(driver.color) > 0, startup_timeout_s):
+            seen = ", ".join(f"{t} {driver.node.count_publishers(t)}"
+                             for t in ("camera/color/image_raw", "camera/gt/objects", "find/status"))
             raise DemoError(f"graph did not start within {startup_timeout_s:.0f} s (objects={driver.objects is not None}"
                             f", node status={bool(driver.status)}, camera frames={driver.camera_frames}; publishers"
-                            f" discovered: camera/color/image_raw {n.count_publishers('camera/color/image_raw')},"
-                            f" camera/gt/objects {n.count_publishers('camera/gt/objects')},"
-                            f" find/status {n.count_publishers('find/status')})\n"
+                            f" discovered: {seen})\n"
                             f"camera log:\n{_tail(logs['camera'])}\nnode log:\n{_tail(logs['node'])}")
         targets = _pick_targets(driver.objects)
         start_status = dict(driver.status)
