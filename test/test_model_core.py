@@ -314,3 +314,109 @@ def test_core_imports_without_rclpy():
             "assert not [m for m in bad if sys.modules[m] is not None], bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+# ----------------------------------------------------------------------------- hierarchical (conv) vision kinds
+
+CONV = {
+    "convnext": dict(hidden_sizes=[16, 16, 32, 32], depths=[1, 1, 1, 1]),
+    "resnet": dict(embedding_size=16, hidden_sizes=[16, 16, 32, 32], depths=[1, 1, 1, 1], layer_type="basic"),
+}
+CONV_SIZE = (64, 96)  # strides 4 / 8 / 16 / 32 -> 16x24, 8x12, 4x6, 2x3
+
+
+def _conv(kind: str, seed: int = 0) -> FindModel:
+    torch.set_num_threads(1)
+    itf = dict(TINY["interface"], fpn_channels=16)
+    return FindModel.build_tiny(vocab=VOCAB, image_size=CONV_SIZE, seed=seed, vision_kind=kind, vision=CONV[kind],
+                                text=TINY["text"], interface=itf).eval()
+
+
+@pytest.mark.parametrize("kind", ["convnext", "resnet"])
+def test_conv_kind_multiscale_features_and_every_task(kind):
+    m = _conv(kind)
+    assert m.vision.hierarchical and m.vision.level_strides == [4, 8, 16, 32]
+    assert m.vision.level_channels == [16, 16, 32, 32]
+    x = torch.rand(2, 3, *CONV_SIZE, generator=torch.Generator().manual_seed(0))
+    maps = m.vision(x)
+    assert [tuple(t.shape[-2:]) for t in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    feats = m.encode_image(x)
+    assert feats.mask_features.shape == (2, 32, 16, 24)  # stride 4 of the input
+    assert feats.memory_hw == (4, 6) and feats.memory.shape == (2, 24, 32)  # memory_stride 16
+    assert feats.memory_pos.shape == (24, 32)
+    prompts = m.encode_instructions(_instructions())
+    with torch.no_grad():
+        for task in TASKS:
+            p = None if task in ("segment", "retrieve") else prompts
+            o = m(feats, p, task=task)
+            assert o.object_masks.shape == (2, 8, 16, 24)
+            assert o.entity_masks.shape == (2, 0 if p is None else 2, 16, 24)
+            assert o.pixel_sem.shape == (2, 16, 24, 16)
+    # a frame of another size is resized to the configured input
+    assert m.encode_image(torch.rand(1, 3, 50, 70)).mask_features.shape == (1, 32, 16, 24)
+
+
+def test_conv_kind_mask_features_carry_position():
+    """Two identical images shifted apart would give the same conv features at the object; the position code lets a
+    query tell them apart: the mask features of a uniform image differ between left and right halves."""
+    m = _conv("convnext")
+    with torch.no_grad():
+        mf = m.encode_image(torch.full((1, 3, *CONV_SIZE), 0.5)).mask_features[0]
+    centre = mf[:, 4:12, 4:20]  # away from the zero-padded border
+    assert float((centre[:, :, :8] - centre[:, :, 8:]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["convnext", "resnet"])
+def test_conv_kind_gradients_reach_backbone_and_fpn(kind):
+    m = _conv(kind, seed=1).train()
+    x = torch.rand(2, 3, *CONV_SIZE, generator=torch.Generator().manual_seed(1))
+    out = m(m.encode_image(x), m.encode_instructions(_instructions()), task="interleaved")
+    om, ov, em, ev = _targets(out, 2, np.random.default_rng(0))
+    losses = find_losses(out, FindTargets(entity_masks=em, entity_valid=ev, object_masks=om, object_valid=ov),
+                         weights=LossWeights())
+    assert torch.isfinite(losses["total"])
+    losses["total"].backward()
+    d = m.decoder
+    stem = m.vision.model.embeddings if kind == "convnext" else m.vision.model.embedder
+    for name, p in [("stem", next(stem.parameters())),
+                    ("last stage", list(m.vision.model.encoder.stages[-1].parameters())[0]),
+                    ("coarsest lateral", d.lateral[-1][0].weight), ("finest lateral", d.lateral[0][0].weight),
+                    ("mask position", d.mask_pos_x.weight), ("memory", d.memory_backbone[0].weight)]:
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.parametrize("kind", ["convnext", "resnet"])
+def test_conv_kind_save_load_round_trip_is_bit_exact(kind, tmp_path):
+    m = _conv(kind)
+    if kind == "resnet":  # non-trivial batch-norm statistics must travel too
+        m.train()
+        with torch.no_grad():
+            m.encode_image(torch.rand(2, 3, *CONV_SIZE))
+        m.eval()
+    m.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    v = meta["config"]["vision"]
+    assert v["kind"] == kind and v["hf_config"]["model_type"] == kind and v["feature_layers"] == [1, 2, 3, 4]
+    assert v["hf_config"]["hidden_sizes"] == [16, 16, 32, 32]
+    loaded = FindModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.to_dict() == m.config.to_dict()
+    x = torch.rand(2, 3, *CONV_SIZE, generator=torch.Generator().manual_seed(2))
+    ins = _instructions()
+    with torch.no_grad():
+        a = m(m.encode_image(x), m.encode_instructions(ins), task="interleaved")
+        b = loaded(loaded.encode_image(x), loaded.encode_instructions(ins), task="interleaved")
+    for f in ("object_masks", "entity_masks", "entity_sem", "image_sem", "pixel_sem"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_conv_kind_config_errors():
+    from find_ros.model.config import ConfigError, VisionEncoderConfig
+    from find_ros.model.encoders import EncoderError
+    from find_ros.model.find import FindModelError
+
+    with pytest.raises(ConfigError, match="vision kind"):
+        VisionEncoderConfig(kind="vgg")
+    with pytest.raises((EncoderError, FindModelError), match="multiple"):
+        FindModel.build_tiny(vocab=VOCAB, image_size=(62, 96), vision_kind="convnext", vision=CONV["convnext"])
+    with pytest.raises(FindModelError, match="vision_kind"):
+        FindModel.build_tiny(vocab=VOCAB, image_size=CONV_SIZE, vision_kind="swin")

@@ -93,3 +93,67 @@ def test_bad_config_raises():
         TrainConfig.from_dict({"stepz": 3})
     with pytest.raises(TrainError, match="unknown tasks"):
         TrainConfig.from_dict({"task_weights": {"dance": 1.0}})
+
+
+CONV_MODEL = {"kind": "tiny", "vision_kind": "convnext",
+              "vision": {"hidden_sizes": [16, 16, 32, 32], "depths": [1, 1, 1, 1]},
+              "text": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+              "interface": {"hidden": 32, "layers": 2, "heads": 2, "ffn": 64, "num_object_queries": 8,
+                            "num_entity_queries": 4, "sem_dim": 16, "fpn_channels": 16}}
+
+
+def test_conv_model_trains_and_resumes_exactly(tiny_data, tmp_path):
+    from find_ros.model.train import Trainer, batch_losses, collate
+
+    torch.set_num_threads(1)
+    tr = Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "fit", dataset=tiny_data)
+    assert tr.model.vision.hierarchical and tr.mask_hw == (24, 32)  # 128x96 data, masks at stride 4
+    batch = collate(list(tiny_data[:4]), task="ground", mask_hw=tr.mask_hw, max_entities=3,
+                    rng=np.random.default_rng(0))
+    first = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
+    for _ in range(8):
+        loss = batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"]
+        tr.opt.zero_grad()
+        loss.backward()
+        tr.opt.step()
+    last = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
+    assert np.isfinite(first) and last < first * 0.9, (first, last)
+    full = Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "full", dataset=tiny_data)
+    full.run(progress=False)
+    Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "part", dataset=tiny_data).run(progress=False,
+                                                                                                  stop_at=3)
+    resumed = Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "part", dataset=tiny_data)
+    resumed.run(resume=True, progress=False)
+    a, b = _params(full.model), _params(resumed.model)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_validation_metrics_and_learning_curve_png(tiny_data, tmp_path):
+    import cv2
+
+    from find_ros.model.train import Trainer, validate
+
+    torch.set_num_threads(1)
+    tr = Trainer(config=_config(steps=4, eval_every=2, log_every=3, val_samples=3), out_dir=tmp_path,
+                 dataset=tiny_data, val_dataset=tiny_data[4:])
+    assert len(tr.val_samples) == 3
+    before = validate(tr.model, tr.val_samples)
+    assert set(before) == {"val/grounding_miou", "val/interleaved_miou"}
+    assert all(0.0 <= v <= 1.0 for v in before.values())
+    tr.run(progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 3, 4]  # validation at 2 and 4, logging at 3 (and the last step)
+    assert [("val/grounding_miou" in r) for r in lines] == [True, False, True]
+    assert lines[-1]["val/grounding_miou"] == validate(tr.model, tr.val_samples)["val/grounding_miou"]
+    img = cv2.imread(str(tmp_path / "learning_curve.png"))
+    assert img is not None and img.shape == (540, 720, 3) and int(img.min()) < 100  # something was drawn
+
+
+def test_max_seconds_stops_with_a_final_model(tiny_data, tmp_path):
+    from find_ros.model.train import Trainer
+
+    torch.set_num_threads(1)
+    tr = Trainer(config=_config(steps=50, max_seconds=1e-6), out_dir=tmp_path, dataset=tiny_data)
+    final = tr.run(progress=False)
+    assert tr.step == 1 and final == tmp_path / "model" and (final / "config.json").is_file()

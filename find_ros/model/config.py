@@ -14,7 +14,7 @@ __all__ = [
     "LANGUAGE_KINDS",
 ]
 
-VISION_KINDS = ("clip", "siglip", "sam", "tiny-clip")
+VISION_KINDS = ("clip", "siglip", "sam", "tiny-clip", "convnext", "resnet")
 LANGUAGE_KINDS = ("clip", "siglip", "llm", "tiny-clip")
 
 
@@ -31,12 +31,15 @@ class VisionEncoderConfig:
     """Which vision foundation model gives the image features, and how it is fed."""
 
     kind: str = "tiny-clip"
-    """``clip`` / ``siglip`` (ViT towers), ``sam`` (SAM image encoder) or ``tiny-clip`` (a small CLIP
-    vision tower built from ``hf_config``, trained with the interface)."""
+    """``clip`` / ``siglip`` (ViT towers), ``sam`` (SAM image encoder), ``tiny-clip`` (a small CLIP
+    vision tower built from ``hf_config``, trained with the interface), or a hierarchical convolutional
+    backbone ``convnext`` / ``resnet`` (transformers ``ConvNextModel`` / ``ResNetModel``: maps at strides
+    4-32 fused top-down by the FPN pixel decoder)."""
     path: str | None = None
     """Directory (or hub id where a hub is reachable) for ``from_pretrained``; ``None`` builds from ``hf_config``."""
     feature_layers: tuple[int, ...] = (2, 4)
-    """Indices into the encoder's ``hidden_states`` (0 = patch embeddings) fused by the pixel decoder."""
+    """Indices into the encoder's ``hidden_states`` (0 = patch embeddings / stem output) fused by the pixel
+    decoder; for ``convnext`` / ``resnet`` ``(1, 2, 3, 4)`` are the four stages at strides 4, 8, 16, 32."""
     image_size: tuple[int, int] = (96, 128)
     """(h, w) the input frame is resized to before the encoder (square for ``sam``)."""
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -105,11 +108,17 @@ class InterfaceConfig:
     dropout: float = 0.0
     """Dropout in attention and FFN (training only)."""
     stem_channels: int = 32
-    """Channels of the small strided conv stem on raw pixels that sharpens stride-``mask_stride`` features."""
+    """Channels of the small strided conv stem on raw pixels that sharpens stride-``mask_stride`` features
+    (ViT / SAM encoders only; a hierarchical backbone has its own stride-4 stage)."""
+    fpn_channels: int = 64
+    """Width of the FPN top-down path (hierarchical encoders only)."""
+    memory_stride: int = 16
+    """Stride of the FPN level the queries cross-attend to (hierarchical encoders only; the nearest level is
+    used). ViT / SAM encoders use their patch grid."""
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "heads", "ffn", "num_object_queries", "num_entity_queries", "sem_dim",
-                     "stem_channels"):
+                     "stem_channels", "fpn_channels", "memory_stride"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"interface {name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.heads:

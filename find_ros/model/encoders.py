@@ -1,8 +1,11 @@
 """Foundation-model encoders through ``transformers``: vision feature maps and language token embeddings.
 
 Any compatible model loads with ``from_pretrained(path)``: CLIP / SigLIP vision towers and SAM's image
-encoder for vision; CLIP / SigLIP text towers and decoder LLMs (``AutoModel``, hidden layer chosen) for
-language. Without a path the encoder is rebuilt from the transformers config stored in our config.
+encoder (one stride: the patch), or a hierarchical convolutional backbone (ConvNeXt, ResNet: feature maps
+at strides 4 / 8 / 16 / 32, :data:`HIERARCHICAL_KINDS`) for vision; CLIP / SigLIP text towers and decoder
+LLMs (``AutoModel``, hidden layer chosen) for language. Without a path the encoder is rebuilt from the
+transformers config stored in our config, so a tiny random backbone and a real pretrained one go through
+the same code.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from torch.nn import functional as F
 
 from find_ros.model.config import LanguageEncoderConfig, VisionEncoderConfig
 
-__all__ = ["EncoderError", "VisionEncoder", "LanguageEncoder", "load_tokenizer"]
+__all__ = ["EncoderError", "VisionEncoder", "LanguageEncoder", "load_tokenizer", "HIERARCHICAL_KINDS"]
+
+HIERARCHICAL_KINDS = ("convnext", "resnet")
+"""Vision kinds whose ``hidden_states`` are (B, C, h, w) maps at growing strides (index 0 = stem output)."""
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,10 @@ def _vision_classes(kind: str):
         return T.SiglipVisionModel, T.SiglipVisionConfig
     if kind == "sam":
         return T.SamVisionModel, T.SamVisionConfig
+    if kind == "convnext":
+        return T.ConvNextModel, T.ConvNextConfig
+    if kind == "resnet":
+        return T.ResNetModel, T.ResNetConfig
     raise EncoderError(f"unknown vision kind {kind!r}")
 
 
@@ -56,7 +66,8 @@ def _hf_config_dict(cfg) -> dict:
     return json.loads(json.dumps(d, default=str))  # JSON-normal form (str keys), as it is saved
 
 
-def _build_from_dict(model_cls, config_cls, d: dict) -> nn.Module:
+def _build_from_dict(model_cls, config_cls, d: dict, *, attention: bool = True) -> nn.Module:
+    """The model of a stored transformers config; ``attention=False`` for convolutional models (no sdpa)."""
     import transformers as T
 
     d = dict(d)
@@ -65,27 +76,71 @@ def _build_from_dict(model_cls, config_cls, d: dict) -> nn.Module:
         cfg = T.AutoConfig.for_model(model_type, **d)
         return T.AutoModel.from_config(cfg, attn_implementation="sdpa")
     cfg = config_cls.from_dict(d)
-    cfg._attn_implementation = "sdpa"
+    if attention:
+        cfg._attn_implementation = "sdpa"
     return model_cls(cfg)
 
 
+@torch.no_grad()
+def _probe_levels(model: nn.Module, layers: tuple[int, ...], side: int = 128) -> tuple[list[int], list[int]]:
+    """(channels, strides) of ``hidden_states[i]`` for ``i`` in ``layers`` of a hierarchical backbone, from one
+    forward of a ``side`` x ``side`` zero image in eval mode (batch-norm statistics are left untouched)."""
+    was = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        n_ch = int(getattr(model.config, "num_channels", 3))
+        out = model(pixel_values=torch.zeros(1, n_ch, side, side, device=p.device, dtype=p.dtype),
+                    output_hidden_states=True)
+    finally:
+        model.train(was)
+    hs = out.hidden_states
+    chans, strides = [], []
+    for i in layers:
+        if not -len(hs) <= i < len(hs):
+            raise EncoderError(f"vision feature layer {i} outside hidden_states[0..{len(hs) - 1}]")
+        m = hs[i]
+        if m.ndim != 4:
+            raise EncoderError(f"hidden_states[{i}] of {type(model).__name__} is {tuple(m.shape)}, not (B, C, h, w)")
+        chans.append(int(m.shape[1]))
+        strides.append(int(round(side / m.shape[-1])))
+    return chans, strides
+
+
 class VisionEncoder(nn.Module):
-    """Images (B, 3, H, W) in [0, 1] -> list of feature maps (B, C, h, w), one per ``feature_layers``."""
+    """Images (B, 3, H, W) in [0, 1] -> list of feature maps (B, C_i, h_i, w_i), one per ``feature_layers``.
+
+    ``level_channels`` / ``level_strides`` give C_i and the stride of each map relative to the encoder
+    input; ``hierarchical`` is True for the convolutional kinds (maps at several strides, fed to the FPN
+    pixel decoder), False for ViT / SAM kinds (every map at the patch stride)."""
 
     def __init__(self, *, config: VisionEncoderConfig, model: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
+        self.hierarchical = config.kind in HIERARCHICAL_KINDS
         model_cls, config_cls = _vision_classes(config.kind)
+        attn = {} if self.hierarchical else {"attn_implementation": "sdpa"}
         if model is None:
             if config.path is not None:
-                model = model_cls.from_pretrained(config.path, attn_implementation="sdpa")
+                model = model_cls.from_pretrained(config.path, **attn)
             elif config.hf_config is not None:
-                model = _build_from_dict(model_cls, config_cls, config.hf_config)
+                model = _build_from_dict(model_cls, config_cls, config.hf_config, attention=not self.hierarchical)
             else:
                 raise EncoderError(f"vision encoder {config.kind!r} needs a path or hf_config")
         self.model = model
         hf = model.config
         config.hf_config = _hf_config_dict(hf)
+        self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
+        if self.hierarchical:
+            self.level_channels, self.level_strides = _probe_levels(model, config.feature_layers)
+            self.patch = min(self.level_strides)
+            self.channels = self.level_channels[-1]
+            h, w = config.image_size
+            if h % self.patch or w % self.patch:
+                raise EncoderError(f"vision image_size {config.image_size} not a multiple of the finest feature "
+                                   f"stride {self.patch}")
+            return
         self.patch = int(hf.patch_size if not isinstance(hf.patch_size, (list, tuple)) else hf.patch_size[0])
         n_hidden = int(hf.num_hidden_layers)
         for i in config.feature_layers:
@@ -99,11 +154,12 @@ class VisionEncoder(nn.Module):
         if h % self.patch or w % self.patch:
             raise EncoderError(f"vision image_size {config.image_size} not a multiple of patch {self.patch}")
         self.channels = int(hf.hidden_size)
-        self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
+        self.level_channels = [self.channels] * len(config.feature_layers)
+        self.level_strides = [self.patch] * len(config.feature_layers)
 
     @property
     def stride(self) -> int:
+        """The finest stride of the feature maps (the patch size for ViT kinds)."""
         return self.patch
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -114,6 +170,9 @@ class VisionEncoder(nn.Module):
         if tuple(x.shape[-2:]) != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean) / self.std
+        if self.hierarchical:
+            out = self.model(pixel_values=x, output_hidden_states=True)
+            return [out.hidden_states[i] for i in self.config.feature_layers]
         kw = {} if self.config.kind == "sam" else {"interpolate_pos_encoding": True}
         out = self.model(pixel_values=x, output_hidden_states=True, **kw)
         gh, gw = h // self.patch, w // self.patch

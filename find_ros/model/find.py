@@ -16,12 +16,12 @@ from find_ros.model.config import FindConfig, InterfaceConfig, LanguageEncoderCo
 from find_ros.model.encoders import LanguageEncoder, VisionEncoder, load_tokenizer
 from find_ros.model.heads import FindHeads, FindOutput
 from find_ros.model.interface import ATTENTION_TABLE, TASKS, FindInterface, InterfaceError
-from find_ros.model.pixel_decoder import ImageFeatures, PixelDecoder
+from find_ros.model.pixel_decoder import FpnPixelDecoder, ImageFeatures, PixelDecoder
 from find_ros.model.sampler import EmbeddingSampler, PromptBatch
 from find_ros.model.tokenizer import build_word_tokenizer, tokenize_entities
 
 __all__ = ["FindModel", "FindModelError", "FindOutput", "ImageFeatures", "PromptBatch", "TASKS", "ATTENTION_TABLE",
-           "tiny_config"]
+           "tiny_config", "TINY_CONVNEXT", "TINY_RESNET"]
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,39 @@ class FindModelError(RuntimeError):
     """A model that cannot be built, loaded or fed; the message names the offending value."""
 
 
+TINY_CONVNEXT = dict(hidden_sizes=[24, 48, 96, 192], depths=[1, 1, 2, 1], patch_size=4, num_channels=3)
+"""The default tiny ConvNeXt (``vision_kind="convnext"``): four stages at strides 4 / 8 / 16 / 32."""
+TINY_RESNET = dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
+                   num_channels=3)
+"""The default tiny ResNet (``vision_kind="resnet"``)."""
+
+
 def tiny_config(*, vocab_size: int, image_size: tuple[int, int] = (96, 128), vision: dict | None = None,
-                text: dict | None = None, interface: dict | None = None) -> FindConfig:
+                text: dict | None = None, interface: dict | None = None, vision_kind: str = "tiny-clip") -> FindConfig:
     """The default tiny model (see MODEL_CARD): CLIP-style ViT (patch 8, hidden 96, 4 layers) and text tower
     (hidden 96, 2 layers) over a word vocabulary; interface hidden 128, 3 layers, 4 heads, 24 object queries,
-    masks at stride 4, 64-d semantic space. ``vision``/``text``/``interface`` override fields."""
-    from transformers import CLIPTextConfig, CLIPVisionConfig
+    masks at stride 4, 64-d semantic space. ``vision``/``text``/``interface`` override fields.
+
+    ``vision_kind="convnext"`` (or ``"resnet"``) swaps the ViT for a small hierarchical backbone
+    (:data:`TINY_CONVNEXT` / :data:`TINY_RESNET`, ``vision`` overrides its transformers config fields) whose four
+    stages feed the FPN pixel decoder."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig, ConvNextConfig, ResNetConfig
 
     h, w = (int(image_size[0]), int(image_size[1]))
-    v = dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
-             image_size=max(h, w), patch_size=8, hidden_act="gelu")
-    v.update(vision or {})
+    if vision_kind == "tiny-clip":
+        v = dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+                 image_size=max(h, w), patch_size=8, hidden_act="gelu")
+        v.update(vision or {})
+        vcfg = CLIPVisionConfig(**v)
+        n = vcfg.num_hidden_layers
+        layers = (max(1, n // 2), n)
+    elif vision_kind in ("convnext", "resnet"):
+        v = dict(TINY_CONVNEXT if vision_kind == "convnext" else TINY_RESNET)
+        v.update(vision or {})
+        vcfg = (ConvNextConfig if vision_kind == "convnext" else ResNetConfig)(**v)
+        layers = tuple(range(1, len(vcfg.hidden_sizes) + 1))
+    else:
+        raise FindModelError(f"tiny vision_kind must be tiny-clip, convnext or resnet, got {vision_kind!r}")
     t = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384,
              max_position_embeddings=32, vocab_size=vocab_size, hidden_act="gelu",
              pad_token_id=0, bos_token_id=2, eos_token_id=3)
@@ -53,11 +75,9 @@ def tiny_config(*, vocab_size: int, image_size: tuple[int, int] = (96, 128), vis
     itf = dict(hidden=128, layers=3, heads=4, ffn=512, num_object_queries=24, num_entity_queries=8,
                mask_stride=4, sem_dim=64, dropout=0.0, stem_channels=32)
     itf.update(interface or {})
-    vcfg = CLIPVisionConfig(**v)
     tcfg = CLIPTextConfig(**t)
-    n = vcfg.num_hidden_layers
     return FindConfig(
-        vision=VisionEncoderConfig(kind="tiny-clip", path=None, feature_layers=(max(1, n // 2), n),
+        vision=VisionEncoderConfig(kind=vision_kind, path=None, feature_layers=layers,
                                    image_size=(h, w), hf_config=_clean(vcfg.to_dict())),
         language=LanguageEncoderConfig(kind="tiny-clip", path=None, hidden_layer=-1,
                                        max_tokens=min(24, tcfg.max_position_embeddings),
@@ -89,8 +109,22 @@ class FindModel(nn.Module):
             tokenizer = load_tokenizer(config.language.path)
         self.tokenizer = tokenizer
         ic = config.interface
-        self.decoder = PixelDecoder(in_channels=self.vision.channels, num_levels=len(config.vision.feature_layers),
-                                    hidden=ic.hidden, mask_stride=ic.mask_stride, stem_channels=ic.stem_channels)
+        h, w = config.vision.image_size
+        if h % ic.mask_stride or w % ic.mask_stride:
+            raise FindModelError(f"vision image_size {config.vision.image_size} not a multiple of the mask stride "
+                                 f"{ic.mask_stride}")
+        if self.vision.hierarchical:
+            order = sorted(range(len(self.vision.level_strides)), key=lambda i: self.vision.level_strides[i])
+            if order != list(range(len(order))):
+                raise FindModelError(f"vision feature_layers {config.vision.feature_layers} must go fine to coarse "
+                                     f"(strides {self.vision.level_strides})")
+            self.decoder = FpnPixelDecoder(in_channels=self.vision.level_channels, strides=self.vision.level_strides,
+                                           hidden=ic.hidden, fpn_channels=ic.fpn_channels,
+                                           mask_stride=ic.mask_stride, memory_stride=ic.memory_stride)
+        else:
+            self.decoder = PixelDecoder(in_channels=self.vision.channels,
+                                        num_levels=len(config.vision.feature_layers), hidden=ic.hidden,
+                                        mask_stride=ic.mask_stride, stem_channels=ic.stem_channels)
         self.sampler = EmbeddingSampler(language_channels=self.language.channels, hidden=ic.hidden,
                                         sem_dim=ic.sem_dim)
         self.interface = FindInterface(config=ic)
@@ -104,10 +138,13 @@ class FindModel(nn.Module):
 
     @classmethod
     def build_tiny(cls, *, vocab: list[str], image_size: tuple[int, int] = (96, 128), seed: int = 0,
-                   vision: dict | None = None, text: dict | None = None, interface: dict | None = None) -> "FindModel":
-        """The default tiny model with random weights (deterministic by ``seed``) and a word-level tokenizer."""
+                   vision: dict | None = None, text: dict | None = None, interface: dict | None = None,
+                   vision_kind: str = "tiny-clip") -> "FindModel":
+        """The default tiny model with random weights (deterministic by ``seed``) and a word-level tokenizer;
+        ``vision_kind`` as in :func:`tiny_config`."""
         tok = build_word_tokenizer(list(vocab))
-        cfg = tiny_config(vocab_size=len(tok), image_size=image_size, vision=vision, text=text, interface=interface)
+        cfg = tiny_config(vocab_size=len(tok), image_size=image_size, vision=vision, text=text, interface=interface,
+                          vision_kind=vision_kind)
         state = torch.random.get_rng_state()
         try:
             torch.manual_seed(int(seed))
@@ -227,7 +264,7 @@ class FindModel(nn.Module):
                 raise FindModelError(f"image batch {B} and prompt batch {prompts.batch} differ")
         mf = features.mask_features
         out, lay, preds = self.interface(features, prompts, task=task,
-                                         predict_masks=lambda q: self.heads.masks(q, mf))
+                                         predict_masks=lambda q, f=mf: self.heads.masks(q, f))
         Q, E, nq = lay["Q"], lay["E"], lay["nq"]
         qo, iq, eq = out[:, :Q], out[:, Q], out[:, Q + 1:nq]
         masks = self.heads.masks(torch.cat([qo, eq], dim=1), mf)

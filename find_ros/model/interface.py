@@ -160,8 +160,11 @@ class FindInterface(nn.Module):
         return torch.einsum("bte,btc->bec", oh, x) / oh.sum(1)[..., None].clamp_min(1)
 
     def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str, predict_masks):
-        """Run the layers. ``predict_masks(q_normed (B, Q+E, C)) -> (B, Q+E, h, w)`` logits drives the masked
-        cross-attention. Returns (final normed states (B, N, C), layout dict, list of per-layer mask logits)."""
+        """Run the layers. ``predict_masks(q_normed (B, Q+E, C)[, features]) -> (B, Q+E, h, w)`` logits (on
+        ``features``, default the mask features) drives the masked cross-attention: on the full-resolution
+        logits resampled to the memory grid, or, when ``features.attention_features`` is given, on the logits
+        over those cell-averaged features. Returns (final normed states (B, N, C), layout dict, list of
+        per-layer full-resolution mask logits; empty in eval mode with ``attention_features``)."""
         if task not in ATTENTION_TABLE:
             raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
         if task in ("ground", "interleaved", "separate", "interactive") and prompts is None:
@@ -206,12 +209,23 @@ class FindInterface(nn.Module):
         hm, wm = features.memory_hw
         mask_idx = torch.cat([torch.arange(Q, device=dev), torch.arange(Q + 1, nq, device=dev)])
         preds = []
+        att = features.attention_features
         for layer in self.layers:
-            logits = predict_masks(self.final_norm(x[:, mask_idx]))  # (B, Q+E, h, w)
-            preds.append(logits)
+            qn = self.final_norm(x[:, mask_idx])
+            if att is None:
+                logits = predict_masks(qn)  # (B, Q+E, h, w)
+                preds.append(logits)
+                with torch.no_grad():
+                    low = F.interpolate(logits.detach().float(), size=(hm, wm), mode="bilinear", align_corners=False)
+            else:
+                # masks on the memory grid from the cell-averaged mask features; full-resolution predictions
+                # of the earlier layers only when training (deep supervision)
+                if self.training:
+                    preds.append(predict_masks(qn))
+                with torch.no_grad():
+                    low = predict_masks(qn.detach(), att).float()
             with torch.no_grad():
-                m = F.interpolate(logits.detach().float(), size=(hm, wm), mode="bilinear", align_corners=False)
-                m = m.flatten(2) > 0  # attend where the previous prediction says "object"
+                m = low.flatten(2) > 0  # attend where the previous prediction says "object"
                 m = m | ~m.any(-1, keepdim=True)  # empty prediction: attend everywhere
                 cross = torch.ones(B, nq, hm * wm, dtype=torch.bool, device=dev)
                 cross[:, mask_idx] = m

@@ -5,7 +5,9 @@
 Determinism: the batch and task of step ``t`` depend only on (seed, t), dropout is off, so a run
 resumed from a checkpoint reproduces the parameters of an uninterrupted run. ``OUT/checkpoint/``
 holds the latest checkpoint (model via ``save_pretrained`` + ``trainer.pt``: optimiser, step, RNG);
-``OUT/model/`` the final model; ``OUT/metrics.jsonl`` one JSON line per logged step.
+``OUT/model/`` the final model; ``OUT/metrics.jsonl`` one JSON line per logged step, with the fixed
+validation set's grounding / interleaved mIoU (``val/*`` keys) every ``eval_every`` steps, drawn into
+``OUT/learning_curve.png`` after every validation.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 
 from find_ros.model.data import DataConfig, ShardDataset, SimSample, build_shards, vocabulary
 
-__all__ = ["TrainConfig", "TrainError", "Trainer", "collate", "cli", "TRAIN_TASKS"]
+__all__ = ["TrainConfig", "TrainError", "Trainer", "collate", "cli", "TRAIN_TASKS", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,15 @@ class TrainConfig:
     """Most referring phrases per image in a ``ground`` batch."""
     checkpoint_every: int = 250
     """Steps between checkpoints."""
+    eval_every: int = 250
+    """Steps between validations on the fixed val set (``val/*`` keys in metrics.jsonl + learning_curve.png);
+    0 = never. A run also validates at its last step."""
+    val_samples: int = 64
+    """Size of the fixed validation set (the first samples of the ``val`` split, rendered once into
+    ``<data_dir>/val``)."""
+    max_seconds: float = 0.0
+    """Stop (checkpointed, final model written) once this many seconds of training steps have run; 0 = no limit.
+    Validation time is not counted. For equal-wall-time comparisons; the lr schedule still follows ``steps``."""
     log_every: int = 10
     """Steps between metrics lines."""
     num_threads: int = 1
@@ -98,6 +109,9 @@ class TrainConfig:
             raise TrainError(f"unknown tasks in task_weights: {bad} (tasks: {TRAIN_TASKS})")
         if cfg.steps < 0 or cfg.batch_size < 1:
             raise TrainError(f"steps must be >= 0 and batch_size >= 1, got {cfg.steps}, {cfg.batch_size}")
+        if cfg.eval_every < 0 or cfg.val_samples < 1 or cfg.max_seconds < 0:
+            raise TrainError(f"eval_every and max_seconds must be >= 0 and val_samples >= 1, got "
+                             f"{cfg.eval_every}, {cfg.max_seconds}, {cfg.val_samples}")
         return cfg
 
 
@@ -222,22 +236,66 @@ def batch_losses(model, batch: dict, *, device: str, weights) -> dict[str, torch
     return find_losses(out, targets, weights=weights)
 
 
+@torch.no_grad()
+def validate(model, samples: list[SimSample], *, device: str = "cpu", batch_size: int = 16) -> dict[str, float]:
+    """Grounding mIoU (every referring phrase of each image, task ``ground``) and interleaved mIoU (the sample's
+    interleaved instruction) on ``samples``, with masks upsampled to the image and thresholded at 0, as
+    ``find-ros eval`` scores them. Keys ``val/grounding_miou``, ``val/interleaved_miou``."""
+    from find_ros.instruction import parse_instruction
+
+    was = model.training
+    model.eval()
+    ious: dict[str, list[float]] = {"grounding": [], "interleaved": []}
+    try:
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            H, W = chunk[0].image.shape[:2]
+            x = torch.from_numpy(np.stack([s.image for s in chunk]).transpose(0, 3, 1, 2).copy()).float().div(255)
+            feats = model.encode_image(x.to(device))
+            for name, task, instrs, ids in (
+                ("grounding", "ground", [parse_instruction(", ".join(r.phrase for r in s.referring)) for s in chunk],
+                 [[r.object_id for r in s.referring] for s in chunk]),
+                ("interleaved", "interleaved", [s.instruction(mode="interleaved") for s in chunk],
+                 [list(s.interleaved.object_ids) for s in chunk]),
+            ):
+                out = model(feats, model.encode_instructions(instrs), task=task)
+                up = torch.nn.functional.interpolate(out.entity_masks.float(), size=(H, W), mode="bilinear",
+                                                     align_corners=False) > 0
+                for b, (s, obj) in enumerate(zip(chunk, ids)):
+                    for e, oid in enumerate(obj[: up.shape[1]]):
+                        pred = up[b, e].cpu().numpy()
+                        gt = s.instance == oid
+                        u = np.logical_or(pred, gt).sum()
+                        ious[name].append(float(np.logical_and(pred, gt).sum() / u) if u else 1.0)
+    finally:
+        model.train(was)
+    return {f"val/{k}_miou": round(float(np.mean(v)), 5) if v else float("nan") for k, v in ious.items()}
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
 class Trainer:
     """One training run in ``out_dir``; :meth:`run` trains to ``config.steps`` (resuming when asked)."""
 
-    def __init__(self, *, config: TrainConfig, out_dir: str | Path, dataset=None, model=None) -> None:
+    def __init__(self, *, config: TrainConfig, out_dir: str | Path, dataset=None, model=None,
+                 val_dataset=None) -> None:
+        """``dataset`` / ``val_dataset`` (sequences of SimSample) replace the shard caches (tests); without a
+        ``val_dataset`` but with a ``dataset`` given, validation is skipped."""
         self.config = config
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(max(1, int(config.num_threads)))
+        data_dir = Path(config.data_dir).expanduser()
         if dataset is None:
-            data_dir = Path(config.data_dir).expanduser()
             d = build_shards(split="train", n_samples=config.n_train, out_dir=data_dir, config=config.data)
             dataset = ShardDataset(directory=d, limit=config.n_train)
+            if val_dataset is None and config.eval_every > 0:
+                vd = build_shards(split="val", n_samples=config.val_samples, out_dir=data_dir, config=config.data)
+                val_dataset = ShardDataset(directory=vd, limit=config.val_samples)
         self.dataset = dataset
+        self.val_samples = None if val_dataset is None else [val_dataset[i] for i in
+                                                             range(min(len(val_dataset), config.val_samples))]
         image_size = (config.data.height, config.data.width)
         self.model = model if model is not None else build_model(config.model, seed=config.seed, image_size=image_size)
         self.model.to(config.device)
@@ -324,37 +382,61 @@ class Trainer:
         self.step += 1
         return {"task": batch["task"], **{k: float(v.detach()) for k, v in losses.items()}}
 
+    def validate(self) -> dict[str, float]:
+        """``val/*`` metrics of the current model on the fixed validation set ({} without one)."""
+        if not self.val_samples:
+            return {}
+        return validate(self.model, self.val_samples, device=self.config.device)
+
     def run(self, *, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
-        """Train to ``config.steps``; ``stop_at`` ends early (checkpointed) without changing the lr schedule."""
+        """Train to ``config.steps``; ``stop_at`` ends early (checkpointed) without changing the lr schedule;
+        so does ``config.max_seconds`` (then the final model is written too)."""
+        from find_ros.model.curves import CURVE_FILE, plot_learning_curve, read_metrics
+
         c = self.config
         end = c.steps if stop_at is None else min(c.steps, int(stop_at))
         if resume:
             self.load_checkpoint()
         (self.out / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
-        log_f = (self.out / "metrics.jsonl").open("a")
-        t0 = time.perf_counter()
+        metrics_path = self.out / "metrics.jsonl"
+        log_f = metrics_path.open("a")
+        train_s = 0.0
         start = self.step
         acc: dict[str, list[float]] = {}
+        timed_out = False
         try:
-            while self.step < end:
+            while self.step < end and not timed_out:
+                t0 = time.perf_counter()
                 m = self.train_step()
+                train_s += time.perf_counter() - t0
+                timed_out = c.max_seconds > 0 and train_s >= c.max_seconds
                 for k, v in m.items():
                     if k != "task":
                         acc.setdefault(f"{m['task']}/{k}", []).append(v)
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    el = time.perf_counter() - t0
-                    rate = (self.step - start) / max(el, 1e-9)
-                    rec = {"step": self.step, "lr": self.lr_at(self.step - 1), "elapsed_s": round(el, 1),
+                last = self.step == end or timed_out
+                do_log = self.step % c.log_every == 0 or self.step == c.steps or last
+                do_val = bool(self.val_samples) and ((c.eval_every > 0 and self.step % c.eval_every == 0) or last)
+                if do_log or do_val:
+                    rate = (self.step - start) / max(train_s, 1e-9)
+                    rec = {"step": self.step, "lr": self.lr_at(self.step - 1), "elapsed_s": round(train_s, 1),
                            **{k: round(float(np.mean(v)), 5) for k, v in sorted(acc.items())}}
+                    if do_val:
+                        tv = time.perf_counter()
+                        rec.update(self.validate())
+                        rec["val_s"] = round(time.perf_counter() - tv, 1)
                     log_f.write(json.dumps(rec) + "\n")
                     log_f.flush()
                     acc.clear()
+                    if do_val:
+                        plot_learning_curve(read_metrics(metrics_path), self.out / CURVE_FILE)
                     if progress:
                         eta = (c.steps - self.step) / max(rate, 1e-9)
                         bar = "#" * int(30 * self.step / max(1, c.steps))
                         tot = [v for k, v in rec.items() if k.endswith("/total")]
+                        val = " ".join(f"{k[4:]} {v:.3f}" for k, v in rec.items() if k.startswith("val/"))
                         print(f"\r[{bar:<30}] {self.step}/{c.steps} {rate:.2f} it/s eta {eta / 60:.1f} min "
-                              f"loss {np.mean(tot) if tot else float('nan'):.3f}", end="", file=sys.stderr, flush=True)
+                              f"loss {np.mean(tot) if tot else float('nan'):.3f} {val}", end="", file=sys.stderr,
+                              flush=True)
                 if self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
@@ -362,8 +444,10 @@ class Trainer:
             if progress:
                 print("", file=sys.stderr)
         self.save_checkpoint()
-        if self.step < c.steps:  # stopped early: the checkpoint is the result
+        if self.step < c.steps and not timed_out:  # stopped early: the checkpoint is the result
             return self.ckpt_dir
+        if timed_out:
+            log.info("max_seconds %.0f reached at step %d of %d", c.max_seconds, self.step, c.steps)
         final = self.out / "model"
         self.model.save_pretrained(final)
         (final / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
