@@ -1,6 +1,7 @@
 """Evaluate a FIND checkpoint on the sim FIND-Bench splits.
 
-``find-ros eval --checkpoint DIR --split test|heldout --seed S --scenes N --json FILE``
+``find-ros eval [--checkpoint DIR] [--grounder find|hsv-baseline] [--split test|heldout] [--seed S]
+[--scenes N] [--json FILE]`` (the checkpoint defaults to the shipped ``find_ros/models/find-sim-tiny``)
 
 Masks are compared at the sample resolution (the model input size). For each sample:
 
@@ -13,7 +14,15 @@ Masks are compared at the sample resolution (the model input size). For each sam
 
 IoU of an empty prediction and a non-empty target is 0. mIoU averages per entity, cIoU divides the
 summed intersections by the summed unions. Deterministic for a seed (samples
-``seed * 10_000 + i`` of the split).
+``seed * 10_000 + i`` of the split). A sample whose random scene draws all fail comes from a staged
+scene (``SimFindDataset.staged``); ``n_staged_samples`` counts them.
+
+``--grounder hsv-baseline`` scores the same samples with the colour-threshold baseline
+(``find_ros.grounding.baseline``), run on the sample image resized to 640x480 (the camera size the node
+sees; masks are compared after area-resizing back to the sample size). An entity the baseline cannot
+express (no colour word it knows and no reference with a dominant colour) is grounded as an empty mask,
+so it counts as a miss, and ``not_expressible`` counts such entities per task; retrieval is not
+expressible at all (IR@k = 0, every gallery caption counted). FIND reports the same keys (all 0).
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ import torch
 from find_ros.instruction import Reference, parse_instruction
 from find_ros.model.data import DataConfig, SimFindDataset, SimSample
 
-__all__ = ["evaluate", "cli", "EvalError", "METRIC_KEYS"]
+__all__ = ["evaluate", "cli", "EvalError", "METRIC_KEYS", "GROUNDERS", "TASKS"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,13 @@ METRIC_KEYS = (
     "grounding_miou", "grounding_ciou", "grounding_acc50", "interleaved_ciou", "interleaved_miou",
     "separate_ciou", "text_only_ciou", "ir_at_5", "ir_at_10", "ms_per_frame_median",
 )
+
+
+GROUNDERS = ("find", "hsv-baseline")
+"""What ``--grounder`` accepts."""
+TASKS = ("grounding", "interleaved", "separate", "text_only", "retrieval")
+"""Keys of ``not_expressible``."""
+_CAMERA_WH = (640, 480)
 
 
 class EvalError(ValueError):
@@ -66,23 +82,80 @@ class _IoU:
         return float(np.mean(np.array(self.ious) >= 0.5)) if self.ious else float("nan")
 
 
-@torch.no_grad()
-def _entity_masks(model, image_t: torch.Tensor, feats_cache: dict, key, instructions, *, task: str,
-                  out_hw: tuple[int, int]) -> list[np.ndarray]:
-    """Ground each instruction on one image; returns per instruction an (E, H, W) bool array."""
-    feats = feats_cache.get(key)
-    if feats is None:
-        feats = model.encode_image(image_t)
-        feats_cache.clear()
-        feats_cache[key] = feats
-    out = []
-    for instr in instructions:
-        prompts = model.encode_instructions([instr])
-        o = model(feats, prompts, task=task)
-        logits = o.entity_masks[:, : len(instr.entities)]
-        up = torch.nn.functional.interpolate(logits.float(), size=out_hw, mode="bilinear", align_corners=False)
-        out.append((up[0] > 0).cpu().numpy())
-    return out
+class _FindScorer:
+    """FIND: per sample, the image is encoded once; each instruction is grounded with the given task."""
+
+    def __init__(self, model, device: str, out_hw: tuple[int, int]) -> None:
+        self.model, self.device, self.out_hw = model, device, out_hw
+        self._feats = None
+
+    def begin(self, s: SimSample) -> None:
+        x = torch.from_numpy(s.image.transpose(2, 0, 1).copy()).float().div(255)[None].to(self.device)
+        with torch.no_grad():
+            self._feats = self.model.encode_image(x)
+
+    @torch.no_grad()
+    def masks(self, instructions, *, task: str) -> list[tuple[np.ndarray, list[bool]]]:
+        """Per instruction: (E, H, W) bool masks and per entity whether the grounder could express it."""
+        out = []
+        for instr in instructions:
+            prompts = self.model.encode_instructions([instr])
+            o = self.model(self._feats, prompts, task=task)
+            logits = o.entity_masks[:, : len(instr.entities)]
+            up = torch.nn.functional.interpolate(logits.float(), size=self.out_hw, mode="bilinear",
+                                                 align_corners=False)
+            out.append(((up[0] > 0).cpu().numpy(), [True] * len(instr.entities)))
+        return out
+
+
+class _HsvScorer:
+    """The colour-threshold baseline on the sample image resized to the camera size (see module docstring)."""
+
+    def __init__(self, out_hw: tuple[int, int]) -> None:
+        from find_ros.grounding.baseline import HsvBaselineGrounder
+
+        self.g = HsvBaselineGrounder()
+        self.out_hw = out_hw
+        self._rgb = None
+
+    def begin(self, s: SimSample) -> None:
+        import cv2
+
+        self._rgb = cv2.resize(s.image, _CAMERA_WH, interpolation=cv2.INTER_LINEAR)
+
+    def expressible(self, instr) -> list[bool]:
+        """Whether the baseline resolves each entity to at least one colour (its references' dominant colours,
+        else its colour words: the rule of ``HsvBaselineGrounder.set_instruction``)."""
+        from find_ros.grounding.baseline import colour_words
+
+        res = []
+        for e in instr.entities:
+            if e.reference_indices:
+                res.append(any(self.g.reference_colour(instr.references[k].image, instr.references[k].mask)
+                               is not None for k in e.reference_indices))
+            else:
+                res.append(bool(colour_words(e.text)))
+        return res
+
+    def masks(self, instructions, *, task: str) -> list[tuple[np.ndarray, list[bool]]]:
+        import cv2
+
+        H, W = self.out_hw
+        out = []
+        for instr in instructions:
+            # the baseline warns about every entity it cannot express; here they are counted instead
+            blog = logging.getLogger("find_ros.grounding.baseline")
+            level = blog.level
+            blog.setLevel(logging.ERROR)
+            try:
+                self.g.set_instruction(instr)
+            finally:
+                blog.setLevel(level)
+            fg = self.g.ground(self._rgb)
+            ms = [cv2.resize(e.mask.astype(np.float32), (W, H), interpolation=cv2.INTER_AREA) >= 0.5
+                  for e in fg.entities]
+            out.append((np.stack(ms) if ms else np.zeros((0, H, W), bool), self.expressible(instr)))
+        return out
 
 
 def _separate_instructions(s: SimSample):
@@ -112,80 +185,104 @@ def _retrieval(model, samples: list[SimSample], device: str, batch: int = 32) ->
     return float((rank < 5).float().mean()), float((rank < 10).float().mean()), len(samples)
 
 
-def _timing(checkpoint: str | Path, sample: SimSample, device: str, frames: int = 30) -> float:
+def _timing(grounder, sample: SimSample, frames: int = 30) -> float:
+    """Median ms of ``grounder.ground`` on the sample resized to 640x480, instruction cached."""
     import cv2
 
-    from find_ros.model.grounder import FindGrounder
-
-    g = FindGrounder.from_pretrained(checkpoint, device=device)
-    g.set_instruction(sample.instruction(mode="interleaved"))
-    rgb = cv2.resize(sample.image, (640, 480), interpolation=cv2.INTER_LINEAR)
+    grounder.set_instruction(sample.instruction(mode="interleaved"))
+    rgb = cv2.resize(sample.image, _CAMERA_WH, interpolation=cv2.INTER_LINEAR)
     for _ in range(3):
-        g.ground(rgb)
+        grounder.ground(rgb)
     ts = []
     for _ in range(frames):
         t0 = time.perf_counter()
-        g.ground(rgb)
+        grounder.ground(rgb)
         ts.append((time.perf_counter() - t0) * 1000)
     return float(np.median(ts))
 
 
+def _data_config(checkpoint) -> DataConfig:
+    tc = Path(checkpoint) / "train_config.json" if checkpoint else None
+    return DataConfig.from_dict(json.loads(tc.read_text())["data"]) if tc and tc.is_file() else DataConfig()
+
+
 def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "test", seed: int = 0,
              scenes: int = 200, gallery: int | None = None, device: str = "cpu",
-             data_config: DataConfig | None = None, timing: bool = True) -> dict:
-    """Evaluate ``model`` (or the checkpoint) and return the metrics dict (see :data:`METRIC_KEYS`)."""
-    from find_ros.model.find import FindModel
-
+             data_config: DataConfig | None = None, timing: bool = True, grounder: str = "find") -> dict:
+    """Evaluate ``model`` (or the checkpoint), or the HSV baseline on the same samples; returns the metrics
+    dict (:data:`METRIC_KEYS` plus counts). ``grounder="hsv-baseline"`` needs no model: the checkpoint (if
+    given) only supplies the data config (``train_config.json``), so both grounders see the same samples."""
     if split not in ("test", "heldout", "val"):
         raise EvalError(f"split must be test, heldout or val, got {split!r}")
     if scenes < 1:
         raise EvalError(f"scenes must be >= 1, got {scenes}")
-    if model is None:
-        if checkpoint is None:
-            raise EvalError("give a checkpoint directory or a model")
-        model = FindModel.from_pretrained(checkpoint, device=device)
-    model.eval()
-    cfg = data_config
-    if cfg is None:
-        tc = Path(checkpoint) / "train_config.json" if checkpoint else None
-        cfg = DataConfig.from_dict(json.loads(tc.read_text())["data"]) if tc and tc.is_file() else DataConfig()
+    if int(seed) < 0:
+        raise EvalError(f"seed must be >= 0, got {seed}")
+    if grounder not in GROUNDERS:
+        raise EvalError(f"grounder must be one of {GROUNDERS}, got {grounder!r}")
+    cfg = data_config if data_config is not None else _data_config(checkpoint)
+    H, W = cfg.height, cfg.width
+    if grounder == "find":
+        from find_ros.model.find import FindModel
+
+        if model is None:
+            if checkpoint is None:
+                raise EvalError("give a checkpoint directory or a model")
+            model = FindModel.from_pretrained(checkpoint, device=device)
+        model.eval()
+        scorer = _FindScorer(model, device, (H, W))
+    else:
+        scorer = _HsvScorer((H, W))
     ds = SimFindDataset(split=split, config=cfg)
     start = int(seed) * 10_000
     n_gal = max(scenes, gallery or 0)
     samples = [ds[start + i] for i in range(n_gal)]
-    H, W = cfg.height, cfg.width
     g, il, sep, txt = _IoU(), _IoU(), _IoU(), _IoU()
+    missing = dict.fromkeys(TASKS, 0)
     n_vis = 0
     t0 = time.perf_counter()
     for s in samples[:scenes]:
-        x = torch.from_numpy(s.image.transpose(2, 0, 1).copy()).float().div(255)[None].to(device)
-        cache: dict = {}
+        scorer.begin(s)
         phrases = [r.phrase for r in s.referring]
         gt_ref = [s.mask(r.object_id) for r in s.referring]
-        [m] = _entity_masks(model, x, cache, s.index, [parse_instruction(", ".join(phrases))], task="ground", out_hw=(H, W))
+        [(m, ok)] = scorer.masks([parse_instruction(", ".join(phrases))], task="ground")
+        missing["grounding"] += ok.count(False)
         for e, gt in enumerate(gt_ref):
             g.add(m[e], gt)
         gts = [s.mask(o) for o in s.interleaved.object_ids]
-        [mi, mt] = _entity_masks(model, x, cache, s.index,
-                                 [s.instruction(mode="interleaved"), s.instruction(mode="text_only")],
-                                 task="interleaved", out_hw=(H, W))
-        seps = _entity_masks(model, x, cache, s.index, _separate_instructions(s), task="interleaved", out_hw=(H, W))
+        [(mi, oki), (mt, okt)] = scorer.masks([s.instruction(mode="interleaved"), s.instruction(mode="text_only")],
+                                              task="interleaved")
+        seps = scorer.masks(_separate_instructions(s), task="interleaved")
+        missing["interleaved"] += oki.count(False)
+        missing["text_only"] += okt.count(False)
+        missing["separate"] += sum(not ok[0] for _, ok in seps)
         for e, gt in enumerate(gts):
             il.add(mi[e], gt)
             txt.add(mt[e], gt)
-            sep.add(seps[e][0], gt)
+            sep.add(seps[e][0][0], gt)
         n_vis += sum(s.interleaved.visual)
     eval_s = time.perf_counter() - t0
-    ir5, ir10, n_gallery = _retrieval(model, samples, device)
+    if grounder == "find":
+        ir5, ir10, n_gallery = _retrieval(model, samples, device)
+        ms = float("nan")
+        if timing and checkpoint:
+            from find_ros.model.grounder import FindGrounder
+
+            ms = _timing(FindGrounder.from_pretrained(checkpoint, device=device), samples[0])
+    else:
+        ir5, ir10, n_gallery = 0.0, 0.0, len(samples)
+        missing["retrieval"] = n_gallery
+        ms = _timing(scorer.g, samples[0]) if timing else float("nan")
     res = {
         "grounding_miou": g.miou(), "grounding_ciou": g.ciou(), "grounding_acc50": g.acc50(),
         "interleaved_ciou": il.ciou(), "interleaved_miou": il.miou(),
         "separate_ciou": sep.ciou(), "text_only_ciou": txt.ciou(),
         "ir_at_5": ir5, "ir_at_10": ir10,
-        "ms_per_frame_median": _timing(checkpoint, samples[0], device) if (timing and checkpoint) else float("nan"),
-        "split": split, "seed": int(seed), "scenes": scenes, "gallery_size": n_gallery,
+        "ms_per_frame_median": ms,
+        "grounder": grounder, "split": split, "seed": int(seed), "scenes": scenes, "gallery_size": n_gallery,
         "n_grounding_phrases": len(g.ious), "n_interleaved_entities": len(il.ious),
-        "n_visual_entities": n_vis, "eval_seconds": round(eval_s, 1),
+        "n_visual_entities": n_vis, "n_staged_samples": sum(s.staged for s in samples),
+        "not_expressible": missing, "eval_seconds": round(eval_s, 1),
     }
     return res
 
@@ -193,22 +290,40 @@ def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "
 def cli(argv: list[str] | None = None) -> int:
     """``find-ros eval``."""
     ap = argparse.ArgumentParser(prog="find-ros eval", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="model folder (save_pretrained layout)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="model folder (save_pretrained layout); default: the shipped model "
+                         "find_ros/models/find-sim-tiny of this install. With --grounder hsv-baseline it only "
+                         "supplies the data config, so that both grounders see the same samples")
+    ap.add_argument("--grounder", default="find", choices=GROUNDERS,
+                    help="find (the model) or hsv-baseline (colour thresholds on the same samples)")
     ap.add_argument("--split", default="test", choices=("test", "heldout", "val"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scenes", type=int, default=200, help="samples for the grounding metrics")
     ap.add_argument("--gallery", type=int, default=None, help="retrieval gallery size (default: --scenes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    ap.add_argument("--no-timing", action="store_true", help="skip the 640x480 FindGrounder timing")
-    ap.add_argument("--json", required=True, help="output JSON file")
+    ap.add_argument("--no-timing", action="store_true", help="skip the 640x480 per-frame timing")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(a.threads)
-    res = evaluate(checkpoint=a.checkpoint, split=a.split, seed=a.seed, scenes=a.scenes, gallery=a.gallery,
-                   device=a.device, timing=not a.no_timing)
-    Path(a.json).write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+    checkpoint = a.checkpoint
+    if checkpoint is None:
+        from find_ros.model.grounder import DEFAULT_MODEL_DIR
+
+        checkpoint = DEFAULT_MODEL_DIR
+    if not (Path(checkpoint) / "config.json").is_file():
+        ap.error(f"--checkpoint {checkpoint}: no config.json there (not a saved FIND model)")
+    try:
+        res = evaluate(checkpoint=checkpoint, split=a.split, seed=a.seed, scenes=a.scenes, gallery=a.gallery,
+                       device=a.device, timing=not a.no_timing, grounder=a.grounder)
+    except EvalError as e:
+        ap.error(str(e))
+    res["checkpoint"] = str(checkpoint)
+    text = json.dumps(res, indent=1)
+    if a.json:
+        Path(a.json).write_text(text)
+    print(text)
     return 0
 
 

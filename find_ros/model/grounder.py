@@ -13,6 +13,7 @@ from find_ros.grounding.base import EntityResult, FrameGrounding, GrounderError,
 from find_ros.instruction import Instruction
 from find_ros.model.find import FindModel, _entity_instruction
 from find_ros.model.sampler import PromptBatch
+from find_ros.model.tokenizer import known_words_summary, unknown_words
 
 __all__ = ["FindGrounder", "DEFAULT_MODEL_DIR"]
 
@@ -27,6 +28,11 @@ class FindGrounder:
 
     Per frame: resize to the model input, encode the image, run the interface against the cached
     prompts, upsample the entity mask logits to the input resolution and threshold at 0.
+
+    Words the model does not know: after the tokenizer's normalisation (case, punctuation, plurals,
+    synonyms; see :mod:`find_ros.model.tokenizer`) the words of the instruction that are still outside the
+    model's vocabulary are logged once per instruction as a warning (with what the model knows) and kept in
+    :attr:`unknown_words`; the instruction is still grounded (with ``[UNK]`` at those words).
     """
 
     name = "find"
@@ -39,6 +45,10 @@ class FindGrounder:
         self._prompts: PromptBatch | None = None
         self.embed_calls = 0
         """How many times an instruction was embedded (tests check the cache)."""
+        self.unknown_words: tuple[str, ...] = ()
+        """Words of the current instruction outside the model's vocabulary (lower-case, each once, in order);
+        ``()`` when every word is known or no instruction is set."""
+        self._warned: set[tuple[str, ...]] = set()
 
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu") -> "FindGrounder":
@@ -51,6 +61,20 @@ class FindGrounder:
         self.embed_calls += 1
         return self.model.encode_instructions([instruction])
 
+    def find_unknown_words(self, texts: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+        """Words of ``texts`` (``<k>`` placeholders ignored) the model's tokenizer does not know after
+        normalisation; logs a warning naming them and what the model knows (once per distinct word set)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        unknown = unknown_words(self.model.tokenizer, list(texts))
+        if unknown and unknown not in self._warned:
+            if len(self._warned) < 256:
+                self._warned.add(unknown)
+            log.warning("find: the model does not know %s in %r (grounded as [UNK]); it knows: %s",
+                        ", ".join(repr(w) for w in unknown), " / ".join(texts)[:200],
+                        known_words_summary(self.model.tokenizer))
+        return unknown
+
     def set_instruction(self, instruction: Instruction) -> None:
         if not isinstance(instruction, Instruction):
             raise GrounderError(f"set_instruction needs an Instruction, got {type(instruction).__name__}")
@@ -58,10 +82,12 @@ class FindGrounder:
             return
         self._prompts = self._embed(instruction)
         self._instruction = instruction
+        self.unknown_words = self.find_unknown_words([e.text for e in instruction.entities])
 
     def clear_instruction(self) -> None:
         self._instruction = None
         self._prompts = None
+        self.unknown_words = ()
 
     # ------------------------------------------------------------------ frames
 
@@ -106,7 +132,11 @@ class FindGrounder:
 
     @torch.no_grad()
     def embed_instruction(self, instruction: Instruction) -> np.ndarray:
-        """(E, D) float32 unit-norm entity embeddings (instruction-only: prompts never attend to the image)."""
+        """(E, D) float32 unit-norm entity embeddings (instruction-only: prompts never attend to the image).
+
+        Unknown words are warned about (:meth:`find_unknown_words`) but do not change :attr:`unknown_words`,
+        which belongs to the instruction being grounded."""
+        self.find_unknown_words([e.text for e in instruction.entities])
         prompts = self.model.encode_instructions([instruction])
         h, w = self.model.config.vision.image_size
         feats = self.model.encode_image(torch.zeros(1, 3, h, w, device=self.device, dtype=self.model.dtype))
