@@ -428,6 +428,12 @@ class PerceptionNode(LifecycleNode):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    def destroy_node(self) -> None:
+        """Free the model and the field, join the worker threads, then destroy the node (any lifecycle state)."""
+        self._teardown_active()
+        self._destroy_publishers()
+        super().destroy_node()
+
     def _destroy_publishers(self) -> None:
         if self._field is not None:  # field hook
             self._field.destroy()
@@ -802,32 +808,40 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node (``--ros-args`` are passed through); with ``autostart:=true`` it activates itself."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    """Run the node (``--ros-args`` are passed through); with ``autostart:=true`` it activates itself.
 
+    SIGINT / SIGTERM (once or repeatedly, in any lifecycle state) stop the spin loop; the node then frees its model
+    and field, joins its threads and the process exits 0 (:mod:`find_ros.ros.shutdown`)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from find_ros.ros.shutdown import StopSignals, spin_until_stopped
+
+    stop = StopSignals.install()
     args = sys.argv if argv is None else [sys.argv[0], *argv]
-    rclpy.init(args=args)
-    node = PerceptionNode()
-    code = 0
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = SingleThreadedExecutor()
     try:
-        if node.get_parameter("autostart").value:
+        node = PerceptionNode()
+        executor.add_node(node)
+        if node.get_parameter("autostart").value and not stop.requested.is_set():
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: configure failed (see above); exiting")
                 return 1
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            if not stop.requested.is_set() and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed (see above); exiting")
                 return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_stopped(executor, stop)
+        if stop.requested.is_set():
+            node.get_logger().info("stop signal: shutting down")
+        return 0
     finally:
-        node._teardown_active()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return code
+        executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        stop.teardown_done()
 
 
 if __name__ == "__main__":

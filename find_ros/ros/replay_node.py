@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
+from find_ros.ros.shutdown import StopSignals
 from find_ros.ros.sim_camera_node import FrameTimer, ParameterValueError, RgbdPublisher, declare, spin_until_done
 
 try:
@@ -90,23 +91,23 @@ class ReplayNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
+    """Replay the dataset; SIGINT / SIGTERM (also twice) end it with exit code 0."""
+    stop = StopSignals.install()
+    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = ReplayNode()
-        spin_until_done(node, node.timer)
+        spin_until_done(node, node.timer, stop)
         return 0
     except (ParameterValueError, ImportError, ValueError, OSError) as e:
         print(f"replay_node: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
     finally:
         if node is not None:
             node.shutdown()
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
+        stop.teardown_done()
 
 
 if __name__ == "__main__":

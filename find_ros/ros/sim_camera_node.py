@@ -28,8 +28,9 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
@@ -40,6 +41,7 @@ try:
 except ImportError as e:  # a partial checkout: report it as a missing module (pytest.importorskip skips on that)
     raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
 from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
+from find_ros.ros.shutdown import StopSignals, spin_until_stopped
 
 __all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
 
@@ -175,12 +177,16 @@ class FrameTimer:
         self._worker.join(timeout=5.0)
 
 
-def spin_until_done(node: Node, timer: FrameTimer) -> None:
-    """Spin ``node`` until ``timer`` is done or ROS shuts down; give the last frame time to be delivered."""
-    while rclpy.ok(context=node.context) and not timer.done.is_set():
-        rclpy.spin_once(node, timeout_sec=0.1)
-    if timer.done.is_set():
-        time.sleep(0.5)
+def spin_until_done(node: Node, timer: FrameTimer, stop: StopSignals) -> None:
+    """Spin ``node`` until ``timer`` is done, a stop signal or ROS shutdown; give the last frame time to be delivered."""
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    try:
+        spin_until_stopped(executor, stop, until=timer.done.is_set)
+        if timer.done.is_set() and not stop.requested.is_set():
+            stop.requested.wait(0.5)
+    finally:
+        executor.shutdown()
 
 
 def declare(node: Node, table: dict[str, tuple[Any, str]]) -> dict[str, Any]:
@@ -202,8 +208,9 @@ def declare(node: Node, table: dict[str, tuple[Any, str]]) -> dict[str, Any]:
 class SimCameraNode(Node):
     """Renders the sim scene along a trajectory and publishes it (see the module docstring)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, stop_requested: threading.Event | None = None, **kwargs) -> None:
         super().__init__("sim_camera_node", **kwargs)
+        self._stop_requested = stop_requested  # set by a stop signal: prerendering gives up (InterruptedError)
         try:
             self._setup()
         except BaseException:
@@ -266,8 +273,11 @@ class SimCameraNode(Node):
                 f"prerender of {len(self.poses)} frames at {self.p['width']}x{self.p['height']} needs "
                 f"{need_mb:.0f} MB > prerender_max_mb {max_mb}: lower loop_frames / n_frames or raise the cap")
         t0 = time.monotonic()
-        frames = [first] + [self._compact(self.renderer.render(T, index=i))
-                            for i, T in enumerate(self.poses[1:], start=1)]
+        frames = [first]
+        for i, T in enumerate(self.poses[1:], start=1):
+            if self._stop_requested is not None and self._stop_requested.is_set():
+                raise InterruptedError(f"stop signal while prerendering (frame {i} of {len(self.poses)})")
+            frames.append(self._compact(self.renderer.render(T, index=i)))
         self.get_logger().info(f"prerendered {len(frames)} frames in {time.monotonic() - t0:.1f} s "
                                f"({need_mb:.0f} MB)")
         return frames
@@ -305,23 +315,25 @@ class SimCameraNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
+    """Run the camera; SIGINT / SIGTERM (also twice, also during prerender) end it with exit code 0."""
+    stop = StopSignals.install()
+    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = SimCameraNode()
-        spin_until_done(node, node.timer)
+        node = SimCameraNode(stop_requested=stop.requested)
+        spin_until_done(node, node.timer, stop)
+        return 0
+    except InterruptedError:  # the stop signal arrived while prerendering
         return 0
     except (ParameterValueError, ImportError) as e:
         print(f"sim_camera_node: {e}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
     finally:
         if node is not None:
             node.shutdown()
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
+        stop.teardown_done()
 
 
 if __name__ == "__main__":

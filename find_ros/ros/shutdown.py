@@ -1,0 +1,127 @@
+"""Clean exit of the find_ros executables on SIGINT / SIGTERM, and stopping child processes.
+
+A terminal Ctrl-C on ``ros2 launch`` sends SIGINT to the whole process group and launch then forwards a second
+SIGINT (later SIGTERM) to each child. rclpy's own handler turns the first into a context shutdown and Python's
+default turns the second into a ``KeyboardInterrupt`` raised wherever the teardown happens to be, so a node
+died with a traceback and exit code -2. :class:`StopSignals` replaces both: every SIGINT / SIGTERM only sets
+:attr:`StopSignals.requested` (and wakes the executor), the spin loop returns, and the teardown runs to the
+end uninterrupted; the process exits 0. If the teardown itself hangs, a watchdog started at the first signal
+prints every thread's stack and exits 1 after ``grace_s``, so a supervisor never waits forever.
+
+Use with ``rclpy.init(..., signal_handler_options=SignalHandlerOptions.NO)`` (rclpy then installs nothing)::
+
+    stop = StopSignals.install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    ...
+    spin_until_stopped(executor, stop)
+    ... teardown ...
+    stop.teardown_done()
+
+No rclpy import at module level: :func:`stop_process` is used by tools that never start ROS themselves.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+__all__ = ["StopSignals", "spin_until_stopped", "stop_process", "stop_processes"]
+
+
+class StopSignals:
+    """SIGINT / SIGTERM -> a stop request (any number of times); a watchdog bounds the teardown that follows."""
+
+    def __init__(self, *, grace_s: float = 10.0) -> None:
+        self.requested = threading.Event()
+        self.count = 0
+        self.grace_s = float(grace_s)
+        self._done = threading.Event()
+        self._wakers: list[Callable[[], None]] = []
+        self._watchdog: threading.Thread | None = None
+        self._signals: tuple[int, ...] = ()
+
+    _installed: "StopSignals | None" = None
+
+    @classmethod
+    def install(cls, *, grace_s: float = 10.0,
+                signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)) -> "StopSignals":
+        """Install the handlers (main thread only) and return the object they report to. The process has one:
+        a second call returns the first one (an executable script installs it before its heavy imports, so a
+        signal during them is kept, and ``main()`` finds it)."""
+        if cls._installed is not None:
+            return cls._installed
+        self = cls._installed = cls(grace_s=grace_s)
+        self._signals = tuple(signals)
+        for sig in self._signals:
+            signal.signal(sig, self._handle)
+        return self
+
+    def add_waker(self, wake: Callable[[], None]) -> None:
+        """``wake()`` is called on each signal (e.g. an executor's ``wake``) so a blocked wait returns at once."""
+        self._wakers.append(wake)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.requested.set()
+        for wake in list(self._wakers):
+            try:
+                wake()
+            except Exception:  # noqa: BLE001 - a waker of a destroyed executor; the flag is what matters
+                pass
+        if self._watchdog is None and self.grace_s > 0:
+            self._watchdog = threading.Thread(target=self._watch, name="find_ros-stop-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.grace_s):
+            return
+        print(f"find_ros: teardown still running {self.grace_s:.0f} s after the stop signal; thread stacks:",
+              file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
+
+    def teardown_done(self) -> None:
+        """The teardown finished: the watchdog stands down and later signals are ignored. (Python's finalisation
+        resets every handler it installed to SIG_DFL, so a signal forwarded while the interpreter exits would
+        otherwise kill the process with -SIGINT after a clean teardown; an ignored signal is left ignored.)"""
+        self._done.set()
+        for sig in self._signals:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def spin_until_stopped(executor: Any, stop: StopSignals, *, until: Callable[[], bool] | None = None,
+                       period_s: float = 0.1) -> None:
+    """Spin ``executor`` until a stop signal, ``until()`` is true or its context shuts down."""
+    stop.add_waker(executor.wake)
+    context = executor.context
+    while not stop.requested.is_set() and context.ok() and not (until is not None and until()):
+        executor.spin_once(timeout_sec=period_s)
+
+
+def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> int:
+    """SIGINT (a ROS node's clean shutdown), then SIGKILL after ``timeout_s``; waits either way; returns the code."""
+    return stop_processes([proc], timeout_s=timeout_s)[0]
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], *, timeout_s: float = 10.0) -> list[int]:
+    """Stop several processes at once (SIGINT to all, then wait, then SIGKILL the ones left); their return codes."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    end = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(end - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+    return [p.returncode for p in procs]
