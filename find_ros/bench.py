@@ -332,6 +332,9 @@ def cli(argv: list[str] | None = None) -> int:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    from find_ros.ros.dds import select_for_this_process
+
+    select_for_this_process()  # the e2e stage's driver speaks what its node processes speak
     report = run_bench(quick=args.quick, model_dir=args.model, e2e_seconds=args.e2e_seconds,
                        grounder=args.grounder, soak_minutes=args.soak_minutes)
     args.json.parent.mkdir(parents=True, exist_ok=True)

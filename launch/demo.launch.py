@@ -8,7 +8,8 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable,
+                            UnsetEnvironmentVariable)
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
@@ -26,6 +27,8 @@ def generate_launch_description():
                               description="find (FIND model) or hsv-baseline (colour-word baseline)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "perception.yaml"),
                               description="perception node parameter file"),
+        DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_shm.xml"),
+                              description="Fast DDS XML profile of every process started here"),
     ]
     camera = Node(
         package="find_ros",
@@ -43,7 +46,8 @@ def generate_launch_description():
     perception = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(share, "launch", "perception.launch.py")),
         launch_arguments={"grounder": LaunchConfiguration("grounder"),
-                          "params_file": LaunchConfiguration("params_file")}.items(),
+                          "params_file": LaunchConfiguration("params_file"),
+                          "dds_profile": LaunchConfiguration("dds_profile")}.items(),
     )
     rviz = Node(
         package="rviz2",
@@ -53,8 +57,10 @@ def generate_launch_description():
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
     return LaunchDescription([
-        SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         *args,
+        # large images between processes: shared memory with a 64 MiB segment + UDP, no TCP (find_ros.ros.dds)
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")),
+        UnsetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS"),
         camera,
         perception,
         rviz,

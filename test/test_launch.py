@@ -80,15 +80,19 @@ def test_executables_exist(path):
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_named_files_exist_and_large_data_is_set(path):
+def test_named_files_exist_and_the_shm_profile_is_set(path):
     tree = _tree(path)
     consts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    named = [c for c in consts if re.search(r"\.(yaml|rviz|launch\.py)$", c)]
+    named = [c for c in consts if re.search(r"\.(yaml|rviz|xml|launch\.py)$", c)]
     for c in named:
         sub = "launch" if c.endswith(".launch.py") else "config"
         assert (ROOT / sub / Path(c).name).is_file(), f"{path.name} names {c}, not in {sub}/"
-    envs = [(c.args[0].value, c.args[1].value) for c in _calls(tree, "SetEnvironmentVariable")]
-    assert ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA") in envs
+    # the shipped shared-memory profile for every process, and no LARGE_DATA (its TCP transport can deadlock)
+    envs = {c.args[0].value: c.args[1] for c in _calls(tree, "SetEnvironmentVariable")}
+    assert set(envs) == {"FASTDDS_DEFAULT_PROFILES_FILE"}, set(envs)
+    assert ast.unparse(envs["FASTDDS_DEFAULT_PROFILES_FILE"]) == "LaunchConfiguration('dds_profile')"
+    assert "fastdds_shm.xml" in consts
+    assert [c.args[0].value for c in _calls(tree, "UnsetEnvironmentVariable")] == ["FASTDDS_BUILTIN_TRANSPORTS"]
     # share paths are built from the installed package share directory, not the source tree
     share = _calls(tree, "get_package_share_directory")
     assert share and all(c.args[0].value == "find_ros" for c in share)

@@ -9,11 +9,10 @@
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
@@ -25,7 +24,8 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from test_ros_fuzz import Node, domain, env, log_lines, spawn, stop  # noqa: E402
+from conftest import ros_graph  # noqa: E402
+from test_ros_fuzz import Node, log_lines, spawn  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -73,8 +73,8 @@ def model_dirs(tmp_path_factory):
     (garbage / "config.json").write_text("{ this is not json \x00\x01")
     (garbage / "model.safetensors").write_bytes(b"\x00" * 128)
     trunc = root / "truncated_weights"
-    r = subprocess.run([sys.executable, "-c", _BUILD_TINY, str(trunc)], env=env(0), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", _BUILD_TINY, str(trunc)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     w = trunc / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
@@ -83,27 +83,51 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, model_dirs):
-    dom = domain(3)
-    log = tmp_path_factory.mktemp("faults") / "node.log"
-    proc = spawn(["-p", "grounder:=find", "-p", f"model_path:={model_dirs['missing']}", "-p", "log_throttle_s:=2.0",
-                  "-p", "status_period_s:=0.25", "-p", "max_stamp_age_s:=5.0", "-p", "sync_slop_s:=0.005",
-                  "-p", "min_points:=20"], dom, log)
-    t = Node(dom, log, proc)
-    try:
-        yield t
-    finally:
-        t.close()
-        stop(proc)
+    """One node process for this module, started unconfigured with ``grounder:=find`` and a missing model dir;
+    each test first brings it to the lifecycle state and grounder it needs (:func:`_bring_to`)."""
+    with ros_graph(tmp_path_factory.mktemp("faults")) as (ros, procs):
+        proc = spawn(procs, ["-p", "grounder:=find", "-p", f"model_path:={model_dirs['missing']}",
+                             "-p", "log_throttle_s:=2.0", "-p", "status_period_s:=0.25", "-p", "max_stamp_age_s:=5.0",
+                             "-p", "sync_slop_s:=0.005", "-p", "min_points:=20"])
+        yield Node(ros, procs, proc)
+
+
+def _bring_to(t: Node, state: int, **params: str) -> None:
+    """Lifecycle ``state`` (unconfigured or active) with string parameters ``params`` set while unconfigured."""
+    current = _state(t)
+    if current == State.PRIMARY_STATE_ACTIVE:
+        assert _transition(t, Transition.TRANSITION_DEACTIVATE)
+        current = State.PRIMARY_STATE_INACTIVE
+    if current == State.PRIMARY_STATE_INACTIVE:
+        assert _transition(t, Transition.TRANSITION_CLEANUP)
+    assert _state(t) == State.PRIMARY_STATE_UNCONFIGURED
+    if params:  # the node declares its parameters at configure: configure once (no model is loaded), then set
+        assert _transition(t, Transition.TRANSITION_CONFIGURE), t.log_text()[-2000:]
+        assert _transition(t, Transition.TRANSITION_CLEANUP)
+    for name, value in params.items():
+        _set_str(t, name, value)
+    if state == State.PRIMARY_STATE_ACTIVE:
+        assert _transition(t, Transition.TRANSITION_CONFIGURE), t.log_text()[-2000:]
+        assert _transition(t, Transition.TRANSITION_ACTIVATE), t.log_text()[-2000:]
+    assert _state(t) == state
+
+
+def _instruct(t: Node, text: str) -> None:
+    """Publish ``text`` and wait until the node has parsed it (one more log line than before)."""
+    line = f"{text!r} -> entities"
+    before = t.log_text().count(line)
+    t.pub_text.publish(String(data=text))
+    assert t.spin_until(lambda: t.log_text().count(line) > before, 15), t.log_text()[-2000:]
 
 
 def test_missing_or_corrupt_model_fails_activate_naming_the_path_then_baseline_works(node, model_dirs):
     t = node
-    assert _state(t) == State.PRIMARY_STATE_UNCONFIGURED
+    _bring_to(t, State.PRIMARY_STATE_UNCONFIGURED, grounder="find")
     for key in ("missing", "garbage", "truncated"):
         path = str(model_dirs[key])
         if key != "missing":
             assert _transition(t, Transition.TRANSITION_CLEANUP)
-            _set_str(t, "model_path", path)
+        _set_str(t, "model_path", path)
         assert _transition(t, Transition.TRANSITION_CONFIGURE), t.log_text()[-2000:]
         assert not _transition(t, Transition.TRANSITION_ACTIVATE), f"activate with a {key} model dir succeeded"
         assert t.alive()
@@ -128,9 +152,8 @@ def test_missing_or_corrupt_model_fails_activate_naming_the_path_then_baseline_w
 
 def test_instruction_before_camera_info_is_used_once_camera_info_comes(node):
     t = node
-    assert _state(t) == State.PRIMARY_STATE_ACTIVE
-    t.pub_text.publish(String(data="the red cube"))
-    assert t.wait_log("'the red cube' -> entities"), t.log_text()[-2000:]
+    _bring_to(t, State.PRIMARY_STATE_ACTIVE, grounder="hsv-baseline")  # a fresh activation: no camera_info yet
+    _instruct(t, "the red cube")
     early = []
     for _ in range(5):
         early.append(t.frame(send_info=False))
@@ -146,6 +169,8 @@ def test_instruction_before_camera_info_is_used_once_camera_info_comes(node):
 
 def test_camera_pose_stopping_mid_run_keeps_optical_grounding_and_throttles(node):
     t = node
+    _bring_to(t, State.PRIMARY_STATE_ACTIVE, grounder="hsv-baseline")
+    _instruct(t, "the red cube")
     with_pose = []
     for _ in range(5):
         with_pose.append(t.frame(pose=True))

@@ -14,10 +14,8 @@ test_ros_load.py and test_ros_faults.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,13 +27,11 @@ pytest.importorskip("find_ros.msg")
 pytest.importorskip("find_ros.grounding.baseline", reason="find_ros.grounding.baseline not delivered yet")
 
 from geometry_msgs.msg import Pose, PoseStamped, Quaternion  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 
 from find_ros.msg import Grounding, InterleavedInstruction  # noqa: E402
 from find_ros.ros import conversions as conv  # noqa: E402
-from find_ros.ros.demo import stop_process  # noqa: E402
 from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -47,23 +43,12 @@ SQUARE = (slice(40, 80), slice(60, 100))
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
-def domain(offset: int) -> int:
-    """A ROS_DOMAIN_ID for this test process (0..232), distinct per offset."""
-    return 1 + (os.getpid() * 11 + offset * 37) % 230
+NODE_MODULE = "find_ros.ros.perception_node"
 
 
-def env(dom: int) -> dict:
-    return dict(os.environ, ROS_DOMAIN_ID=str(dom), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-
-
-def spawn(args: list[str], dom: int, log: Path) -> subprocess.Popen:
-    """The perception node in its own process (``--ros-args`` ``args``), stdout+stderr to ``log``."""
-    return subprocess.Popen([sys.executable, "-m", "find_ros.ros.perception_node", "--ros-args", *args],
-                            env=env(dom), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-stop = stop_process  # SIGINT, then kill (shared with find-ros demo)
+def spawn(procs, args: list[str], log_name: str = "node.log") -> subprocess.Popen:
+    """The perception node in its own process on the test's domain (``--ros-args`` ``args``), output to a log."""
+    return procs.node(NODE_MODULE, args, log_name)
 
 
 def rss_mb(pid: int) -> float:
@@ -91,17 +76,12 @@ def square_iou(mask: np.ndarray, label: int) -> float:
 
 
 class Node:
-    """This test's rclpy node: camera-like publishers, output subscribers and bounded waits on one node process."""
+    """This test's rclpy node (on the ``ros`` session): camera-like publishers, output subscribers and bounded
+    waits on one perception-node process (started through ``procs``). The fixtures destroy both."""
 
-    def __init__(self, dom: int, log: Path, proc: subprocess.Popen, *, keep: int = 400) -> None:
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=dom)
-        self.node = rclpy.create_node("robust_test_harness", context=self.ctx)
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
-        self.log, self.proc, self.keep = log, proc, keep
-        n = self.node
+    def __init__(self, ros, procs, proc: subprocess.Popen, *, keep: int = 400) -> None:
+        self.ros, self.procs, self.proc, self.keep = ros, procs, proc, keep
+        self.node = n = ros.node("robust_test_harness")
         self.pub_color = n.create_publisher(Image, "camera/color/image_raw", SENSOR_QOS)
         self.pub_depth = n.create_publisher(Image, "camera/depth/image_raw", SENSOR_QOS)
         self.pub_info = n.create_publisher(CameraInfo, "camera/color/camera_info", SENSOR_QOS)
@@ -129,20 +109,17 @@ class Node:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def _check_alive(self) -> None:
+        assert self.alive(), f"node died (rc={self.proc.returncode}):\n{self.log_text()[-3000:]}"
+
     def spin_until(self, cond, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            assert self.alive(), f"node died (rc={self.proc.returncode}):\n{self.log_text()[-3000:]}"
-            self.ex.spin_once(timeout_sec=0.02)
-        return bool(cond())
+        return self.ros.spin_until(cond, timeout, alive=self._check_alive)
 
     def spin_for(self, seconds: float) -> None:
         self.spin_until(lambda: False, seconds)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.procs.log_text(self.proc)
 
     def wait_log(self, text: str, timeout: float = 15.0) -> bool:
         return self.spin_until(lambda: text in self.log_text(), timeout)
@@ -174,11 +151,6 @@ class Node:
         color_msg.header = h
         self.pub_color.publish(color_msg)
         return ns(h)
-
-    def close(self) -> None:
-        self.ex.shutdown()
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
 
 
 def log_lines(text: str, kind: str) -> int:
@@ -273,151 +245,145 @@ EXPECTED_KINDS = ("color_encoding", "color_step", "color_truncated", "color_empt
                   "instruction_rejected")
 
 
-def test_fuzz_node_survives_counts_throttles_grounds_and_stays_bounded(tmp_path):
-    dom = domain(1)
-    log = tmp_path / "node.log"
+def test_fuzz_node_survives_counts_throttles_grounds_and_stays_bounded(ros, procs):
     throttle = 5.0
-    proc = spawn(["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", f"log_throttle_s:={throttle}",
-                  "-p", "status_period_s:=0.25", "-p", "max_stamp_age_s:=3.0", "-p", "sync_slop_s:=0.005",
-                  "-p", "min_points:=20", "-p", "publish_overlay:=false"], dom, log)
-    t = Node(dom, log, proc)
+    proc = spawn(procs, ["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", f"log_throttle_s:={throttle}",
+                         "-p", "status_period_s:=0.25", "-p", "max_stamp_age_s:=3.0", "-p", "sync_slop_s:=0.005",
+                         "-p", "min_points:=20", "-p", "publish_overlay:=false"])
+    t = Node(ros, procs, proc)
     rng = np.random.default_rng(0)
-    try:
-        assert t.spin_until(lambda: t.status.get("grounder") == "hsv-baseline", 60), t.log_text()[-3000:]
-        t.pub_text.publish(String(data="the red cube"))
-        assert t.wait_log("'the red cube' -> entities"), t.log_text()[-2000:]
-        # warm-up: good frames until groundings flow, then a few more
-        warm = []
-        for _ in range(30):
-            warm.append(t.frame())
-            t.spin_for(0.05)
-        assert t.spin_until(lambda: any(s in t.grounding for s in warm), 15), t.log_text()[-2000:]
-        t.spin_for(1.0)
-        rss_good = rss_mb(proc.pid)
-        good: list[int] = []
-        tiny: list[int] = []
-        sent: dict[str, int] = {}
-        n_bad = 0
+    assert t.spin_until(lambda: t.status.get("grounder") == "hsv-baseline", 60), t.log_text()[-3000:]
+    t.pub_text.publish(String(data="the red cube"))
+    assert t.wait_log("'the red cube' -> entities"), t.log_text()[-2000:]
+    # warm-up: good frames until groundings flow, then a few more
+    warm = []
+    for _ in range(30):
+        warm.append(t.frame())
+        t.spin_for(0.05)
+    assert t.spin_until(lambda: any(s in t.grounding for s in warm), 15), t.log_text()[-2000:]
+    t.spin_for(1.0)
+    rss_good = rss_mb(proc.pid)
+    good: list[int] = []
+    tiny: list[int] = []
+    sent: dict[str, int] = {}
+    n_bad = 0
 
-        def bad(kind: str, n: int = 1) -> None:
-            nonlocal n_bad
-            sent[kind] = sent.get(kind, 0) + n
-            n_bad += n
+    def bad(kind: str, n: int = 1) -> None:
+        nonlocal n_bad
+        sent[kind] = sent.get(kind, 0) + n
+        n_bad += n
 
-        # real 8000x8000 mono8 images (64 MB, refused from their header): the DDS reader keeps receive buffers
-        # grown to the largest sample it has seen (measured: +61 MB anonymous RSS after the first one, flat after
-        # more), so they are part of the warm-up, back to back and spaced; the fuzz sends more and RSS must not follow
-        for k in range(4):
+    # real 8000x8000 mono8 images (64 MB, refused from their header): the DDS reader keeps receive buffers
+    # grown to the largest sample it has seen (measured: +61 MB anonymous RSS after the first one, flat after
+    # more), so they are part of the warm-up, back to back and spaced; the fuzz sends more and RSS must not follow
+    for k in range(4):
+        t.pub_color.publish(_huge(t.header()))
+        bad("color_too_large")
+        t.spin_for(0.05 if k % 2 == 0 else 0.5)
+        warm.append(t.frame())
+    t.spin_for(1.0)
+    rss_warm = rss_mb(proc.pid)
+
+    t_fuzz = time.monotonic()
+
+    cycles = 60
+    for c in range(cycles):
+        # colour images refused from their header (one per kind per cycle)
+        for j in range(5):
+            kind, msg = _bad_colour(c * 5 + j, t.header())
+            t.pub_color.publish(msg)
+            bad(kind)
+            t.spin_for(0.002)
+        for j in range(3):
+            kind, msg = _bad_depth(c * 3 + j, t.header())
+            t.pub_depth.publish(msg)
+            bad(kind)
+            t.spin_for(0.002)
+        t.pub_info.publish(_bad_info(c, t.header()))
+        bad("camera_info")
+        q = [0.0, 0.0, 0.0, 0.0] if c % 2 else [np.nan, 0.0, 0.0, 1.0]
+        t.pub_pose.publish(PoseStamped(header=t.header(), pose=Pose(orientation=Quaternion(
+            x=q[0], y=q[1], z=q[2], w=q[3]))))
+        bad("pose_invalid")
+        t.spin_for(0.002)
+        # whole frame sets that are wrong as a set (refused by the worker) or stamped out of range
+        t.frame(depth=np.full((H // 2, W // 2), 1.0, np.float32))
+        bad("size_mismatch")  # the depth message
+        t.spin_for(0.02)
+        dval = [np.nan, np.inf, -1.0][c % 3]
+        t.frame(depth=np.full((H, W), dval, np.float32))
+        bad("depth_invalid")
+        t.spin_for(0.02)
+        t.frame(info=conv.camera_info_from_K(K, 2 * W, 2 * H, header=None))
+        bad("camera_info_size")
+        t.spin_for(0.02)
+        t.frame(dt_s=-30.0 - c)
+        bad("stale_frame")  # the colour image (depth and camera_info are then out of order)
+        t.spin_for(0.005)
+        t.frame(dt_s=+30.0 + c)
+        bad("future_stamp", 3)  # colour, depth and camera_info
+        t.spin_for(0.005)
+        if c % 20 == 10:
             t.pub_color.publish(_huge(t.header()))
             bad("color_too_large")
-            t.spin_for(0.05 if k % 2 == 0 else 0.5)
-            warm.append(t.frame())
-        t.spin_for(1.0)
-        rss_warm = rss_mb(proc.pid)
-
-        t_fuzz = time.monotonic()
-
-        cycles = 60
-        for c in range(cycles):
-            # colour images refused from their header (one per kind per cycle)
-            for j in range(5):
-                kind, msg = _bad_colour(c * 5 + j, t.header())
-                t.pub_color.publish(msg)
-                bad(kind)
-                t.spin_for(0.002)
-            for j in range(3):
-                kind, msg = _bad_depth(c * 3 + j, t.header())
-                t.pub_depth.publish(msg)
-                bad(kind)
-                t.spin_for(0.002)
-            t.pub_info.publish(_bad_info(c, t.header()))
-            bad("camera_info")
-            q = [0.0, 0.0, 0.0, 0.0] if c % 2 else [np.nan, 0.0, 0.0, 1.0]
-            t.pub_pose.publish(PoseStamped(header=t.header(), pose=Pose(orientation=Quaternion(
-                x=q[0], y=q[1], z=q[2], w=q[3]))))
-            bad("pose_invalid")
-            t.spin_for(0.002)
-            # whole frame sets that are wrong as a set (refused by the worker) or stamped out of range
-            t.frame(depth=np.full((H // 2, W // 2), 1.0, np.float32))
-            bad("size_mismatch")  # the depth message
+            t.spin_for(0.5)
+        if c % 10 == 3:  # 1x1 frame set: valid, tiny; grounded (nothing found) or refused, never a crash
+            tiny.append(t.frame(rgb=np.full((1, 1, 3), 200, np.uint8)))
+            bad("tiny_1x1", 3)
             t.spin_for(0.02)
-            dval = [np.nan, np.inf, -1.0][c % 3]
-            t.frame(depth=np.full((H, W), dval, np.float32))
-            bad("depth_invalid")
-            t.spin_for(0.02)
-            t.frame(info=conv.camera_info_from_K(K, 2 * W, 2 * H, header=None))
-            bad("camera_info_size")
-            t.spin_for(0.02)
-            t.frame(dt_s=-30.0 - c)
-            bad("stale_frame")  # the colour image (depth and camera_info are then out of order)
-            t.spin_for(0.005)
-            t.frame(dt_s=+30.0 + c)
-            bad("future_stamp", 3)  # colour, depth and camera_info
-            t.spin_for(0.005)
-            if c % 20 == 10:
-                t.pub_color.publish(_huge(t.header()))
-                bad("color_too_large")
-                t.spin_for(0.5)
-            if c % 10 == 3:  # 1x1 frame set: valid, tiny; grounded (nothing found) or refused, never a crash
-                tiny.append(t.frame(rgb=np.full((1, 1, 3), 200, np.uint8)))
-                bad("tiny_1x1", 3)
-                t.spin_for(0.02)
-            # instructions the node must refuse (the one in force stays)
-            for j in range(2):
-                topic, msg = _bad_instruction(c * 2 + j, rng)
-                (t.pub_text if topic == "text" else t.pub_ins).publish(msg)
-                bad("instruction_rejected")
-                t.spin_for(0.01)
-            # a good frame: with partly NaN / inf / negative depth on odd cycles (still valid where finite)
-            depth = None
-            if c % 2:
-                depth = np.full((H, W), 1.0, np.float32)
-                depth[::3, :] = [np.nan, np.inf, -2.0][c % 3]
-            good.append(t.frame(depth=depth))
-            t.spin_for(0.06)
-        good.append(t.frame())
-        t.spin_until(lambda: good[-1] in t.grounding, 10)
-        fuzz_s = time.monotonic() - t_fuzz
-        assert n_bad >= 1000, n_bad
-        t.spin_for(2.0)
-        rss_end = rss_mb(proc.pid)
-        assert t.alive(), t.log_text()[-3000:]
-        status = dict(t.status)
-        text = t.log_text()
+        # instructions the node must refuse (the one in force stays)
+        for j in range(2):
+            topic, msg = _bad_instruction(c * 2 + j, rng)
+            (t.pub_text if topic == "text" else t.pub_ins).publish(msg)
+            bad("instruction_rejected")
+            t.spin_for(0.01)
+        # a good frame: with partly NaN / inf / negative depth on odd cycles (still valid where finite)
+        depth = None
+        if c % 2:
+            depth = np.full((H, W), 1.0, np.float32)
+            depth[::3, :] = [np.nan, np.inf, -2.0][c % 3]
+        good.append(t.frame(depth=depth))
+        t.spin_for(0.06)
+    good.append(t.frame())
+    t.spin_until(lambda: good[-1] in t.grounding, 10)
+    fuzz_s = time.monotonic() - t_fuzz
+    assert n_bad >= 1000, n_bad
+    t.spin_for(2.0)
+    rss_end = rss_mb(proc.pid)
+    assert t.alive(), t.log_text()[-3000:]
+    status = dict(t.status)
+    text = t.log_text()
 
-        # every problem kind counted and logged, throttled
-        problems = status["problems"]
-        report = {k: (sent.get(k), problems.get(k, 0), log_lines(text, k)) for k in EXPECTED_KINDS}
-        print(f"\nfuzz: {n_bad} malformed messages in {fuzz_s:.1f} s; kind: (sent, counted, log lines) {report}")
-        for kind in EXPECTED_KINDS:
-            count, lines = problems.get(kind, 0), log_lines(text, kind)
-            assert count >= max(10, sent[kind] // 2), (kind, report, status)  # keep-last-1 readers may lose a few
-            assert 1 <= lines <= fuzz_s / throttle + 3 and lines * 4 <= count, (kind, report)
-        assert status["instructions_rejected"] >= sent["instruction_rejected"] * 0.9, status
-        assert status["future"] >= 10 and status["stale"] >= 10 and status["invalid_input"] >= 10 * 9, status
-        assert "Traceback" not in text, text[-3000:]
+    # every problem kind counted and logged, throttled
+    problems = status["problems"]
+    report = {k: (sent.get(k), problems.get(k, 0), log_lines(text, k)) for k in EXPECTED_KINDS}
+    print(f"\nfuzz: {n_bad} malformed messages in {fuzz_s:.1f} s; kind: (sent, counted, log lines) {report}")
+    for kind in EXPECTED_KINDS:
+        count, lines = problems.get(kind, 0), log_lines(text, kind)
+        assert count >= max(10, sent[kind] // 2), (kind, report, status)  # keep-last-1 readers may lose a few
+        assert 1 <= lines <= fuzz_s / throttle + 3 and lines * 4 <= count, (kind, report)
+    assert status["instructions_rejected"] >= sent["instruction_rejected"] * 0.9, status
+    assert status["future"] >= 10 and status["stale"] >= 10 and status["invalid_input"] >= 10 * 9, status
+    assert "Traceback" not in text, text[-3000:]
 
-        # the good frames were grounded correctly (newest-frame-wins may drop some under the flood)
-        ious = []
-        for s in good:
-            g = t.grounding.get(s)
-            if g is None or s not in t.mask:
-                continue
-            assert g.instruction_text == "the red cube" and g.entities[0].found, g
-            ious.append(square_iou(conv.image_to_numpy(t.mask[s]), g.entities[0].label))
-        print(f"fuzz: {len(ious)}/{len(good)} good frames grounded, IoU min {min(ious, default=0):.3f}; "
-              f"node RSS after good frames {rss_good:.1f} MB, after warm-up (+4 huge images) {rss_warm:.1f} MB, after fuzz {rss_end:.1f} MB "
-              f"(+{rss_end - rss_warm:.1f} MB); status {json.dumps({k: v for k, v in status.items() if k != 'problems'})}")
-        assert len(ious) >= len(good) // 2, (len(ious), len(good), status)
-        assert min(ious) > 0.7, ious
-        # nothing published for refused sets: every grounding is of a good, warm-up or 1x1 frame
-        assert set(t.grounding) <= set(good) | set(warm) | set(tiny), sorted(set(t.grounding) - set(good))
-        assert rss_end - rss_warm < 50.0, (rss_good, rss_warm, rss_end)
-        # the DDS receive buffers for the 64 MB samples are bounded (two here), not one per huge message
-        assert rss_warm - rss_good < 3 * 64.0, (rss_good, rss_warm)
-    finally:
-        t.close()
-        stop(proc)
+    # the good frames were grounded correctly (newest-frame-wins may drop some under the flood)
+    ious = []
+    for s in good:
+        g = t.grounding.get(s)
+        if g is None or s not in t.mask:
+            continue
+        assert g.instruction_text == "the red cube" and g.entities[0].found, g
+        ious.append(square_iou(conv.image_to_numpy(t.mask[s]), g.entities[0].label))
+    print(f"fuzz: {len(ious)}/{len(good)} good frames grounded, IoU min {min(ious, default=0):.3f}; "
+          f"node RSS after good frames {rss_good:.1f} MB, after warm-up (+4 huge images) {rss_warm:.1f} MB, after fuzz {rss_end:.1f} MB "
+          f"(+{rss_end - rss_warm:.1f} MB); status {json.dumps({k: v for k, v in status.items() if k != 'problems'})}")
+    assert len(ious) >= len(good) // 2, (len(ious), len(good), status)
+    assert min(ious) > 0.7, ious
+    # nothing published for refused sets: every grounding is of a good, warm-up or 1x1 frame
+    assert set(t.grounding) <= set(good) | set(warm) | set(tiny), sorted(set(t.grounding) - set(good))
+    assert rss_end - rss_warm < 50.0, (rss_good, rss_warm, rss_end)
+    # the DDS receive buffers for the 64 MB samples are bounded (two here), not one per huge message
+    assert rss_warm - rss_good < 3 * 64.0, (rss_good, rss_warm)
 
 
 # ---------------------------------------------------------------------------------------------- in-process units

@@ -1,18 +1,16 @@
 """Perception node over real DDS: the node runs as a separate process; this process publishes and checks.
 
-One node process (autostart, hsv-baseline) serves the tests of this file in order: crafted frames
-published from here (good and bad), instructions (good and bad), lifecycle transitions through
-``change_state``, then the sim camera process feeding it and the outputs checked against the sim
-ground truth. A second short process checks that an invalid parameter fails configure.
+One node process (autostart, hsv-baseline) serves the tests of this file: crafted frames published from here
+(good and bad), instructions (good and bad), lifecycle transitions through ``change_state``, and the sim camera
+process feeding it with the outputs checked against the sim ground truth. Each test sets the instruction and
+lifecycle state it needs, so each passes alone and in any order. A second short process checks that an invalid
+parameter fails configure.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +23,8 @@ pytest.importorskip("find_ros.grounding.baseline", reason="find_ros.grounding.ba
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 
-from find_ros.ros.demo import stop_process  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
@@ -36,6 +32,7 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 from find_ros.msg import Grounding, InterleavedInstruction  # noqa: E402
 from find_ros.ros import conversions as conv  # noqa: E402
 from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS  # noqa: E402
+from conftest import ros_graph  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -45,39 +42,17 @@ OPTICAL = "test_camera_color_optical_frame"
 SIM_SEED = int(os.environ.get("FIND_ROS_TEST_SIM_SEED", "34"))  # a large red cube, no pink/orange look-alikes
 
 
-def _domain(offset: int) -> int:
-    return 100 + (os.getpid() * 7 + offset) % 120
-
-
-def _env(domain: int) -> dict:
-    return dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", RCUTILS_LOGGING_BUFFERED_STREAM="0")
-
-
-def _spawn(module: str, args: list[str], domain: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=_env(domain),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-_stop = stop_process  # SIGINT, then kill (shared with find-ros demo)
-
-
 def _ns(header) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class Harness:
-    """The test's own rclpy node: camera-like publishers, output subscribers, bounded waits."""
+    """The test's own rclpy node (on a :class:`conftest.RosSession`): camera-like publishers, output subscribers,
+    bounded waits, on one perception-node process started through :class:`conftest.Processes`."""
 
-    def __init__(self, domain: int, log: Path, proc: subprocess.Popen) -> None:
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
-        self.node = rclpy.create_node("perception_test_harness", context=self.ctx)
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
-        self.log, self.proc = log, proc
-        n = self.node
+    def __init__(self, ros, procs, proc: subprocess.Popen) -> None:
+        self.ros, self.procs, self.proc = ros, procs, proc
+        self.node = n = ros.node("perception_test_harness")
         self.pub_color = n.create_publisher(Image, "camera/color/image_raw", SENSOR_QOS)
         self.pub_depth = n.create_publisher(Image, "camera/depth/image_raw", SENSOR_QOS)
         self.pub_info = n.create_publisher(type(conv.camera_info_from_K(K, W, H, header=None)),
@@ -113,20 +88,34 @@ class Harness:
     def _on_objects(self, msg):
         self.gt_objects = json.loads(msg.data)
 
+    def _check_alive(self) -> None:
+        assert self.proc.poll() is None, f"node died (rc={self.proc.returncode}):\n{self.log_text()[-3000:]}"
+
     def spin_until(self, cond, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            assert self.proc.poll() is None, f"node died (rc={self.proc.returncode}):\n{self.log_text()[-3000:]}"
-            self.ex.spin_once(timeout_sec=0.05)
-        return bool(cond())
+        return self.ros.spin_until(cond, timeout, alive=self._check_alive, period=0.05)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.procs.log_text(self.proc)
 
     def wait_log(self, text: str, timeout: float = 15.0) -> bool:
         return self.spin_until(lambda: text in self.log_text(), timeout)
+
+    def instruct(self, text: str) -> None:
+        """Publish ``text`` on find/instruction_text and wait until the node has parsed it."""
+        line = f"{text!r} -> entities"
+        before = self.log_text().count(line)
+        self.pub_text.publish(String(data=text))
+        assert self.spin_until(lambda: self.log_text().count(line) > before, 15), self.log_text()[-2000:]
+
+    def ensure_active(self) -> None:
+        """Active, whatever state an earlier test left (inactive / unconfigured)."""
+        state = self.state()
+        if state == State.PRIMARY_STATE_UNCONFIGURED:
+            assert self.change_state(Transition.TRANSITION_CONFIGURE), self.log_text()[-2000:]
+            state = State.PRIMARY_STATE_INACTIVE
+        if state == State.PRIMARY_STATE_INACTIVE:
+            assert self.change_state(Transition.TRANSITION_ACTIVATE), self.log_text()[-2000:]
+        assert self.state() == State.PRIMARY_STATE_ACTIVE
 
     def now(self):
         return self.node.get_clock().now().to_msg()
@@ -166,11 +155,6 @@ class Harness:
         assert self.spin_until(fut.done, 10)
         return fut.result().current_state.id
 
-    def close(self):
-        self.ex.shutdown()
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
-
 
 def make_rgb() -> np.ndarray:
     """Grey room with a red square in the middle (40x40 px)."""
@@ -181,19 +165,21 @@ def make_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    domain = _domain(1)
-    log = tmp_path_factory.mktemp("perception") / "node.log"
-    proc = _spawn("find_ros.ros.perception_node",
-                  ["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "log_throttle_s:=0.0",
-                   "-p", "status_period_s:=0.2", "-p", "max_stamp_age_s:=5.0", "-p", "sync_slop_s:=0.01",
-                   "-p", "min_points:=20"], domain, log)
-    h = Harness(domain, log, proc)
-    try:
+    with ros_graph(tmp_path_factory.mktemp("perception")) as (ros, procs):
+        proc = procs.node("find_ros.ros.perception_node",
+                          ["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "log_throttle_s:=0.0",
+                           "-p", "status_period_s:=0.2", "-p", "max_stamp_age_s:=5.0", "-p", "sync_slop_s:=0.01",
+                           "-p", "min_points:=20"], "node.log")
+        h = Harness(ros, procs, proc)
         assert h.spin_until(lambda: h.status.get("grounder") == "hsv-baseline", 60), h.log_text()[-3000:]
         yield h
-    finally:
-        h.close()
-        _stop(proc)
+
+
+@pytest.fixture
+def h(node):
+    """The module's node process, active (each test sets its own instruction)."""
+    node.ensure_active()
+    return node
 
 
 def _wait_grounding(h: Harness, stamp: int, timeout: float = 15.0) -> Grounding:
@@ -202,8 +188,9 @@ def _wait_grounding(h: Harness, stamp: int, timeout: float = 15.0) -> Grounding:
     return h.got["grounding"][stamp]
 
 
-def test_frames_before_camera_info_wait_and_are_counted(node):
-    h = node
+def test_frames_before_camera_info_wait_and_are_counted(h):
+    # a fresh activation has no camera_info (an earlier test's frames gave it one)
+    assert h.change_state(Transition.TRANSITION_DEACTIVATE) and h.change_state(Transition.TRANSITION_ACTIVATE)
     for _ in range(3):
         stamp = h.frame(info=False)
         h.spin_until(lambda: False, 0.1)
@@ -212,18 +199,20 @@ def test_frames_before_camera_info_wait_and_are_counted(node):
     assert stamp not in h.got["grounding"]
 
 
-def test_no_instruction_means_no_grounding(node):
-    h = node
+def test_no_instruction_means_no_grounding(h):
+    from std_srvs.srv import Trigger
+
+    assert _call(h, Trigger, "find/clear_instruction", Trigger.Request()).success
     stamp = h.frame()
-    assert h.wait_log("no instruction yet")
-    h.spin_until(lambda: False, 0.5)
+    assert h.spin_until(lambda: h.status.get("idle", 0) > 0, 10), h.status
+    # a later frame with an instruction is grounded; groundings arrive in order, so the first had none
+    h.instruct("the red cube")
+    _wait_grounding(h, h.frame())
     assert stamp not in h.got["grounding"]
 
 
-def test_text_instruction_grounds_the_red_square(node):
-    h = node
-    h.pub_text.publish(String(data="the red cube"))
-    assert h.wait_log("'the red cube' -> entities")
+def test_text_instruction_grounds_the_red_square(h):
+    h.instruct("the red cube")
     stamp = h.frame()
     g = _wait_grounding(h, stamp)
     assert g.header.frame_id == OPTICAL and _ns(g.header) == stamp
@@ -254,8 +243,8 @@ def test_text_instruction_grounds_the_red_square(node):
     assert any(mk.type == mk.TEXT_VIEW_FACING and "red cube" in mk.text for mk in markers)
 
 
-def test_target_absent_gives_deleteall_markers_and_no_found_entity(node):
-    h = node
+def test_target_absent_gives_deleteall_markers_and_no_found_entity(h):
+    h.instruct("the red cube")
     stamp = h.frame(rgb=np.full((H, W, 3), 128, np.uint8))
     g = _wait_grounding(h, stamp)
     assert not g.entities[0].found
@@ -274,8 +263,8 @@ def test_target_absent_gives_deleteall_markers_and_no_found_entity(node):
     ],
     ids=["wrong-encoding", "size-mismatch", "nan-depth", "zero-depth", "stale"],
 )
-def test_bad_frames_are_logged_dropped_and_the_node_lives(node, kwargs, log_text):
-    h = node
+def test_bad_frames_are_logged_dropped_and_the_node_lives(h, kwargs, log_text):
+    h.instruct("the red cube")
     before = h.log_text().count(log_text)
     bad = h.frame(**kwargs)
     assert h.spin_until(lambda: h.log_text().count(log_text) > before, 15), h.log_text()[-2000:]
@@ -302,8 +291,8 @@ def _ref_image(w=20, h=16, enc="rgb8"):
     ],
     ids=["empty", "oversized", "placeholder-without-image", "mask-wrong-size", "reference-wrong-encoding"],
 )
-def test_bad_instructions_are_rejected_and_the_old_one_stays(node, make, log_text):
-    h = node
+def test_bad_instructions_are_rejected_and_the_old_one_stays(h, make, log_text):
+    h.instruct("the red cube")
     before = h.log_text().count(log_text)
     h.pub_ins.publish(make())
     assert h.spin_until(lambda: h.log_text().count(log_text) > before, 15), h.log_text()[-2000:]
@@ -312,8 +301,7 @@ def test_bad_instructions_are_rejected_and_the_old_one_stays(node, make, log_tex
     assert g.instruction_text == "the red cube" and g.entities[0].found
 
 
-def test_interleaved_instruction_with_reference_mask(node):
-    h = node
+def test_interleaved_instruction_with_reference_mask(h):
     ref = np.full((16, 20, 3), 128, np.uint8)
     ref[4:12, 5:15] = (220, 20, 20)
     mask = np.zeros((16, 20), np.uint8)
@@ -338,65 +326,58 @@ def _call(h: Harness, srv_type, name: str, request):
         h.node.destroy_client(cli)
 
 
-def test_instruction_services(node):
+def test_instruction_services(h):
     from std_srvs.srv import Trigger
 
     from find_ros.srv import SetInstruction
 
-    h = node
     r = _call(h, SetInstruction, "find/set_instruction",
               SetInstruction.Request(instruction=InterleavedInstruction(text="the <1>")))
     assert not r.success and "<1> name no reference" in r.message
     r = _call(h, Trigger, "find/clear_instruction", Trigger.Request())
     assert r.success
-    stamp = h.frame()
-    assert h.spin_until(lambda: h.status.get("idle", 0) > 0 and stamp not in h.got["grounding"], 5)
-    h.spin_until(lambda: False, 0.5)
-    assert stamp not in h.got["grounding"], "no grounding without an instruction"
+    idle = h.frame()
+    assert h.spin_until(lambda: h.status.get("idle", 0) > 0 and idle not in h.got["grounding"], 5)
     r = _call(h, SetInstruction, "find/set_instruction",
               SetInstruction.Request(instruction=InterleavedInstruction(id="svc-1", text="the red cube")))
     assert r.success and r.instruction_id == "svc-1", r.message
     stamp = h.frame()
     g = _wait_grounding(h, stamp)
     assert g.instruction_id == "svc-1" and g.entities[0].found
+    # groundings arrive in order: the frame sent while no instruction was in force had none
+    assert idle not in h.got["grounding"], "no grounding without an instruction"
 
 
-def test_lifecycle_transitions_through_change_state(node):
-    h = node
+def test_lifecycle_transitions_through_change_state(h):
+    h.instruct("the red cube")
     assert h.state() == State.PRIMARY_STATE_ACTIVE
     assert h.change_state(Transition.TRANSITION_DEACTIVATE)
     assert h.state() == State.PRIMARY_STATE_INACTIVE
-    stamp = h.frame()
-    h.spin_until(lambda: False, 1.0)
-    assert stamp not in h.got["grounding"], "an inactive node must not publish"
+    inactive = h.frame()
     assert h.change_state(Transition.TRANSITION_CLEANUP)
     assert h.state() == State.PRIMARY_STATE_UNCONFIGURED
     assert h.change_state(Transition.TRANSITION_CONFIGURE)
     assert h.change_state(Transition.TRANSITION_ACTIVATE)
     assert h.state() == State.PRIMARY_STATE_ACTIVE
-    before = h.log_text().count("'the red cube' -> entities")
-    h.pub_text.publish(String(data="the red cube"))
-    assert h.spin_until(lambda: h.log_text().count("'the red cube' -> entities") > before, 15)
+    h.instruct("the red cube")
     stamp = h.frame()
     assert _wait_grounding(h, stamp).entities[0].found
+    # groundings arrive in order: the frame sent while inactive got none
+    assert inactive not in h.got["grounding"], "an inactive node must not publish"
 
 
-def test_sim_camera_stream_is_grounded_against_ground_truth(node, tmp_path):
+def test_sim_camera_stream_is_grounded_against_ground_truth(h):
     """Sim camera process -> node process: stamps, sizes, IoU vs the GT instance, pose vs the GT centre."""
     pytest.importorskip("find_ros.ros.sim_camera_node")
-    h = node
-    cam = _spawn("find_ros.ros.sim_camera_node",
-                 ["-p", "rate_hz:=10.0", "-p", f"seed:={SIM_SEED}", "-p", "publish_gt:=true"],
-                 _domain(1), tmp_path / "cam.log")
+    cam = h.procs.node("find_ros.ros.sim_camera_node",
+                       ["-p", "rate_hz:=10.0", "-p", f"seed:={SIM_SEED}", "-p", "publish_gt:=true"], "cam.log")
     try:
-        assert h.spin_until(lambda: h.gt_objects is not None, 60), (tmp_path / "cam.log").read_text()[-2000:]
+        assert h.spin_until(lambda: h.gt_objects is not None, 60), h.procs.log_text(cam)[-2000:]
         reds = [o for o in h.gt_objects if o["colour"] == "red"]
         assert reds, f"seed {SIM_SEED} has no red object: {h.gt_objects}"
         target = reds[0]
         text = f"the red {target['category']}"
-        h.pub_text.publish(String(data=text))
-        assert h.wait_log(f"{text!r} -> entities")
-        t0 = time.monotonic()
+        h.instruct(text)
         ious, dists = [], []
 
         def scored():
@@ -424,41 +405,30 @@ def test_sim_camera_stream_is_grounded_against_ground_truth(node, tmp_path):
         tol = max(0.1, 0.75 * float(np.max(np.subtract(target["box_max"], target["box_min"]))))
         assert dists and np.median(dists) < tol, (dists, target)
     finally:
-        _stop(cam)
+        h.procs.stop(cam)
 
 
-def test_warnings_are_throttled_per_kind_and_counted(capfd):
+def test_warnings_are_throttled_per_kind_and_counted(ros, capfd):
     """In-process node: the same kind logs once per log_throttle_s; every occurrence is counted."""
+    from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
     from find_ros.ros.perception_node import PerceptionNode
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=_domain(3))
-    n = PerceptionNode(context=ctx, parameter_overrides=[Parameter("log_throttle_s", value=30.0)])
-    try:
-        from rclpy.lifecycle import TransitionCallbackReturn
-
-        assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        for _ in range(5):
-            n._warn("color_image", "colour image dropped: unsupported encoding '32FC1'")
-        n._warn("size_mismatch", "depth is 80x60 but colour is 160x120")
-        err = capfd.readouterr().err
-        assert err.count("[color_image] colour image dropped") == 1 and err.count("[size_mismatch]") == 1
-        assert n.counters()["problems"] == {"color_image": 5, "size_mismatch": 1}
-    finally:
-        n.destroy_node()
-        ctx.try_shutdown()
+    n = ros.adopt(PerceptionNode(context=ros.context, parameter_overrides=[Parameter("log_throttle_s", value=30.0)]))
+    assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    for _ in range(5):
+        n._warn("color_image", "colour image dropped: unsupported encoding '32FC1'")
+    n._warn("size_mismatch", "depth is 80x60 but colour is 160x120")
+    err = capfd.readouterr().err
+    assert err.count("[color_image] colour image dropped") == 1 and err.count("[size_mismatch]") == 1
+    assert n.counters()["problems"] == {"color_image": 5, "size_mismatch": 1}
 
 
-def test_invalid_parameter_fails_configure_with_a_clear_message(tmp_path):
-    log = tmp_path / "bad.log"
-    proc = _spawn("find_ros.ros.perception_node", ["-p", "autostart:=true", "-p", "score_threshold:=1.7"],
-                  _domain(2), log)
-    try:
-        rc = proc.wait(timeout=60)
-    finally:
-        _stop(proc)
-    text = log.read_text()
+def test_invalid_parameter_fails_configure_with_a_clear_message(procs):
+    proc = procs.node("find_ros.ros.perception_node", ["-p", "autostart:=true", "-p", "score_threshold:=1.7"],
+                      "bad.log")
+    rc = proc.wait(timeout=60)
+    text = procs.log_text(proc)
     assert rc == 1, text
     assert "score_threshold=1.7 is outside [0, 1]" in text and "configure failed" in text

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,13 +22,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cli", "run_demo", "DemoError", "stop_process"]
+from find_ros.ros.dds import DEFAULT_TRANSPORT, claim_domain_id, process_env, select_for_this_process
+from find_ros.ros.shutdown import StopSignals, stop_process, stop_processes
+
+__all__ = ["cli", "run_demo", "DemoError", "DemoInterrupted"]
 
 _COLOURS_FIRST = ("red",)
 
 
 class DemoError(RuntimeError):
     """The demo could not run or processed nothing; the message says what happened."""
+
+
+class DemoInterrupted(DemoError):
+    """A stop signal (SIGINT / SIGTERM) ended the demo early; its processes were stopped."""
 
 
 def _stamp_ns(header) -> int:
@@ -52,10 +57,6 @@ def _latency_stats(lat_ms: list[float]) -> dict[str, Any]:
         "first_quarter_median": _percentile(first, 50), "first_quarter_p95": _percentile(first, 95),
         "last_quarter_median": _percentile(last, 50), "last_quarter_p95": _percentile(last, 95),
     }
-
-
-def _private_domain_id() -> int:
-    return 150 + (os.getpid() % 80)
 
 
 class _Driver:
@@ -208,17 +209,6 @@ def _spawn(module: str, ros_args: list[str], env: dict, log: Path) -> subprocess
                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGINT (a ROS node's clean shutdown), then kill after 10 s; waits for the process either way."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def _param_text(v: Any) -> str:
     """A ``--ros-args -p name:=value`` value (YAML syntax)."""
     if isinstance(v, bool):
@@ -247,24 +237,29 @@ def _tail(path: Path, n: int = 15) -> str:
 def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: float = 30.0,
              grounder: str = "find", seed: int = 3, startup_timeout_s: float = 60.0,
              domain_id: int | None = None, sample_period_s: float = 1.0,
-             node_params: dict[str, Any] | None = None) -> dict[str, Any]:
+             node_params: dict[str, Any] | None = None, transport: str = DEFAULT_TRANSPORT,
+             stop: StopSignals | None = None) -> dict[str, Any]:
     """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report.
 
     ``node_params`` adds perception-node parameters; ``sample_period_s`` sets how often the node's and
-    camera's RSS are sampled into ``report["samples"]`` (used by the soak benchmark).
+    camera's RSS are sampled into ``report["samples"]`` (used by the soak benchmark). ``domain_id`` defaults
+    to a free one claimed for the run; ``transport`` (:mod:`find_ros.ros.dds`) is what the two node processes
+    use; this process's own participant uses whatever its environment selects (``find-ros demo`` selects the
+    same). A stop signal (``stop``) ends the run early with :class:`DemoInterrupted`, children stopped.
     """
     import cv2
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    domain = _private_domain_id() if domain_id is None else domain_id
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process too, before rclpy.init
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    lease = claim_domain_id() if domain_id is None else None
+    domain = lease.domain_id if lease is not None else int(domain_id)
+    env = process_env(domain_id=domain, transport=transport, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     import rclpy
 
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(context=ctx, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)  # the caller's signals
     logs = {"camera": out / "sim_camera_node.log", "node": out / "perception_node.log"}
     procs = [
         _spawn("find_ros.ros.sim_camera_node",
@@ -299,6 +294,8 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         while time.monotonic() < end:
             if cond():
                 return True
+            if stop is not None and stop.requested.is_set():
+                raise DemoInterrupted("stop signal: demo ended early")
             sample()
             for p in watched:
                 if p.poll() is not None:
@@ -358,11 +355,12 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         spin_until(settled, 10.0)
         status = dict(driver.status)
     finally:
-        for p in procs:
-            stop_process(p)
+        stop_processes(procs)
         executor.shutdown()
         driver.node.destroy_node()
         ctx.try_shutdown()
+        if lease is not None:
+            lease.release()
 
     per_instruction = []
     for s in script:
@@ -416,9 +414,15 @@ def cli(argv: list[str] | None = None) -> int:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    stop = StopSignals.install()
+    select_for_this_process(DEFAULT_TRANSPORT)  # this process's participant speaks what its children speak
     try:
         report = run_demo(seconds=args.seconds, out=args.out, rate_hz=args.rate, grounder=args.grounder,
-                          seed=args.seed, node_params={"model_path": args.model} if args.model else None)
+                          seed=args.seed, node_params={"model_path": args.model} if args.model else None,
+                          stop=stop)
+    except DemoInterrupted as e:
+        print(f"find-ros demo: {e}", file=sys.stderr)
+        return 0
     except DemoError as e:
         print(f"find-ros demo: {e}", file=sys.stderr)
         return 1
