@@ -432,3 +432,22 @@ def test_invalid_parameter_fails_configure_with_a_clear_message(procs):
     text = procs.log_text(proc)
     assert rc == 1, text
     assert "score_threshold=1.7 is outside [0, 1]" in text and "configure failed" in text
+
+
+def test_unknown_words_of_the_instruction_are_reported_in_status(ros):
+    """FIND grounder, in-process node: words the model does not know are named in the counters (find/status)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from find_ros.ros.perception_node import PerceptionNode
+    from find_ros.srv import SetInstruction
+
+    n = ros.adopt(PerceptionNode(context=ros.context, parameter_overrides=[Parameter("grounder", value="find")]))
+    assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert n.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    client = ros.node("unknown_words_client").create_client(SetInstruction, "find/set_instruction")
+    r = ros.call(client, SetInstruction.Request(instruction=InterleavedInstruction(text="the red fire extinguisher")))
+    assert r.success, r.message
+    assert n.counters()["unknown_words"] == ["fire", "extinguisher"]
+    r = ros.call(client, SetInstruction.Request(instruction=InterleavedInstruction(text="the red cubes")))
+    assert r.success and n.counters()["unknown_words"] == []  # plural normalised: every word known

@@ -210,6 +210,8 @@ class PerceptionNode(LifecycleNode):
             d = dataclasses.asdict(self._counters)
         d["grounder"] = getattr(self._grounder, "name", self._p.get("grounder", ""))
         d["instruction_id"] = getattr(self._instruction, "id", "")
+        # words of the instruction in force that the model does not know (FIND grounder; logged when set)
+        d["unknown_words"] = list(getattr(self._grounder, "unknown_words", ()))
         fb = self._field
         if fb is not None:  # field hook
             d.update(fb.counters())
