@@ -341,7 +341,7 @@ def test_conv_kind_multiscale_features_and_every_task(kind):
     maps = m.vision(x)
     assert [tuple(t.shape[-2:]) for t in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
     feats = m.encode_image(x)
-    assert feats.mask_features.shape == (2, 32, 16, 24)  # stride 4 of the input
+    assert feats.mask_features.shape == (2, 16, 16, 24)  # stride 4 of the input, fpn_channels wide
     assert feats.memory_hw == (4, 6) and feats.memory.shape == (2, 24, 32)  # memory_stride 16
     assert feats.memory_pos.shape == (24, 32)
     prompts = m.encode_instructions(_instructions())
@@ -353,7 +353,8 @@ def test_conv_kind_multiscale_features_and_every_task(kind):
             assert o.entity_masks.shape == (2, 0 if p is None else 2, 16, 24)
             assert o.pixel_sem.shape == (2, 16, 24, 16)
     # a frame of another size is resized to the configured input
-    assert m.encode_image(torch.rand(1, 3, 50, 70)).mask_features.shape == (1, 32, 16, 24)
+    assert m.encode_image(torch.rand(1, 3, 50, 70)).mask_features.shape == (1, 16, 16, 24)
+    assert feats.attention_features.shape == (2, 16, 4, 6)  # mask features averaged per memory cell
 
 
 def test_conv_kind_mask_features_carry_position():

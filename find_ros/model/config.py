@@ -49,8 +49,13 @@ class VisionEncoderConfig:
     hf_config: dict | None = None
     """The transformers config (``to_dict()``) used to rebuild the encoder without downloading weights;
     filled in when a model is built or loaded."""
+    reference_size: int = 0
+    """Side of the square a reference crop is resized to before encoding (hierarchical kinds only: a conv
+    backbone takes any size, so a 64-pixel crop need not be blown up to the frame size); 0 = ``image_size``."""
 
     def __post_init__(self) -> None:
+        if self.reference_size < 0:
+            raise ConfigError(f"vision reference_size must be >= 0, got {self.reference_size}")
         if self.kind not in VISION_KINDS:
             raise ConfigError(f"vision kind {self.kind!r} not in {VISION_KINDS}")
         self.feature_layers = _tuple_int(self.feature_layers)

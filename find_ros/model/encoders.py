@@ -162,10 +162,13 @@ class VisionEncoder(nn.Module):
         """The finest stride of the feature maps (the patch size for ViT kinds)."""
         return self.patch
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, *, size: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Feature maps of ``images`` resized to ``size`` (hierarchical kinds only; default ``image_size``)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise EncoderError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        h, w = self.config.image_size
+        if size is not None and not self.hierarchical and tuple(size) != tuple(self.config.image_size):
+            raise EncoderError(f"a {self.config.kind!r} encoder takes only its image_size {self.config.image_size}")
+        h, w = self.config.image_size if size is None else (int(size[0]), int(size[1]))
         x = images.to(self.mean.dtype)
         if tuple(x.shape[-2:]) != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)

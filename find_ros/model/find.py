@@ -43,14 +43,15 @@ TINY_RESNET = dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1,
 
 
 def tiny_config(*, vocab_size: int, image_size: tuple[int, int] = (96, 128), vision: dict | None = None,
-                text: dict | None = None, interface: dict | None = None, vision_kind: str = "tiny-clip") -> FindConfig:
+                text: dict | None = None, interface: dict | None = None, vision_kind: str = "tiny-clip",
+                reference_size: int = 96) -> FindConfig:
     """The default tiny model (see MODEL_CARD): CLIP-style ViT (patch 8, hidden 96, 4 layers) and text tower
     (hidden 96, 2 layers) over a word vocabulary; interface hidden 128, 3 layers, 4 heads, 24 object queries,
     masks at stride 4, 64-d semantic space. ``vision``/``text``/``interface`` override fields.
 
     ``vision_kind="convnext"`` (or ``"resnet"``) swaps the ViT for a small hierarchical backbone
     (:data:`TINY_CONVNEXT` / :data:`TINY_RESNET`, ``vision`` overrides its transformers config fields) whose four
-    stages feed the FPN pixel decoder."""
+    stages feed the FPN pixel decoder; reference crops are encoded at ``reference_size`` squared."""
     from transformers import CLIPTextConfig, CLIPVisionConfig, ConvNextConfig, ResNetConfig
 
     h, w = (int(image_size[0]), int(image_size[1]))
@@ -78,7 +79,8 @@ def tiny_config(*, vocab_size: int, image_size: tuple[int, int] = (96, 128), vis
     tcfg = CLIPTextConfig(**t)
     return FindConfig(
         vision=VisionEncoderConfig(kind=vision_kind, path=None, feature_layers=layers,
-                                   image_size=(h, w), hf_config=_clean(vcfg.to_dict())),
+                                   image_size=(h, w), hf_config=_clean(vcfg.to_dict()),
+                                   reference_size=0 if vision_kind == "tiny-clip" else int(reference_size)),
         language=LanguageEncoderConfig(kind="tiny-clip", path=None, hidden_layer=-1,
                                        max_tokens=min(24, tcfg.max_position_embeddings),
                                        hf_config=_clean(tcfg.to_dict())),
@@ -113,6 +115,10 @@ class FindModel(nn.Module):
         if h % ic.mask_stride or w % ic.mask_stride:
             raise FindModelError(f"vision image_size {config.vision.image_size} not a multiple of the mask stride "
                                  f"{ic.mask_stride}")
+        r = int(config.vision.reference_size)
+        if r and self.vision.hierarchical and (r % ic.mask_stride or r % self.vision.stride):
+            raise FindModelError(f"vision reference_size {r} not a multiple of the mask stride {ic.mask_stride} and "
+                                 f"the finest feature stride {self.vision.stride}")
         if self.vision.hierarchical:
             order = sorted(range(len(self.vision.level_strides)), key=lambda i: self.vision.level_strides[i])
             if order != list(range(len(order))):
@@ -128,7 +134,7 @@ class FindModel(nn.Module):
         self.sampler = EmbeddingSampler(language_channels=self.language.channels, hidden=ic.hidden,
                                         sem_dim=ic.sem_dim)
         self.interface = FindInterface(config=ic)
-        self.heads = FindHeads(hidden=ic.hidden, sem_dim=ic.sem_dim)
+        self.heads = FindHeads(hidden=ic.hidden, sem_dim=ic.sem_dim, mask_channels=self.decoder.mask_channels)
         if config.freeze_encoders:
             for enc in (self.vision, self.language):
                 enc.requires_grad_(False)
@@ -139,12 +145,12 @@ class FindModel(nn.Module):
     @classmethod
     def build_tiny(cls, *, vocab: list[str], image_size: tuple[int, int] = (96, 128), seed: int = 0,
                    vision: dict | None = None, text: dict | None = None, interface: dict | None = None,
-                   vision_kind: str = "tiny-clip") -> "FindModel":
+                   vision_kind: str = "tiny-clip", reference_size: int = 96) -> "FindModel":
         """The default tiny model with random weights (deterministic by ``seed``) and a word-level tokenizer;
         ``vision_kind`` as in :func:`tiny_config`."""
         tok = build_word_tokenizer(list(vocab))
         cfg = tiny_config(vocab_size=len(tok), image_size=image_size, vision=vision, text=text, interface=interface,
-                          vision_kind=vision_kind)
+                          vision_kind=vision_kind, reference_size=reference_size)
         state = torch.random.get_rng_state()
         try:
             torch.manual_seed(int(seed))
@@ -169,22 +175,32 @@ class FindModel(nn.Module):
 
     # ------------------------------------------------------------------ encoders
 
-    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """(B, 3, H, W) float RGB in [0, 1] (resized to ``config.vision.image_size``) -> image features."""
+    def encode_image(self, images: torch.Tensor, *, size: tuple[int, int] | None = None) -> ImageFeatures:
+        """(B, 3, H, W) float RGB in [0, 1] (resized to ``config.vision.image_size``, or to ``size`` for a
+        hierarchical encoder) -> image features."""
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
             raise FindModelError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
         if not images.is_floating_point():
             raise FindModelError(f"images must be float in [0, 1], got {images.dtype}")
         x = images.to(device=self.device, dtype=self.dtype)
-        size = tuple(self.config.vision.image_size)
+        size = tuple(self.config.vision.image_size) if size is None else (int(size[0]), int(size[1]))
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        kw = {"size": size} if self.vision.hierarchical else {}
         if self.config.freeze_encoders:
             with torch.no_grad():
-                maps = self.vision(x)
+                maps = self.vision(x, **kw)
         else:
-            maps = self.vision(x)
+            maps = self.vision(x, **kw)
         return self.decoder(maps, x)
+
+    def reference_size(self) -> tuple[int, int]:
+        """(h, w) reference crops are encoded at: ``vision.reference_size`` squared for hierarchical encoders
+        (when set), else the image size."""
+        r = int(self.config.vision.reference_size)
+        if r and self.vision.hierarchical:
+            return (r, r)
+        return tuple(self.config.vision.image_size)
 
     def _language(self, ids: np.ndarray, att: np.ndarray) -> torch.Tensor:
         i = torch.from_numpy(ids).to(self.device)
@@ -198,7 +214,7 @@ class FindModel(nn.Module):
         """(R, C) prompt embeddings of reference images (mask pooling + points sampled in the mask)."""
         import cv2
 
-        h, w = self.config.vision.image_size
+        h, w = self.reference_size()
         s = self.config.interface.mask_stride
         imgs, masks = [], []
         for r in references:
@@ -210,9 +226,9 @@ class FindModel(nn.Module):
                 mr = (mr >= mr.max()).astype(np.float32)
             masks.append(mr)
         x = torch.from_numpy(np.stack(imgs)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        feats = self.encode_image(x)
+        feats = self.encode_image(x, size=(h, w)) if self.vision.hierarchical else self.encode_image(x)
         mt = torch.from_numpy(np.stack(masks)).to(device=self.device, dtype=self.dtype)
-        return self.sampler.pool_references(feats.mask_features, mt)
+        return self.sampler.pool_references(self.decoder.reference_features(feats.mask_features), mt)
 
     def encode_instructions(self, instructions: list[Instruction]) -> PromptBatch:
         """Prompts of a batch of instructions: token embeddings per entity, ``<k>`` -> reference ``k`` embedding."""

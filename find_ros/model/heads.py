@@ -53,25 +53,27 @@ class FindOutput:
 class FindHeads(nn.Module):
     """Pixel MLP for mask embeddings, semantic projection, objectness, pixel-to-semantic projection."""
 
-    def __init__(self, *, hidden: int, sem_dim: int) -> None:
+    def __init__(self, *, hidden: int, sem_dim: int, mask_channels: int | None = None) -> None:
+        """``mask_channels``: width of the pixel decoder's mask features (default ``hidden``)."""
         super().__init__()
+        mc = hidden if mask_channels is None else int(mask_channels)
         self.pixel = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                   nn.Linear(hidden, hidden))
+                                   nn.Linear(hidden, mc))
         self.sem = nn.Linear(hidden, sem_dim)
         self.objectness = nn.Linear(hidden, 1)
-        self.pixel_sem = nn.Conv2d(hidden, sem_dim, 1)
+        self.pixel_sem = nn.Conv2d(mc, sem_dim, 1)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.score_bias = nn.Parameter(torch.tensor(0.0))
 
     def masks(self, q: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) query states x (B, C, h, w) pixel features -> (B, N, h, w) logits."""
+        """(B, N, C) query states x (B, M, h, w) mask features -> (B, N, h, w) logits."""
         return torch.einsum("bnc,bchw->bnhw", self.pixel(q), mask_features)
 
     def semantic(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.sem(x), dim=-1)
 
     def pixels(self, mask_features: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, h, w, D) unit-norm pixel embeddings."""
+        """(B, M, h, w) mask features -> (B, h, w, D) unit-norm pixel embeddings."""
         return F.normalize(self.pixel_sem(mask_features), dim=1).permute(0, 2, 3, 1)
 
     def scale(self) -> torch.Tensor:

@@ -164,7 +164,8 @@ class FindInterface(nn.Module):
         ``features``, default the mask features) drives the masked cross-attention: on the full-resolution
         logits resampled to the memory grid, or, when ``features.attention_features`` is given, on the logits
         over those cell-averaged features. Returns (final normed states (B, N, C), layout dict, list of
-        per-layer full-resolution mask logits; empty in eval mode with ``attention_features``)."""
+        per-layer mask logits: full resolution, or on the memory grid with ``attention_features`` (then only
+        when training))."""
         if task not in ATTENTION_TABLE:
             raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
         if task in ("ground", "interleaved", "separate", "interactive") and prompts is None:
@@ -218,12 +219,14 @@ class FindInterface(nn.Module):
                 with torch.no_grad():
                     low = F.interpolate(logits.detach().float(), size=(hm, wm), mode="bilinear", align_corners=False)
             else:
-                # masks on the memory grid from the cell-averaged mask features; full-resolution predictions
-                # of the earlier layers only when training (deep supervision)
+                # masks on the memory grid from the cell-averaged mask features (the mean logit of each cell);
+                # when training, the same low-resolution logits are the earlier layers' deep supervision
                 if self.training:
-                    preds.append(predict_masks(qn))
-                with torch.no_grad():
-                    low = predict_masks(qn.detach(), att).float()
+                    logits = predict_masks(qn, att)
+                    preds.append(logits)
+                    low = logits.detach().float()
+                else:
+                    low = predict_masks(qn, att).float()
             with torch.no_grad():
                 m = low.flatten(2) > 0  # attend where the previous prediction says "object"
                 m = m | ~m.any(-1, keepdim=True)  # empty prediction: attend everywhere

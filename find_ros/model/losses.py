@@ -57,6 +57,13 @@ class FindTargets:
     """Caption prompts (``FindModel.encode_text``), one per image, for the retrieval term."""
 
 
+def _fit(targets: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, M, H, W) targets as area fractions on an (h, w) grid (deep supervision on a coarser grid)."""
+    if tuple(targets.shape[-2:]) == tuple(hw):
+        return targets
+    return F.adaptive_avg_pool2d(targets, hw)
+
+
 def _bce_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean BCE and dice over N masks (N, P)."""
     if logits.shape[0] == 0:
@@ -127,12 +134,12 @@ def find_losses(output: FindOutput, targets: FindTargets, *, weights: LossWeight
         ov = targets.object_valid.bool()
         if om.shape[-2:] != (h, wd) or om.shape[0] != output.object_masks.shape[0]:
             raise LossError(f"object targets {tuple(om.shape)} do not fit object masks {tuple(output.object_masks.shape)}")
-        t = om.flatten(2)
         layers = [(output.object_masks, output.object_logits, 1.0)]
         layers += [(a, None, w.aux) for a in output.aux_object_masks] if w.aux > 0 else []
         bce_sum = dice_sum = 0.0
         for i, (ml, ol, lw) in enumerate(layers):
             x = ml.flatten(2)
+            t = _fit(om, ml.shape[-2:]).flatten(2)
             idx = match_queries(x, ol, t, ov)
             if i == 0:
                 matched = idx
@@ -160,7 +167,8 @@ def find_losses(output: FindOutput, targets: FindTargets, *, weights: LossWeight
         bce_sum = dice_sum = 0.0
         layers = [(output.entity_masks, 1.0)] + ([(a, w.aux) for a in output.aux_entity_masks] if w.aux > 0 else [])
         for ml, lw in layers:
-            bce, dice = _bce_dice(ml.flatten(2)[bi, ei], t)
+            ta = t if ml.shape[-2:] == (h, wd) else _fit(em, ml.shape[-2:]).flatten(2)[bi, ei]
+            bce, dice = _bce_dice(ml.flatten(2)[bi, ei], ta)
             bce_sum = bce_sum + lw * bce
             dice_sum = dice_sum + lw * dice
         out["entity_bce"] = bce_sum

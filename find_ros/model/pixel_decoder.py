@@ -78,6 +78,7 @@ class PixelDecoder(nn.Module):
 
     def __init__(self, *, in_channels: int, num_levels: int, hidden: int, mask_stride: int, stem_channels: int) -> None:
         super().__init__()
+        self.mask_channels = hidden
         self.lateral = nn.ModuleList(nn.Sequential(nn.Conv2d(in_channels, hidden, 1), _gn(hidden))
                                      for _ in range(num_levels))
         self.fuse = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), _gn(hidden), nn.GELU())
@@ -92,6 +93,10 @@ class PixelDecoder(nn.Module):
                                  nn.Conv2d(hidden, hidden, 1))
         self.mask_stride = mask_stride
         self.hidden = hidden
+
+    def reference_features(self, mask_features: torch.Tensor) -> torch.Tensor:
+        """The per-pixel features a reference prompt is pooled from: the mask features themselves."""
+        return mask_features
 
     def forward(self, maps: list[torch.Tensor], images: torch.Tensor) -> ImageFeatures:
         """``maps`` from the vision encoder; ``images`` the normalised-free [0, 1] encoder input (B, 3, H, W)."""
@@ -132,8 +137,9 @@ class _SepConv(nn.Module):
 class FpnPixelDecoder(nn.Module):
     """FPN over a hierarchical backbone: 1x1 laterals to ``fpn_channels``, top-down sum with bilinear upsampling,
     a depthwise-separable smoothing conv per level. The level nearest ``memory_stride`` (plus its backbone map)
-    becomes the interface memory; the finest level, resampled to the mask stride and given a learned projection
-    of the 2D sine position code (so a query can prefer a place, e.g. "left of"), becomes the mask features.
+    becomes the interface memory (``hidden`` channels); the finest level, resampled to the mask stride plus a
+    learned projection of a separable sine position code (so a query can prefer a place, e.g. "left of"), becomes
+    the mask features (``fpn_channels``; the heads project queries into that width).
     """
 
     def __init__(self, *, in_channels: list[int], strides: list[int], hidden: int, fpn_channels: int,
@@ -151,15 +157,22 @@ class FpnPixelDecoder(nn.Module):
         self.memory_fpn = nn.Conv2d(Fc, hidden, 1)
         self.memory_backbone = nn.Sequential(nn.Conv2d(in_channels[self.memory_level], hidden, 1), _gn(hidden))
         self.memory_out = nn.Sequential(_gn(hidden), nn.GELU(), nn.Conv2d(hidden, hidden, 1))
-        self.mask_proj = nn.Conv2d(Fc, hidden, 1)
         self.pos_dim = 16
-        self.mask_pos_y = nn.Linear(self.pos_dim, hidden, bias=False)
-        self.mask_pos_x = nn.Linear(self.pos_dim, hidden, bias=False)
+        self.mask_pos_y = nn.Linear(self.pos_dim, Fc, bias=False)
+        self.mask_pos_x = nn.Linear(self.pos_dim, Fc, bias=False)
         self.mask_stride = mask_stride
         self.hidden = hidden
+        self.mask_channels = Fc
+        """Channels of the mask features (the FPN width: masks are dot products in it, 1/2 of ``hidden`` by
+        default, which halves the stride-4 work of training)."""
+        self.reference_proj = nn.Conv2d(Fc, hidden, 1)
+
+    def reference_features(self, mask_features: torch.Tensor) -> torch.Tensor:
+        """(R, hidden, h, w) per-pixel features a reference prompt is pooled from (mask features, widened)."""
+        return self.reference_proj(mask_features)
 
     def _position_code(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
-        """(1, hidden, h, w) learned separable position code: row term + column term of 1D sine codes."""
+        """(1, mask_channels, h, w) learned separable position code: row term + column term of 1D sine codes."""
         y = _sine_1d(h, self.pos_dim, ref)
         x = _sine_1d(w, self.pos_dim, ref)
         return (self.mask_pos_y(y).T[:, :, None] + self.mask_pos_x(x).T[:, None, :])[None]
@@ -183,14 +196,13 @@ class FpnPixelDecoder(nn.Module):
         fine = outs[0]
         if fine.shape[-2:] != hw:
             fine = F.interpolate(fine, size=hw, mode="bilinear", align_corners=False)
-        mask_features = self.mask_proj(fine) + self._position_code(hw[0], hw[1], fine)
+        mask_features = fine + self._position_code(hw[0], hw[1], fine)
         B, C, h, w = mem.shape
-        # the same features averaged per memory cell (the projection is linear: pool first, on fewer channels)
+        # the same features averaged per memory cell
         if hw[0] % h == 0 and hw[1] % w == 0:
-            pooled = F.avg_pool2d(fine, (hw[0] // h, hw[1] // w))
+            attention = F.avg_pool2d(mask_features, (hw[0] // h, hw[1] // w))
         else:
-            pooled = F.adaptive_avg_pool2d(fine, (h, w))
-        attention = self.mask_proj(pooled) + self._position_code(h, w, fine)
+            attention = F.adaptive_avg_pool2d(mask_features, (h, w))
         pos = sine_positions(h, w, C, device=mem.device, dtype=mem.dtype)
         return ImageFeatures(memory=mem.flatten(2).transpose(1, 2), memory_hw=(h, w), memory_pos=pos,
                              mask_features=mask_features, attention_features=attention)
