@@ -834,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
             if not stop.requested.is_set() and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed (see above); exiting")
                 return 1
+        if not node.get_parameter("autostart").value:
+            node.get_logger().info("unconfigured (autostart:=false): waiting for lifecycle transitions "
+                                   "(configure, activate) on perception_node/change_state")
         spin_until_stopped(executor, stop)
         if stop.requested.is_set():
             node.get_logger().info("stop signal: shutting down")

@@ -17,6 +17,7 @@ take CPU from the nodes under test; ``prerender_max_mb`` bounds the memory it ma
 """
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -272,6 +273,7 @@ class SimCameraNode(Node):
             raise ParameterValueError(
                 f"prerender of {len(self.poses)} frames at {self.p['width']}x{self.p['height']} needs "
                 f"{need_mb:.0f} MB > prerender_max_mb {max_mb}: lower loop_frames / n_frames or raise the cap")
+        self.get_logger().info(f"prerendering {len(self.poses)} frames ({need_mb:.0f} MB)")
         t0 = time.monotonic()
         frames = [first]
         for i, T in enumerate(self.poses[1:], start=1):
@@ -311,7 +313,11 @@ class SimCameraNode(Node):
         return True
 
     def shutdown(self) -> None:
+        """Stop the frame loop and free the prerendered frames and the renderer's scene now: their pixels live in
+        Open3D buffers, and Open3D reports buffers still held at interpreter exit as leaks and exits 1."""
         self.timer.stop()
+        self.frames = None
+        self.renderer = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         if node is not None:
             node.shutdown()
             node.destroy_node()
+            node = None
+        gc.collect()  # reference cycles through the node's callbacks would keep Open3D buffers until exit
         rclpy.try_shutdown()
         stop.teardown_done()
 

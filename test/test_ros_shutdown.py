@@ -1,0 +1,50 @@
+"""Clean exit of every executable: SIGINT twice to its process group (a terminal Ctrl-C, then the one ``ros2 launch``
+forwards), with a short and a long gap, once it is up: exit code 0, no traceback, no hang.
+
+The cycles come from :mod:`find_ros.ros.stress` (the benchmark runs 10 per executable and records the seconds to
+exit; no timing is asserted here beyond the hang bound).
+"""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("find_ros.msg")
+
+from find_ros.ros.stress import EXECUTABLES, inprocess_cycles, pair_cycles, signal_cycle  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+CASES = [("perception_node/hsv", 0.05), ("perception_node/unconfigured", 0.25), ("perception_node/find+field", 0.25),
+         ("perception_node/find+field", 1.0), ("sim_camera_node", 0.05), ("replay_node", 0.25),
+         ("find-ros demo", 0.25)]
+
+
+@pytest.mark.parametrize("name, gap_s", CASES, ids=[f"{n}-{g}s" for n, g in CASES])
+def test_sigint_twice_to_the_process_group_exits_zero(name, gap_s, domain_id, tmp_path):
+    r = signal_cycle(EXECUTABLES[name], gap_s=gap_s, domain_id=domain_id, run_dir=tmp_path, exit_bound_s=20.0)
+    log = (tmp_path / "output.log").read_text(errors="replace")
+    assert r.started, f"{name} did not come up:\n{log[-3000:]}"
+    assert r.exit_s is not None, f"{name} still running 20 s after SIGINT x2:\n{log[-3000:]}"
+    assert r.returncode == 0 and not r.traceback, f"{name}: rc {r.returncode}\n{log[-3000:]}"
+
+
+def test_sigint_during_start_up_exits_zero(domain_id, tmp_path):
+    """A sim camera interrupted while it prerenders its loop gives up at once and exits 0."""
+    from find_ros.ros.stress import Executable
+
+    exe = Executable("sim_camera_node/prerendering", ("-m", "find_ros.ros.sim_camera_node", "--ros-args",
+                                                      "-p", "prerender:=true", "-p", "loop_frames:=3000",
+                                                      "-p", "prerender_max_mb:=100000"), "prerendering 3000 frames")
+    r = signal_cycle(exe, gap_s=0.1, domain_id=domain_id, run_dir=tmp_path, exit_bound_s=20.0)
+    log = (tmp_path / "output.log").read_text(errors="replace")
+    assert r.started and r.exit_s is not None and r.returncode == 0 and not r.traceback, log[-3000:]
+    assert "prerendered" not in log
+
+
+def test_node_pairs_and_in_process_contexts_start_and_stop_without_hanging(domain_id, tmp_path):
+    """A few cycles of the stress benchmark's pair and in-process parts (the benchmark runs 100 + 100)."""
+    pairs = pair_cycles(3, domain_id=domain_id, run_dir=tmp_path / "pairs")
+    assert pairs["hangs"] == 0 and pairs["bad_exit"] == 0 and pairs["no_frames"] == 0, pairs
+    inproc = inprocess_cycles(5, domain_id=domain_id, run_dir=tmp_path / "inprocess")
+    assert inproc["no_frames"] == 0, inproc
