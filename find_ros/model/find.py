@@ -175,9 +175,7 @@ class FindModel(nn.Module):
 
     # ------------------------------------------------------------------ encoders
 
-    def encode_image(self, images: torch.Tensor, *, size: tuple[int, int] | None = None) -> ImageFeatures:
-        """(B, 3, H, W) float RGB in [0, 1] (resized to ``config.vision.image_size``, or to ``size`` for a
-        hierarchical encoder) -> image features."""
+    def _encoder_input(self, images: torch.Tensor, size: tuple[int, int] | None) -> tuple[torch.Tensor, tuple]:
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
             raise FindModelError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
         if not images.is_floating_point():
@@ -186,13 +184,40 @@ class FindModel(nn.Module):
         size = tuple(self.config.vision.image_size) if size is None else (int(size[0]), int(size[1]))
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x, size
+
+    def _vision(self, x: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
         kw = {"size": size} if self.vision.hierarchical else {}
         if self.config.freeze_encoders:
             with torch.no_grad():
-                maps = self.vision(x, **kw)
+                return self.vision(x, **kw)
+        return self.vision(x, **kw)
+
+    @torch.no_grad()
+    def vision_maps(self, images: torch.Tensor, *, size: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """The vision encoder's feature maps of ``images`` (what a frozen-encoder feature cache stores)."""
+        x, size = self._encoder_input(images, size)
+        return self.vision(x, **({"size": size} if self.vision.hierarchical else {}))
+
+    def encode_image(self, images: torch.Tensor, *, size: tuple[int, int] | None = None,
+                     maps: list[torch.Tensor] | None = None) -> ImageFeatures:
+        """(B, 3, H, W) float RGB in [0, 1] (resized to ``config.vision.image_size``, or to ``size`` for a
+        hierarchical encoder) -> image features. ``maps``: the encoder's output for these images, precomputed
+        (:meth:`vision_maps`, a feature cache); only the pixel decoder then runs."""
+        x, size = self._encoder_input(images, size)
+        if maps is None:
+            maps = self._vision(x, size)
         else:
-            maps = self.vision(x, **kw)
+            maps = [m.to(device=self.device, dtype=self.dtype) for m in maps]
         return self.decoder(maps, x)
+
+    def set_frozen_encoders(self, frozen: bool = True) -> "FindModel":
+        """Freeze (or unfreeze) both encoders: ``config.freeze_encoders``, ``requires_grad`` and eval mode."""
+        self.config.freeze_encoders = bool(frozen)
+        for enc in (self.vision, self.language):
+            enc.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
 
     def reference_size(self) -> tuple[int, int]:
         """(h, w) reference crops are encoded at: ``vision.reference_size`` squared for hierarchical encoders
@@ -210,8 +235,8 @@ class FindModel(nn.Module):
                 return self.language(i, a).to(self.dtype)
         return self.language(i, a).to(self.dtype)
 
-    def embed_references(self, references: list[Reference]) -> torch.Tensor:
-        """(R, C) prompt embeddings of reference images (mask pooling + points sampled in the mask)."""
+    def reference_inputs(self, references: list[Reference]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Encoder input (R, 3, h, w) in [0, 1], mask weights (R, h/s, w/s) and (h, w) of reference crops."""
         import cv2
 
         h, w = self.reference_size()
@@ -226,12 +251,26 @@ class FindModel(nn.Module):
                 mr = (mr >= mr.max()).astype(np.float32)
             masks.append(mr)
         x = torch.from_numpy(np.stack(imgs)).to(self.device).permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        feats = self.encode_image(x, size=(h, w)) if self.vision.hierarchical else self.encode_image(x)
         mt = torch.from_numpy(np.stack(masks)).to(device=self.device, dtype=self.dtype)
+        return x, mt, (h, w)
+
+    @torch.no_grad()
+    def reference_vision_maps(self, references: list[Reference]) -> list[torch.Tensor]:
+        """The vision encoder's maps of reference crops (what a feature cache stores for them)."""
+        x, _, size = self.reference_inputs(references)
+        return self.vision_maps(x, size=size)
+
+    def embed_references(self, references: list[Reference], *, maps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(R, C) prompt embeddings of reference images (mask pooling + points sampled in the mask);
+        ``maps``: their precomputed encoder maps (:meth:`reference_vision_maps`)."""
+        x, mt, (h, w) = self.reference_inputs(references)
+        feats = self.encode_image(x, size=(h, w) if self.vision.hierarchical else None, maps=maps)
         return self.sampler.pool_references(self.decoder.reference_features(feats.mask_features), mt)
 
-    def encode_instructions(self, instructions: list[Instruction]) -> PromptBatch:
-        """Prompts of a batch of instructions: token embeddings per entity, ``<k>`` -> reference ``k`` embedding."""
+    def encode_instructions(self, instructions: list[Instruction], *,
+                            reference_maps: list[torch.Tensor] | None = None) -> PromptBatch:
+        """Prompts of a batch of instructions: token embeddings per entity, ``<k>`` -> reference ``k`` embedding.
+        ``reference_maps``: precomputed encoder maps of all the instructions' references, in order."""
         if not instructions:
             raise FindModelError("encode_instructions needs at least one instruction")
         phrases, refs, offsets = [], [], []
@@ -244,7 +283,7 @@ class FindModel(nn.Module):
         tokens = tokenize_entities(self.tokenizer, phrases, max_tokens=self.config.language.max_tokens,
                                    add_eos=self.config.language.kind != "llm", ref_offsets=offsets)
         lang = self._language(tokens.ids, tokens.attention)
-        ref_emb = self.embed_references(refs) if refs else None
+        ref_emb = self.embed_references(refs, maps=reference_maps) if refs else None
         return self.sampler(tokens=tokens, language=lang, references=ref_emb, batch=len(instructions))
 
     def encode_text(self, texts: list[str]) -> PromptBatch:

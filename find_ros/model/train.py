@@ -77,6 +77,10 @@ class TrainConfig:
     val_samples: int = 64
     """Size of the fixed validation set (the first samples of the ``val`` split, rendered once into
     ``<data_dir>/val``)."""
+    feature_cache: str = ""
+    """Folder of a frozen-encoder feature cache (``find_ros.model.feature_cache``): the vision encoder's maps of
+    every training view and reference crop are computed once there and training runs only the pixel decoder,
+    interface and heads. Needs frozen encoders (model spec ``"freeze_encoders": true``); "" = off."""
     max_seconds: float = 0.0
     """Stop (checkpointed, final model written) once this many seconds of training steps have run; 0 = no limit.
     Validation time is not counted. For equal-wall-time comparisons; the lr schedule still follows ``steps``."""
@@ -183,21 +187,27 @@ def collate(samples: list[SimSample], *, task: str, mask_hw: tuple[int, int], ma
 
 
 def build_model(spec: dict, *, seed: int, image_size: tuple[int, int]):
-    """Make the model named by ``TrainConfig.model``."""
+    """Make the model named by ``TrainConfig.model`` (``"freeze_encoders": true/false`` in the spec overrides the
+    model's setting: stage 2 of FIND's recipe trains the interface over frozen encoders)."""
     from find_ros.model.find import FindModel
 
     spec = dict(spec or {})
     kind = spec.pop("kind", "tiny")
+    freeze = spec.pop("freeze_encoders", None)
     if kind == "tiny":
-        return FindModel.build_tiny(vocab=vocabulary(), image_size=tuple(image_size), seed=seed, **spec)
-    if kind == "config":
+        model = FindModel.build_tiny(vocab=vocabulary(), image_size=tuple(image_size), seed=seed, **spec)
+    elif kind == "config":
         from find_ros.model.config import FindConfig
 
         torch.manual_seed(seed)
-        return FindModel(config=FindConfig.from_dict(spec["config"]))
-    if kind == "pretrained":
-        return FindModel.from_pretrained(spec["path"])
-    raise TrainError(f"unknown model kind {kind!r} (tiny, config, pretrained)")
+        model = FindModel(config=FindConfig.from_dict(spec["config"]))
+    elif kind == "pretrained":
+        model = FindModel.from_pretrained(spec["path"])
+    else:
+        raise TrainError(f"unknown model kind {kind!r} (tiny, config, pretrained)")
+    if freeze is not None:
+        model.set_frozen_encoders(bool(freeze))
+    return model
 
 
 def _mask_hw(model, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -205,13 +215,24 @@ def _mask_hw(model, image_size: tuple[int, int]) -> tuple[int, int]:
     return image_size[0] // stride, image_size[1] // stride
 
 
-def batch_losses(model, batch: dict, *, device: str, weights) -> dict[str, torch.Tensor]:
-    """Forward one collated batch through ``model`` for its task and return ``find_losses``."""
+def batch_losses(model, batch: dict, *, device: str, weights, cache=None) -> dict[str, torch.Tensor]:
+    """Forward one collated batch through ``model`` for its task and return ``find_losses``. With a
+    :class:`~find_ros.model.feature_cache.FeatureCache` (frozen encoders) the vision maps of the batch's
+    ``indices`` and of their references come from it instead of the encoder."""
     from find_ros.model.losses import FindTargets, find_losses
 
     task = batch["task"]
     images = torch.from_numpy(batch["images"]).to(device)
-    feats = model.encode_image(images)
+    ref_maps = None
+    if cache is not None:
+        if not model.config.freeze_encoders:
+            raise TrainError("a feature cache needs frozen encoders (model spec freeze_encoders: true)")
+        feats = model.encode_image(images, maps=[m.to(device) for m in cache.maps(batch["indices"])])
+        if task == "interleaved":
+            rm = cache.reference_maps(batch["indices"])
+            ref_maps = None if rm is None else [m.to(device) for m in rm]
+    else:
+        feats = model.encode_image(images)
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     captions = None
     if task == "segment":
@@ -221,7 +242,7 @@ def batch_losses(model, batch: dict, *, device: str, weights) -> dict[str, torch
         targets = FindTargets(entity_masks=None, entity_valid=None, object_masks=t(batch["object_masks"]),
                               object_valid=t(batch["object_valid"]), captions=None)
     elif task in ("ground", "interleaved"):
-        prompts = model.encode_instructions(batch["instructions"])
+        prompts = model.encode_instructions(batch["instructions"], reference_maps=ref_maps)
         out = model(feats, prompts, task=task)
         targets = FindTargets(entity_masks=t(batch["entity_masks"]), entity_valid=t(batch["entity_valid"]),
                               object_masks=t(batch["object_masks"]), object_valid=t(batch["object_valid"]),
@@ -300,6 +321,15 @@ class Trainer:
         self.model = model if model is not None else build_model(config.model, seed=config.seed, image_size=image_size)
         self.model.to(config.device)
         self.mask_hw = _mask_hw(self.model, image_size)
+        self.cache = None
+        if config.feature_cache:
+            from find_ros.model.feature_cache import FeatureCache, build_feature_cache
+
+            if not self.model.config.freeze_encoders:
+                raise TrainError("feature_cache needs frozen encoders: add \"freeze_encoders\": true to the model "
+                                 "spec")
+            d = build_feature_cache(self.model, self.dataset, Path(config.feature_cache).expanduser())
+            self.cache = FeatureCache(d, model=self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -332,7 +362,9 @@ class Trainer:
         task = self._tasks[int(rng.choice(len(self._tasks), p=self._task_p))]
         idx = rng.choice(len(self.dataset), size=min(c.batch_size, len(self.dataset)), replace=False)
         samples = [self.dataset[int(i)] for i in idx]
-        return collate(samples, task=task, mask_hw=self.mask_hw, max_entities=c.max_entities, rng=rng)
+        batch = collate(samples, task=task, mask_hw=self.mask_hw, max_entities=c.max_entities, rng=rng)
+        batch["indices"] = [int(i) for i in idx]
+        return batch
 
     # -- checkpoints
     @property
@@ -373,7 +405,8 @@ class Trainer:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        losses = batch_losses(self.model, batch, device=self.config.device, weights=self.loss_weights)
+        losses = batch_losses(self.model, batch, device=self.config.device, weights=self.loss_weights,
+                              cache=self.cache)
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.config.grad_clip > 0:
