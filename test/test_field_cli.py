@@ -33,6 +33,18 @@ def test_fuse_cli_writes_field_and_json(tmp_path, capsys):
     assert "consistency_median_m" in capsys.readouterr().out
 
 
+@needs_tum
+def test_fuse_cli_memory_budget_caps_the_field(tmp_path):
+    out, js = tmp_path / "teddy.npz", tmp_path / "teddy.json"
+    assert cli(["fuse", "--format", "tum", "--path", str(DATA), "--out", str(out), "--json", str(js),
+                "--voxel", "0.05", "--stride", "6", "--max-frames", "6", "--dim", "16", "--memory-mb", "6"]) == 0
+    rep = json.loads(js.read_text())
+    cfg = FieldConfig(voxel_size=0.05, embedding_dim=16, memory_mb=6.0)
+    assert rep["block_cap"] == cfg.block_cap and rep["active_blocks"] <= cfg.block_cap
+    assert 0 < rep["allocated_bytes"] <= 6 * 2**20
+    assert FeatureField.load(out).config.memory_mb == 6.0
+
+
 def test_consistency_is_small_for_the_fused_frame_and_large_for_a_wrong_pose():
     H, W = 120, 160
     K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])

@@ -7,7 +7,10 @@ Memory (issue 3, "RSS stays flat while voxels are evicted"):
 python -m find_ros.field.bench --rss [--minutes 10] [--width 320 --height 240] [--max-blocks 400] fuses a sim
 walk-through (find_ros.sim walkthrough_trajectory + SimRenderer, looping) for M minutes with a block cap small
 enough to force eviction, samples the process RSS every few seconds and reports the mean RSS of the first and
-the last window (60 s each, or a third of the run when it is shorter than 3 minutes) and their ratio.
+the last window (60 s each, or a third of the run when it is shorter than 3 minutes) and their ratio. The field's
+storage grows with the blocks fused (issue 10), so RSS rises until the cap is first reached: the run also reports
+``t_cap_s`` (first eviction), the ratio of the last window to the first window after it, and the median fusion ms
+of the first and last windows (latency drift).
 """
 from __future__ import annotations
 
@@ -119,11 +122,13 @@ def rss_mb() -> float:
 
 def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, max_blocks: int = 400,
                voxel: float = 0.05, embed: str = "hsv", dim: int = 64, seed: int = 0, loop_frames: int = 600,
-               sample_s: float = 5.0, log: Callable[[str], None] | None = print) -> dict:
+               sample_s: float = 5.0, memory_mb: float | None = None,
+               log: Callable[[str], None] | None = print) -> dict:
     """Fuse a looping sim walk-through for ``minutes`` under a block cap; RSS sampled every ``sample_s`` s.
 
     ``embed``: "hsv" = the hsv-baseline grounder's pixel embeddings (D=12), "random" = random unit vectors of
-    length ``dim`` at 1/8 resolution (FIND-sized).
+    length ``dim`` at 1/8 resolution (FIND-sized). ``memory_mb``: the field's budget (FieldConfig.memory_mb); the
+    smaller of its cap and ``max_blocks`` applies.
     """
     from find_ros.sim import Scene, SimRenderer, walkthrough_trajectory
 
@@ -147,13 +152,16 @@ def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, ma
             return e / np.linalg.norm(e, axis=-1, keepdims=True)
     else:
         raise ValueError(f"embed must be 'hsv' or 'random', got {embed!r}")
-    ff = FeatureField(config=FieldConfig(voxel_size=voxel, embedding_dim=dim, max_blocks=max_blocks))
+    ff = FeatureField(config=FieldConfig(voxel_size=voxel, embedding_dim=dim, max_blocks=max_blocks,
+                                         memory_mb=memory_mb))
     duration = minutes * 60.0
     t_start = time.monotonic()
     next_sample = 0.0
     samples: list[tuple[float, float, int, int]] = []  # (t s, rss MB, active blocks, frames)
     frames = evicted = peak_blocks = 0
     ms: list[float] = []
+    ms_t: list[float] = []  # time of each fused frame (s since start)
+    t_cap: float | None = None
     while True:
         t = time.monotonic() - t_start
         if t >= next_sample:
@@ -168,19 +176,35 @@ def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, ma
         st = ff.integrate(f.depth, f.K, f.T_world_cam, pixel_embeddings=embed_fn(f.color), color=f.color)
         frames += 1
         evicted += st.evicted_blocks
+        if t_cap is None and st.evicted_blocks:
+            t_cap = time.monotonic() - t_start
         peak_blocks = max(peak_blocks, st.active_blocks)
         ms.append(st.ms)
+        ms_t.append(time.monotonic() - t_start)
     ts = np.array([s[0] for s in samples])
     rss = np.array([s[1] for s in samples])
     win = min(60.0, duration / 3.0)
     first = rss[ts <= win]
     last = rss[ts >= duration - win]
+    mt, msa = np.array(ms_t), np.array(ms)
+    ms_first, ms_last = msa[mt <= win], msa[mt >= duration - win]
+    after_cap = rss[(ts >= t_cap) & (ts <= t_cap + win)] if t_cap is not None else np.zeros(0)
     return {"minutes": minutes, "resolution": [height, width], "voxel_size": voxel, "embedding": embed,
-            "embedding_dim": dim, "max_blocks": max_blocks, "frames": frames, "evicted_blocks": int(evicted),
+            "embedding_dim": dim, "max_blocks": max_blocks, "memory_mb": memory_mb, "block_cap": ff.block_cap,
+            "frames": frames, "evicted_blocks": int(evicted),
             "peak_active_blocks": int(peak_blocks), "final_voxels": ff.num_voxels,
-            "field_memory_mb": ff.memory_bytes / 2**20, "fuse_ms_median": float(np.median(ms)) if ms else 0.0,
+            "field_memory_mb": ff.memory_bytes / 2**20, "field_allocated_mb": ff.allocated_bytes / 2**20,
+            "field_capacity_mb": ff.capacity_bytes / 2**20, "fuse_ms_median": float(np.median(ms)) if ms else 0.0,
+            "fuse_ms_first_window_median": float(np.median(ms_first)) if ms_first.size else None,
+            "fuse_ms_last_window_median": float(np.median(ms_last)) if ms_last.size else None,
+            "fuse_ms_ratio_last_vs_first": (float(np.median(ms_last) / np.median(ms_first))
+                                            if ms_first.size and ms_last.size else None),
             "window_s": win, "rss_first_window_mb": float(first.mean()), "rss_last_window_mb": float(last.mean()),
             "rss_ratio_last_vs_first": float(last.mean() / first.mean()),
+            "t_cap_s": t_cap,
+            "rss_first_window_after_cap_mb": float(after_cap.mean()) if after_cap.size else None,
+            "rss_ratio_last_vs_first_after_cap": (float(last.mean() / after_cap.mean()) if after_cap.size
+                                                  else None),
             "rss_min_mb": float(rss.min()), "rss_max_mb": float(rss.max()),
             "rss_samples": [[round(a, 1), round(b, 1), c, d] for a, b, c, d in samples]}
 
@@ -195,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--max-blocks", type=int, default=400)
+    ap.add_argument("--memory-mb", type=float, default=None, help="--rss: field memory budget (MiB)")
     ap.add_argument("--embed", choices=("hsv", "random"), default="hsv")
     ap.add_argument("--dim", type=int, default=64, help="--embed random: embedding length")
     ap.add_argument("--sample-s", type=float, default=5.0)
@@ -202,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.rss:
         res = run_memory(minutes=a.minutes, width=a.width, height=a.height, max_blocks=a.max_blocks,
-                         voxel=a.voxel, embed=a.embed, dim=a.dim, sample_s=a.sample_s)
+                         voxel=a.voxel, embed=a.embed, dim=a.dim, sample_s=a.sample_s, memory_mb=a.memory_mb)
     else:
         res = run(data=a.data, frames=a.frames, voxel=a.voxel)
     text = json.dumps(res, indent=2)

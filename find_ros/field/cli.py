@@ -54,7 +54,8 @@ def fuse(args: argparse.Namespace) -> dict:
                    width=args.width, height=args.height)
     embedder, what = _embedder(args)
     dim = embedder.dim if embedder is not None else args.dim
-    cfg = FieldConfig(voxel_size=args.voxel, embedding_dim=dim, max_blocks=args.max_blocks)
+    cfg = FieldConfig(voxel_size=args.voxel, embedding_dim=dim, max_blocks=args.max_blocks,
+                      memory_mb=getattr(args, "memory_mb", None))
     ff = FeatureField(config=cfg)
     fused, held, ms, embed_ms = [], [], [], []
     for k, fr in enumerate(frames):  # lazy: one frame decoded at a time (held-out frames are kept)
@@ -80,7 +81,8 @@ def fuse(args: argparse.Namespace) -> dict:
               "embedding": what, "embedding_dim": dim, "voxel_size": cfg.voxel_size,
               "frames_fused": len(fused), "frames_held_out": len(held), "voxels": ff.num_voxels,
               "active_blocks": ff.active_blocks, "bytes_per_voxel": ff.bytes_per_voxel,
-              "memory_bytes": ff.memory_bytes, "ms_per_frame_median": float(np.median(ms)),
+              "memory_bytes": ff.memory_bytes, "allocated_bytes": ff.allocated_bytes, "block_cap": ff.block_cap,
+              "ms_per_frame_median": float(np.median(ms)),
               "embed_ms_per_frame_median": float(np.median(embed_ms)) if embed_ms else 0.0,
               "save_ms": save_ms}
     if held:
@@ -117,6 +119,8 @@ def cli(argv: list[str] | None = None) -> int:
     f.add_argument("--voxel", type=float, default=0.05)
     f.add_argument("--dim", type=int, default=64)
     f.add_argument("--max-blocks", type=int, default=20000)
+    f.add_argument("--memory-mb", type=float, default=None,
+                   help="memory budget (MiB) of the field's storage; the smaller of its cap and --max-blocks wins")
     f.add_argument("--stride", type=int, default=1)
     f.add_argument("--max-frames", type=int)
     f.add_argument("--holdout-every", type=int, default=0)

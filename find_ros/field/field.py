@@ -1,8 +1,25 @@
-"""Sparse 3D feature field on an open3d VoxelBlockGrid: TSDF geometry plus per-voxel colour and embedding averages."""
+"""Sparse 3D feature field: TSDF geometry plus per-voxel colour and embedding averages in 8^3-voxel blocks.
+
+Blocks are addressed by an open3d ``core.HashMap`` (block key -> buffer index); the voxel attributes live in
+numpy arrays indexed by that buffer index; open3d's ``VoxelBlockGrid`` computes the blocks a depth frame touches.
+
+Memory grows with use. The hash map is made once for the whole capacity (about 17 bytes per block: keys,
+values, free-list) and never rehashes, so buffer indices are stable; its free-list hands out indices from 0
+upwards and reuses freed ones first. The attribute arrays are anonymous private memory maps of the whole
+capacity: the kernel backs a page with memory only when it is first written, so the resident storage is that of
+the blocks written so far (``allocated_blocks``, a high-water mark: evicted blocks' slots are reused, not
+returned) and never more than ``capacity_blocks``. Measured with open3d 0.20 on CPU, the alternatives were worse:
+a VoxelBlockGrid zero-fills its whole ``block_count`` when it is made (the 1.9 GB at start-up of issue 10), and
+letting its hash map grow (it doubles itself when an activation overflows it) stalled for 0.6 s at 260 blocks and
+3.3 s at 2,100 blocks of D=64 per doubling.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import math
+import mmap
+import numbers
 import os
 import tempfile
 import time
@@ -16,6 +33,7 @@ import open3d.core as o3c
 LOG = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
+_FROM_FILE = object()  # FeatureField.load: keep the saved memory_mb
 
 
 class FieldInputError(ValueError):
@@ -33,7 +51,13 @@ class FieldConfig:
     voxel_size: voxel edge in metres.
     block_resolution: voxels per block edge (blocks hold block_resolution**3 voxels).
     embedding_dim: length D of the per-voxel embedding.
-    max_blocks: cap on active blocks; above it blocks are evicted (see ``eviction``).
+    max_blocks: cap on active blocks; above it blocks are evicted (see ``eviction``). The field's storage grows with
+        the blocks written, up to ``capacity_blocks(...)`` = int(1.25 * cap) + 64 blocks (room for one frame's new
+        blocks before eviction runs).
+    memory_mb: optional budget (MiB, 2**20 bytes) for the voxel storage; None = no budget. When given, the block
+        cap is the largest whose capacity (int(1.25 * cap) + 64 blocks of ``block_bytes``) fits in the budget, and
+        the smaller of that and ``max_blocks`` wins (see :meth:`block_cap`). A budget too small for a cap of one
+        block raises :class:`FieldInputError`.
     depth_max / depth_min: depth readings outside [depth_min, depth_max] metres are ignored.
     trunc_voxels: TSDF truncation distance in voxels.
     use_tsdf: keep a TSDF (and its weight); when off only surface voxels are allocated/updated.
@@ -47,6 +71,7 @@ class FieldConfig:
     block_resolution: int = 8
     embedding_dim: int = 64
     max_blocks: int = 20000
+    memory_mb: float | None = None
     depth_max: float = 5.0
     depth_min: float = 0.1
     trunc_voxels: float = 4.0
@@ -66,6 +91,63 @@ class FieldConfig:
             raise FieldInputError(f"need 0 <= depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
         if self.eviction not in ("farthest", "oldest"):
             raise FieldInputError(f"eviction must be 'farthest' or 'oldest', got {self.eviction!r}")
+        if self.memory_mb is not None:
+            m = self.memory_mb
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not math.isfinite(m) or m <= 0:
+                raise FieldInputError(f"memory_mb must be a finite number > 0 (MiB) or None, got {m!r}")
+            if self._budget_cap() < 1:
+                raise FieldInputError(
+                    f"memory_mb={m:g} MiB holds {self._budget_blocks()} blocks of {self.block_bytes} bytes "
+                    f"(D={self.embedding_dim}, {self.block_resolution}^3 voxels); a cap of one block needs "
+                    f"{_capacity_for(1)} blocks = {_capacity_for(1) * self.block_bytes / 2**20:.2f} MiB")
+
+    @property
+    def bytes_per_voxel(self) -> int:
+        """Stored bytes per voxel: obs 4, colour 12, embedding 2 D (float16), seen 4, tsdf + weight 8."""
+        return 4 + 12 + 2 * self.embedding_dim + 4 + (8 if self.use_tsdf else 0)
+
+    @property
+    def block_bytes(self) -> int:
+        """Stored bytes per block: block_resolution**3 voxels of ``bytes_per_voxel``."""
+        return self.block_resolution ** 3 * self.bytes_per_voxel
+
+    def _budget_blocks(self) -> int:
+        return int(self.memory_mb * 2**20 // self.block_bytes)
+
+    def _budget_cap(self) -> int:
+        """Largest cap whose capacity fits in ``memory_mb`` (0 when none does)."""
+        n = self._budget_blocks()
+        cap = max(0, int((n - 64) / 1.25))
+        while cap > 0 and _capacity_for(cap) > n:  # float rounding of the 1.25 factor
+            cap -= 1
+        while _capacity_for(cap + 1) <= n:
+            cap += 1
+        return cap
+
+    @property
+    def block_cap(self) -> int:
+        """Active blocks kept: ``max_blocks``, or the budget's cap when ``memory_mb`` is given and it is smaller."""
+        return self.max_blocks if self.memory_mb is None else min(self.max_blocks, self._budget_cap())
+
+    @property
+    def capacity_blocks(self) -> int:
+        """Most blocks the storage ever holds: int(1.25 * block_cap) + 64."""
+        return _capacity_for(self.block_cap)
+
+
+def _capacity_for(cap: int) -> int:
+    """Storage blocks for a block cap: a frame's new blocks must fit before eviction brings it back to the cap."""
+    return int(cap * 1.25) + 64
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zero-filled array on an anonymous private memory map: pages take memory only once written."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    if n == 0:
+        return np.zeros(shape, dtype)
+    mm = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(mm, dtype=dtype).reshape(shape)  # the array keeps the map alive; unmapped with it
 
 
 @dataclass
@@ -107,65 +189,109 @@ def _check_pose(T: np.ndarray, name: str) -> np.ndarray:
 
 
 class FeatureField:
-    """TSDF + colour + embedding voxel field (observed voxels are those with an observation weight > 0)."""
+    """TSDF + colour + embedding voxel field (observed voxels are those with an observation weight > 0).
+
+    Storage grows with the blocks written (see the module docstring); ``allocated_bytes`` says how much.
+    """
 
     def __init__(self, *, config: FieldConfig) -> None:
         self.config = config
         self._device = o3c.Device(config.device)
         r = config.block_resolution
         self._r3 = r ** 3
+        self._cap = config.block_cap
         # capacity headroom so a frame's new blocks fit before eviction runs
-        self._capacity = int(config.max_blocks * 1.25) + 64
+        self._capacity = config.capacity_blocks
         names = ["obs", "color", "embedding", "seen"]
-        dtypes = [o3c.float32, o3c.float32, o3c.uint16, o3c.float32]
+        dtypes = [np.float32, np.float32, np.float16, np.float32]
         chans = [1, 3, config.embedding_dim, 1]
         if config.use_tsdf:
             names = ["tsdf", "weight"] + names
-            dtypes = [o3c.float32, o3c.float32] + dtypes
+            dtypes = [np.float32, np.float32] + dtypes
             chans = [1, 1] + chans
         self._names = names
+        self._layout = list(zip(names, dtypes, chans))
+        # only computes the blocks a depth frame touches (its own hash map stays empty: one block of one byte)
         self._vbg = o3d.t.geometry.VoxelBlockGrid(
-            attr_names=tuple(names), attr_dtypes=tuple(dtypes), attr_channels=tuple(chans),
-            voxel_size=config.voxel_size, block_resolution=r, block_count=self._capacity, device=self._device)
+            attr_names=("unused",), attr_dtypes=(o3c.uint8,), attr_channels=(1,),
+            voxel_size=config.voxel_size, block_resolution=r, block_count=1, device=self._device)
+        self._new_storage()
         self._frame = 0
         self._cache: dict | None = None
+        self._warned_overflow = False
         loc = np.arange(self._r3, dtype=np.int64)
         # voxel offsets inside a block in open3d's order (x fastest), in metres
         self._local = (np.stack([loc % r, (loc // r) % r, loc // (r * r)], axis=1) * config.voxel_size
                        ).astype(np.float32)
 
+    def _new_storage(self) -> None:
+        """A fresh block hash map for the whole capacity and lazily backed, zero attribute arrays."""
+        self._hm = o3c.HashMap(self._capacity, o3c.int32, (3,), o3c.uint8, (1,), self._device)
+        n = self._capacity * self._r3
+        self._store = {name: _lazy_zeros((n, c), dt) for name, dt, c in self._layout}
+        self._high_water = 0  # buffer indices below it have been handed out (their pages are backed)
+
     # ------------------------------------------------------------------ attributes
     def _attr(self, name: str) -> np.ndarray:
-        """Flat (capacity*R^3, C) numpy view sharing memory with the grid buffer."""
-        a = self._vbg.attribute(name).numpy()
-        a = a.reshape(-1, a.shape[-1])
-        return a.view(np.float16) if name == "embedding" else a
+        """Flat (capacity*R^3, C) attribute array (embedding float16, the others float32)."""
+        return self._store[name]
+
+    def _keys_all(self) -> np.ndarray:
+        """(capacity, 3) int32 block keys by buffer index (entries of free indices are stale)."""
+        return self._hm.key_tensor().numpy().reshape(-1, 3)
 
     @property
     def bytes_per_voxel(self) -> int:
-        d = self.config.embedding_dim
-        return 4 + 12 + 2 * d + 4 + (8 if self.config.use_tsdf else 0)
+        return self.config.bytes_per_voxel
+
+    @property
+    def block_cap(self) -> int:
+        """Active blocks kept after each frame (``max_blocks``, lowered by ``memory_mb`` when that is smaller)."""
+        return self._cap
+
+    @property
+    def capacity_blocks(self) -> int:
+        """Most blocks the storage can ever hold: int(1.25 * block_cap) + 64."""
+        return self._capacity
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Voxel storage at ``capacity_blocks`` (what the field takes at most; <= memory_mb when that is given)."""
+        return self._capacity * self.config.block_bytes
 
     @property
     def active_blocks(self) -> int:
-        return int(self._vbg.hashmap().size())
+        return int(self._hm.size())
+
+    @property
+    def allocated_blocks(self) -> int:
+        """Blocks whose storage has been handed out so far (high-water mark: eviction reuses, never returns)."""
+        return self._high_water
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Voxel storage of ``allocated_blocks``: the memory the field's storage has taken (at most; pages of a
+        block that were never written stay unbacked)."""
+        return self._high_water * self.config.block_bytes
 
     @property
     def memory_bytes(self) -> int:
         """Bytes of voxel storage in active blocks (hashmap keys excluded)."""
-        return self.active_blocks * self._r3 * self.bytes_per_voxel
+        return self.active_blocks * self.config.block_bytes
 
     @property
     def reserved_bytes(self) -> int:
-        """Bytes of voxel storage the grid allocates (and zero-fills) up front: 1.25 * max_blocks + 64 blocks."""
-        return self._capacity * self._r3 * self.bytes_per_voxel
+        """Memory the field holds: ``allocated_bytes`` plus the block hash map's buffers (about 17 bytes per block
+        of capacity: int32 x 3 key, uint8 value, int32 free-list entry). Grows with use, from about 0.4 MB at the
+        default cap (it was the whole capacity, 1.9 GB at D=64, before storage grew with use)."""
+        return self.allocated_bytes + self._capacity * 17
 
     @property
     def num_voxels(self) -> int:
         return int(self._observed()[0].size)
 
     def _active_buf(self) -> np.ndarray:
-        return self._vbg.hashmap().active_buf_indices().numpy().astype(np.int64)
+        return self._hm.active_buf_indices().numpy().astype(np.int64)
 
     def _observed(self) -> tuple[np.ndarray, np.ndarray]:
         """(flat voxel indices, xyz) of voxels with obs > 0."""
@@ -182,7 +308,7 @@ class FeatureField:
 
     def _voxel_xyz(self, flat_idx: np.ndarray) -> np.ndarray:
         """World coordinates of voxel centres for flat indices (block key from the hashmap key buffer)."""
-        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)
+        keys = self._keys_all()[: self._high_water]
         origin = (keys.astype(np.float64) * (self.config.block_resolution * self.config.voxel_size)
                   ).astype(np.float32)
         return origin[flat_idx // self._r3] + self._local[flat_idx % self._r3]
@@ -213,17 +339,21 @@ class FeatureField:
         depth = np.where((depth >= cfg.depth_min) & (depth <= cfg.depth_max) & np.isfinite(depth), depth, 0.0
                          ).astype(np.float32)
         T_cam_world = np.linalg.inv(T)
-        hm = self._vbg.hashmap()
+        hm = self._hm
         trunc_mult = cfg.trunc_voxels if cfg.use_tsdf else cfg.surface_voxels + 1.0
         coords = self._vbg.compute_unique_block_coordinates(
             o3d.t.geometry.Image(o3c.Tensor(depth)), o3c.Tensor(K), o3c.Tensor(T_cam_world),
             depth_scale=1.0, depth_max=cfg.depth_max, trunc_voxel_multiplier=float(trunc_mult))
         n_new = 0
+        if coords.shape[0] > self._capacity:  # one frame alone overflows the storage: keep its nearest blocks
+            coords = self._nearest_blocks(coords.numpy(), T[:3, 3])
         if coords.shape[0] > 0:
             free = self._capacity - self.active_blocks
-            if coords.shape[0] > free:  # make room before activation; keep the grid inside its buffer
+            if coords.shape[0] > free:  # make room before activation; keep the map inside its capacity
                 self._evict(need=coords.shape[0] - free, cam=T[:3, 3], protect=coords.numpy().astype(np.int64))
             buf_t, new_t = hm.activate(coords)
+            if hm.capacity() != self._capacity:  # a rehash would move every block: never let it pass silently
+                raise RuntimeError(f"block hash map grew from {self._capacity} to {hm.capacity()} blocks")
             new_mask = new_t.numpy().astype(bool)
             buf_new = buf_t.numpy().astype(np.int64)[new_mask]
             n_new = int(buf_new.size)
@@ -233,24 +363,42 @@ class FeatureField:
             buf = buf_t.numpy().astype(np.int64)
             self._update(buf, depth, K, T_cam_world, pixel_embeddings, color)
         evicted = 0
-        if self.active_blocks > cfg.max_blocks:
-            evicted = self._evict(need=self.active_blocks - cfg.max_blocks, cam=T[:3, 3], protect=None)
+        if self.active_blocks > self._cap:
+            evicted = self._evict(need=self.active_blocks - self._cap, cam=T[:3, 3], protect=None)
         self._frame += 1
         self._cache = None
         return IntegrateStats(ms=(time.perf_counter() - t0) * 1e3, active_blocks=self.active_blocks,
                               new_blocks=n_new, evicted_blocks=evicted)
 
+    def _nearest_blocks(self, coords: np.ndarray, cam: np.ndarray) -> o3c.Tensor:
+        """The ``capacity_blocks`` block keys of ``coords`` nearest the camera centre (a frame that alone
+        touches more blocks than the storage holds: only with a very small cap)."""
+        if not self._warned_overflow:
+            LOG.warning("a frame touches %d blocks, more than the field's capacity of %d (block cap %d): "
+                        "fusing the %d nearest the camera", coords.shape[0], self._capacity, self._cap,
+                        self._capacity)
+            self._warned_overflow = True
+        r, vs = self.config.block_resolution, self.config.voxel_size
+        dist = np.linalg.norm((coords.astype(np.float64) + 0.5) * r * vs - cam[None, :], axis=1)
+        keep = np.argsort(dist, kind="stable")[: self._capacity]
+        return o3c.Tensor(np.ascontiguousarray(coords[keep]).astype(np.int32))
+
     def _reset_blocks(self, buf: np.ndarray) -> None:
-        idx = (buf[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
-        for name in self._names:
-            self._attr(name)[idx] = 0
+        """Zero newly activated blocks. Slots at or above the high-water mark were never written (the map's pages
+        are still zero, and stay unbacked until fused into), so only reused slots are cleared."""
+        reused = buf[buf < self._high_water]
+        self._high_water = max(self._high_water, int(buf.max()) + 1)
+        if reused.size:
+            idx = (reused[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
+            for name in self._names:
+                self._attr(name)[idx] = 0
 
     def _update(self, buf: np.ndarray, depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray,
                 pe: np.ndarray | None, color: np.ndarray | None) -> None:
         cfg = self.config
         H, W = depth.shape
         idx = (buf[:, None] * self._r3 + np.arange(self._r3, dtype=np.int64)[None, :]).ravel()
-        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)[buf].astype(np.float64)
+        keys = self._keys_all()[buf].astype(np.float64)
         origin = keys * (cfg.block_resolution * cfg.voxel_size)
         R = T_cw[:3, :3]
         # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul)
@@ -311,11 +459,11 @@ class FeatureField:
 
     def _evict(self, *, need: int, cam: np.ndarray, protect: np.ndarray | None) -> int:
         """Erase ``need`` blocks by the configured policy (blocks in ``protect`` go last)."""
-        hm = self._vbg.hashmap()
+        hm = self._hm
         buf = self._active_buf()
         if need <= 0 or buf.size == 0:
             return 0
-        keys = hm.key_tensor().numpy().reshape(-1, 3).astype(np.int64)[buf]
+        keys = self._keys_all()[buf].astype(np.int64)
         r, vs = self.config.block_resolution, self.config.voxel_size
         if self.config.eviction == "farthest":
             centre = (keys + 0.5) * r * vs
@@ -447,7 +595,7 @@ class FeatureField:
         cfg = self.config
         r, vs = cfg.block_resolution, cfg.voxel_size
         trunc = cfg.trunc_voxels * vs
-        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)[buf].astype(np.int64)
+        keys = self._keys_all()[buf].astype(np.int64)
         enc = _encode_keys(keys)
         order = np.argsort(enc)
         enc_sorted, buf_sorted = enc[order], buf[order]
@@ -505,14 +653,16 @@ class FeatureField:
         return out.reshape(H, W)
 
     def clear(self) -> None:
-        self._vbg.hashmap().erase(self._vbg.hashmap().key_tensor()[self._vbg.hashmap().active_buf_indices()])
+        """Drop every block and give the storage's memory back (fresh, unbacked maps)."""
+        self._store = {}
+        self._new_storage()
         self._frame = 0
         self._cache = None
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
         buf = self._active_buf()
-        keys = self._vbg.hashmap().key_tensor().numpy().reshape(-1, 3)[buf].astype(np.int32)
+        keys = self._keys_all()[buf].astype(np.int32)
         idx = (buf[:, None] * self._r3 + np.arange(self._r3)[None, :]).ravel()
         arrays = {"config": np.array(json.dumps(asdict(self.config))),
                   "version": np.array(_FORMAT_VERSION), "frame": np.array(self._frame), "block_keys": keys}
@@ -553,21 +703,30 @@ class FeatureField:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureField":
+    def load(cls, path: str | os.PathLike, *, max_blocks: int | None = None,
+             memory_mb: float | None | object = _FROM_FILE) -> "FeatureField":
+        """Read a field saved by :meth:`save`. ``max_blocks`` / ``memory_mb`` replace the file's cap / budget
+        (memory_mb None = no budget); a file with more blocks than the resulting cap raises FieldInputError."""
         with np.load(path, allow_pickle=False) as z:
             ver = int(z["version"])
             if ver != _FORMAT_VERSION:
                 raise FieldInputError(f"{path}: unsupported field format version {ver}")
-            cfg = FieldConfig(**json.loads(str(z["config"])))
+            saved = json.loads(str(z["config"]))
+            if max_blocks is not None:
+                saved["max_blocks"] = max_blocks
+            if memory_mb is not _FROM_FILE:
+                saved["memory_mb"] = memory_mb
+            cfg = FieldConfig(**saved)
             ff = cls(config=cfg)
             keys = z["block_keys"].astype(np.int32)
             ff._frame = int(z["frame"])
             if keys.shape[0]:
-                if keys.shape[0] > ff._capacity:
-                    raise FieldInputError(f"{path}: {keys.shape[0]} blocks exceed capacity {ff._capacity}")
-                hm = ff._vbg.hashmap()
-                buf_t, _ = hm.activate(o3c.Tensor(keys))
+                if keys.shape[0] > ff._cap:
+                    raise FieldInputError(f"{path}: {keys.shape[0]} blocks exceed the block cap {ff._cap} "
+                                          f"(max_blocks {cfg.max_blocks}, memory_mb {cfg.memory_mb})")
+                buf_t, _ = ff._hm.activate(o3c.Tensor(keys))
                 buf = buf_t.numpy().astype(np.int64)
+                ff._high_water = max(ff._high_water, int(buf.max()) + 1)
                 idx = (buf[:, None] * ff._r3 + np.arange(ff._r3)[None, :]).ravel()
                 for name in ff._names:
                     ff._attr(name)[idx] = z["attr_" + name]

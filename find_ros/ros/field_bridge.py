@@ -8,6 +8,8 @@ Owned by a lifecycle node (the perception node creates it when ``field_enable`` 
   and ``find/field/heatmap`` (transient-local, xyz + rgb heat colour + score of the last query);
 - ``activate(grounder)``: the field's embeddings come from the grounder (:class:`FieldEmbedder`):
   its dimension D sets the field's (``field_embedding_dim`` 0 = follow it, otherwise it must match);
+  ``field_max_blocks`` and ``field_memory_mb`` set its block cap (:func:`field_config`); its storage
+  grows with the blocks fused, and ``find/status`` reports it (:func:`field_counters`);
   starts the fusion worker, the publish timer and the services ``find/field/query`` (QueryField),
   ``find/field/save`` / ``find/field/load`` (FieldFile) and ``find/field/clear`` (Trigger);
 - ``feed(rgb, depth_m, K, T_world_cam, pixel_embeddings=None)`` from the grounding worker: a one-slot
@@ -31,7 +33,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from find_ros.field import FeatureField, FieldConfig, FieldEmbedder
+from find_ros.field import FeatureField, FieldConfig, FieldEmbedder, FieldInputError
 from find_ros.instruction import Instruction, InstructionError, Reference, parse_instruction
 from find_ros.ros import conversions as conv
 from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
@@ -40,7 +42,7 @@ from find_ros.srv import FieldFile, QueryField
 LOG = logging.getLogger(__name__)
 
 __all__ = ["FieldBridge", "FieldBridgeError", "CLOUD_TOPIC", "GOAL_TOPIC", "HEATMAP_TOPIC", "QUERY_SERVICE",
-           "SAVE_SERVICE", "LOAD_SERVICE", "CLEAR_SERVICE", "heat_colours"]
+           "SAVE_SERVICE", "LOAD_SERVICE", "CLEAR_SERVICE", "heat_colours", "field_config", "field_counters"]
 
 CLOUD_TOPIC = "find/field/cloud"
 GOAL_TOPIC = "find/field/goal"
@@ -78,6 +80,46 @@ def heat_colours(score: np.ndarray) -> np.ndarray:
     lo, hi = float(s.min()), float(s.max())
     t = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
     return np.stack([255 * t, 255 * (1 - np.abs(2 * t - 1)), 255 * (1 - t)], axis=1).astype(np.uint8)
+
+
+def _budget(params: dict[str, Any]) -> float | None:
+    mb = float(params.get("field_memory_mb", 0.0))
+    return None if mb == 0.0 else mb
+
+
+def field_config(params: dict[str, Any], *, embedding_dim: int) -> FieldConfig:
+    """The field's config from node parameters: ``field_voxel_size``, ``field_max_blocks`` and ``field_memory_mb``
+    (0 = no budget; otherwise the block cap is the smaller of ``field_max_blocks`` and what fits in the budget).
+
+    Raises :class:`FieldBridgeError` naming the parameters when they do not make a field (e.g. a budget too small
+    for one block of this D).
+    """
+    mb = _budget(params)
+    try:
+        return FieldConfig(voxel_size=params["field_voxel_size"], max_blocks=params["field_max_blocks"],
+                           memory_mb=mb, embedding_dim=embedding_dim)
+    except FieldInputError as e:
+        raise FieldBridgeError(f"field_memory_mb={params.get('field_memory_mb', 0.0)!r}, "
+                               f"field_max_blocks={params['field_max_blocks']!r}, D={embedding_dim}: {e}") from e
+
+
+def field_counters(ff: FeatureField | None) -> dict[str, int | float]:
+    """Memory figures of a field for find/status (cheap: no voxel scan); zeros without a field.
+
+    field_active_blocks / field_memory_bytes: blocks in the field and their voxel storage;
+    field_allocated_blocks / field_reserved_bytes: storage handed out so far (high-water mark of blocks) and the
+    memory the field holds (that storage plus the block hash map), which grows with use;
+    field_block_cap: blocks kept after each frame; field_capacity_blocks / field_capacity_bytes: the most the
+    storage can grow to; field_budget_mb: the field_memory_mb budget (0 = none).
+    """
+    if ff is None:
+        return {"field_active_blocks": 0, "field_memory_bytes": 0, "field_allocated_blocks": 0,
+                "field_reserved_bytes": 0, "field_block_cap": 0, "field_capacity_blocks": 0,
+                "field_capacity_bytes": 0, "field_budget_mb": 0.0}
+    return {"field_active_blocks": ff.active_blocks, "field_memory_bytes": ff.memory_bytes,
+            "field_allocated_blocks": ff.allocated_blocks, "field_reserved_bytes": ff.reserved_bytes,
+            "field_block_cap": ff.block_cap, "field_capacity_blocks": ff.capacity_blocks,
+            "field_capacity_bytes": ff.capacity_bytes, "field_budget_mb": float(ff.config.memory_mb or 0.0)}
 
 
 class FieldBridge:
@@ -130,14 +172,14 @@ class FieldBridge:
                             embedder.name, embedder.dim, self.field.config.embedding_dim)
                 self.field = None
             if self.field is None:
-                self.field = FeatureField(config=FieldConfig(
-                    voxel_size=self._p["field_voxel_size"], max_blocks=self._p["field_max_blocks"],
-                    embedding_dim=embedder.dim))
+                self.field = FeatureField(config=field_config(self._p, embedding_dim=embedder.dim))
                 self._version += 1
+                ff = self.field
+                budget = f"field_memory_mb {ff.config.memory_mb:g}" if ff.config.memory_mb else "no field_memory_mb"
                 self._node.get_logger().info(
-                    f"feature field: voxel {self.field.config.voxel_size} m, D={embedder.dim}, up to "
-                    f"{self.field.config.max_blocks} blocks: {self.field.reserved_bytes / 2**20:.0f} MB reserved "
-                    f"(field_max_blocks sets it)")
+                    f"feature field: voxel {ff.config.voxel_size} m, D={embedder.dim}, cap {ff.block_cap} blocks "
+                    f"(field_max_blocks {ff.config.max_blocks}, {budget}): {ff.reserved_bytes / 2**20:.1f} MB "
+                    f"reserved now, grows with the blocks fused up to {ff.capacity_bytes / 2**20:.0f} MB")
         self.embedder = embedder
         n = self._node
         self._stop.clear()
@@ -189,12 +231,9 @@ class FieldBridge:
 
     def counters(self) -> dict:
         """Field counters for the node's find/status JSON (cheap: no voxel scan)."""
-        ff = self.field
         return {"field_frames": self.frames, "field_dropped": self.dropped,
                 "field_skipped_no_pose": self.skipped_no_pose, "field_errors": self.errors,
-                "field_active_blocks": 0 if ff is None else ff.active_blocks,
-                "field_memory_bytes": 0 if ff is None else ff.memory_bytes,
-                "field_reserved_bytes": 0 if ff is None else ff.reserved_bytes}
+                **field_counters(self.field)}
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once the mailbox is empty and no frame is being fused (tests, shutdown)."""
@@ -351,9 +390,9 @@ class FieldBridge:
         if not Path(path).is_file():
             resp.success, resp.message = False, f"no field file at {path}: current field kept"
             return resp
-        try:
-            ff = FeatureField.load(path)
-        except Exception as e:  # corrupt/foreign file
+        try:  # the node's cap and budget, not the file's, bound the loaded field
+            ff = FeatureField.load(path, max_blocks=int(self._p["field_max_blocks"]), memory_mb=_budget(self._p))
+        except Exception as e:  # corrupt/foreign file, or more blocks than this node's cap keeps
             resp.success, resp.message = False, f"cannot load {path}: {type(e).__name__}: {e}; current field kept"
             return resp
         d = self.embedder.dim if self.embedder is not None else ff.config.embedding_dim

@@ -122,10 +122,17 @@ PARAMS: tuple[ParamSpec, ...] = (
               "find/field/cloud; services find/field/query, find/field/save, find/field/load, find/field/clear."),
     ParamSpec("field_voxel_size", float, 0.05, "Feature field voxel edge (m).", range=(0.005, 1.0)),
     ParamSpec("field_max_blocks", int, 20000,
-              "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it. The grid "
-              "allocates 1.25x this many blocks at activation, (28 + 2 D) bytes per voxel: 20000 blocks at D=64 "
-              "take 1.9 GB, at D=12 0.6 GB (logged, and field_reserved_bytes in find/status).",
+              "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it. Memory grows "
+              "with the blocks fused, (28 + 2 D) bytes per voxel, up to 1.25x the cap + 64 blocks: 20000 blocks at "
+              "D=64 reach 1.9 GB, at D=12 0.6 GB (field_reserved_bytes / field_capacity_bytes in find/status). "
+              "With field_memory_mb the smaller cap wins.",
               range=(16, 10_000_000)),
+    ParamSpec("field_memory_mb", float, 0.0,
+              "Memory budget (MiB) of the feature field's voxel storage; 0 = none (field_max_blocks alone caps it). "
+              "Sets the block cap to the largest whose storage, 1.25x the cap + 64 blocks of 512 x (28 + 2 D) "
+              "bytes, fits in it (D=64: 1000 MiB -> 10,451 blocks; D=12: 200 MiB -> 6,250); the smaller of that "
+              "and field_max_blocks wins. A budget below one block's share fails activate.",
+              range=(0.0, 1_000_000.0)),
     ParamSpec("field_embedding_dim", int, 0,
               "Per-voxel embedding length: 0 = the grounder's (hsv-baseline 12, FIND its sem_dim); "
               "any other value must equal it (activate fails otherwise).", range=(0, 4096)),
