@@ -181,6 +181,9 @@ class FpnPixelDecoder(nn.Module):
         """``maps`` fine to coarse from the vision encoder; ``images`` the [0, 1] encoder input (B, 3, H, W)."""
         if len(maps) != len(self.lateral):
             raise ValueError(f"FPN built for {len(self.lateral)} levels, got {len(maps)} maps")
+        # ConvNeXt hands out channels-last strided maps; mixed layouts make CPU group norm / adds several
+        # times slower, so the decoder works on contiguous (NCHW) tensors
+        maps = [m.contiguous() for m in maps]
         outs: list[torch.Tensor] = [None] * len(maps)  # type: ignore[list-item]
         p = None
         for i in range(len(maps) - 1, -1, -1):
