@@ -421,3 +421,35 @@ def test_conv_kind_config_errors():
         FindModel.build_tiny(vocab=VOCAB, image_size=(62, 96), vision_kind="convnext", vision=CONV["convnext"])
     with pytest.raises(FindModelError, match="vision_kind"):
         FindModel.build_tiny(vocab=VOCAB, image_size=CONV_SIZE, vision_kind="swin")
+
+
+def test_conv_backbone_loaded_from_a_directory_like_a_real_one(tmp_path):
+    """A pretrained ConvNeXt saved with transformers' save_pretrained loads through ``vision.path`` (what a user
+    with real weights does); frozen, it is not copied into the FIND checkpoint and reloads from its path."""
+    import transformers as T
+
+    from find_ros.model.config import FindConfig, VisionEncoderConfig
+
+    torch.manual_seed(3)
+    backbone = T.ConvNextModel(T.ConvNextConfig(**CONV["convnext"]))
+    backbone.save_pretrained(tmp_path / "convnext")
+    base = _conv("convnext").config.to_dict()
+    base["vision"] = {"kind": "convnext", "path": str(tmp_path / "convnext"), "feature_layers": [1, 2, 3, 4],
+                      "image_size": list(CONV_SIZE), "reference_size": 64}
+    base["freeze_encoders"] = True
+    cfg = FindConfig.from_dict(base)
+    assert isinstance(cfg.vision, VisionEncoderConfig)
+    m = FindModel(config=cfg, tokenizer=_conv("convnext").tokenizer, language=None).eval()
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(m.vision.model.state_dict()[k], v), k
+    assert not any(p.requires_grad for p in m.vision.parameters())
+    m.save_pretrained(tmp_path / "find")
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(tmp_path / "find" / "model.safetensors")) if k.startswith("vision.")]
+    again = FindModel.from_pretrained(tmp_path / "find")
+    x = torch.rand(1, 3, *CONV_SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a = m(m.encode_image(x), None, task="segment")
+        b = again(again.encode_image(x), None, task="segment")
+    assert torch.equal(a.object_masks, b.object_masks)
