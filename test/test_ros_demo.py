@@ -1,6 +1,8 @@
-"""find-ros demo: a short real run (sim camera + perception node processes, driver in this process)."""
+"""find-ros demo: a short real run (sim camera + perception node processes, driver in this process).
+
+The demo runs in a child process whose environment comes from :func:`find_ros.ros.dds.process_env` (the shipped
+transport, the test's claimed ROS domain); nothing here changes this process's environment."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,15 +12,18 @@ pytest.importorskip("rclpy")
 pytest.importorskip("find_ros.msg")
 pytest.importorskip("find_ros.ros.sim_camera_node")
 
+from find_ros.ros.dds import process_env  # noqa: E402
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 REPORT_KEYS = {"grounder", "frames_in", "frames_processed", "dropped", "latency_ms", "instructions", "overlays",
                "groundings_received", "node_counters"}
 
 
-def test_short_demo_writes_a_report(tmp_path):
+def test_short_demo_writes_a_report(tmp_path, domain_id):
     out = tmp_path / "demo"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # find-ros demo claims a free domain itself (lock file) for its graph; ROS_DOMAIN_ID is set all the same
+    env = process_env(domain_id=domain_id, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--seconds", "6", "--rate", "10",
                         "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
@@ -46,14 +51,15 @@ def test_demo_help_and_bad_arguments():
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
-def test_graph_that_does_not_start_names_the_missing_links(tmp_path):
+def test_graph_that_does_not_start_names_the_missing_links(tmp_path, domain_id):
     """A start-up timeout says which publishers this process discovered and shows both logs (one fresh-session run
     of the demo waited 60 s for camera frames while the node was receiving them)."""
     code = ("import sys\nfrom pathlib import Path\nfrom find_ros.ros.demo import run_demo, DemoError\n"
-            "try:\n    run_demo(seconds=1, out=Path(sys.argv[1]), grounder='hsv-baseline', startup_timeout_s=0.3)\n"
+            "try:\n    run_demo(seconds=1, out=Path(sys.argv[1]), grounder='hsv-baseline', startup_timeout_s=0.3,\n"
+            "             domain_id=int(sys.argv[2]))\n"
             "except DemoError as e:\n    print(e)\n    sys.exit(3)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo"), str(domain_id)], capture_output=True,
+                       text=True, timeout=120, env=process_env(domain_id=domain_id, OMP_NUM_THREADS="1"))
     assert r.returncode == 3, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert "graph did not start within 0 s" in r.stdout
     for topic in ("camera/color/image_raw", "camera/gt/objects", "find/status"):

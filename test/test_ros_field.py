@@ -1,11 +1,11 @@
 """Feature field ROS wiring over real DDS: FieldBridge on a lifecycle node (latched cloud with score, query, goal,
-save/load/clear, errors) and the multi-process graph sim camera -> perception node (field_enable) -> query."""
+save/load/clear, errors) and the multi-process graph sim camera -> perception node (field_enable) -> query.
+
+Every test runs on its own claimed domain (conftest ``ros`` / ``procs``): in-process nodes are made on the
+session's context and destroyed in the fixture's ``finally`` (with the bridge's fusion thread joined)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +15,6 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("find_ros.ros.conversions")
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -33,14 +32,14 @@ from find_ros.srv import FieldFile, QueryField  # noqa: E402
 
 H, W = 60, 80
 K = np.array([[70.0, 0, 39.5], [0, 70.0, 29.5], [0, 0, 1]])
-NS = f"/field_test_{os.getpid()}"
+NS = "/field_test"  # the domain is the test's own: no other graph shares these names
 
 
 class _Host(LifecycleNode):
     """Minimal lifecycle host: the bridge's publishers are enabled by the base class on activate."""
 
-    def __init__(self, params):
-        super().__init__("field_host", namespace=NS)
+    def __init__(self, params, *, context):
+        super().__init__("field_host", namespace=NS, context=context)
         self.params = params
         self.bridge = None
         self.instruction = None
@@ -61,43 +60,36 @@ class _Host(LifecycleNode):
         self.bridge.destroy()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self):
+        """Stop the bridge's fusion thread and destroy its publishers and services in any lifecycle state."""
+        if self.bridge is not None:
+            self.bridge.destroy()
+        super().destroy_node()
+
 
 @pytest.fixture
-def ros(tmp_path):
-    rclpy.init()
+def field_host(ros, tmp_path):
+    """The lifecycle host and a client node in the test's ROS session (both destroyed by the ``ros`` fixture)."""
     params = {name: spec.default for name, spec in PARAMS_BY_NAME.items()}
     params.update(field_enable=True, field_publish_period_s=0.1, field_path=str(tmp_path / "field.npz"))
-    host = _Host(params)
-    client = rclpy.create_node("field_client", namespace=NS)
-    ex = SingleThreadedExecutor()
-    ex.add_node(host)
-    ex.add_node(client)
-    try:
-        yield host, client, ex, params
-    finally:
-        if host.bridge is not None:
-            host.bridge.deactivate()
-        ex.shutdown()
-        host.destroy_node()
-        client.destroy_node()
-        rclpy.shutdown()
+    host = ros.adopt(_Host(params, context=ros.context))
+    client = ros.node("field_client", namespace=NS)
+    return host, client, ros, params
 
 
-def _spin_until(ex, cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ex.spin_once(timeout_sec=0.05)
-        if cond():
-            return True
-    return False
+def _spin_until(ros, cond, timeout=10.0):
+    return ros.spin_until(cond, timeout, period=0.05)
 
 
-def _call(ex, client, srv_type, name, req):
+def _call(ros, client, srv_type, name, req):
     cli = client.create_client(srv_type, name)
-    assert _spin_until(ex, lambda: cli.service_is_ready()), f"{name} not available"
-    fut = cli.call_async(req)
-    assert _spin_until(ex, fut.done), f"{name} did not answer"
-    return fut.result()
+    try:
+        assert _spin_until(ros, cli.service_is_ready), f"{name} not available"
+        fut = cli.call_async(req)
+        assert _spin_until(ros, fut.done), f"{name} did not answer"
+        return fut.result()
+    finally:
+        client.destroy_client(cli)
 
 
 def _two_colour_frame():
@@ -112,8 +104,8 @@ def test_disabled_bridge_is_none():
     assert FieldBridge.create(None, {"field_enable": False}) is None
 
 
-def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
-    host, client, ex, params = ros
+def test_bridge_cloud_query_save_load_clear(field_host, tmp_path):
+    host, client, ros, params = field_host
     host.trigger_configure()
     host.trigger_activate()
     bridge = host.bridge
@@ -127,10 +119,10 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     assert bridge.wait_idle(10.0) and bridge.frames == 1 and bridge.errors == 0
 
     # latched cloud: a late subscriber still gets it; score present and 0 without an instruction
-    assert _spin_until(ex, lambda: bridge._published is not None)
+    assert _spin_until(ros, lambda: bridge._published is not None)
     clouds = []
     client.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, LATCHED_QOS)
-    assert _spin_until(ex, lambda: any(c.width > 0 for c in clouds)), "no latched field cloud"
+    assert _spin_until(ros, lambda: any(c.width > 0 for c in clouds)), "no latched field cloud"
     pts = conv.cloud2_to_numpy(clouds[-1])
     assert {"x", "y", "z", "rgb", "score"} <= set(pts)
     assert clouds[-1].header.frame_id == params["world_frame"]
@@ -139,7 +131,7 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     # an instruction makes the score the similarity to it: red voxels score high, blue ones low
     host.instruction = parse_instruction("red wall", [])
     clouds.clear()
-    assert _spin_until(ex, lambda: bool(clouds)), "cloud not republished after the instruction changed"
+    assert _spin_until(ros, lambda: bool(clouds)), "cloud not republished after the instruction changed"
     pts = conv.cloud2_to_numpy(clouds[-1])
     red = pts["rgb"][:, 0] > 150
     assert red.any() and (~red).any()
@@ -149,7 +141,7 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     client.create_subscription(PoseStamped, GOAL_TOPIC, goals.append, OUTPUT_QOS)
     heat = []
     client.create_subscription(PointCloud2, HEATMAP_TOPIC, heat.append, LATCHED_QOS)
-    r = _call(ex, client, QueryField, QUERY_SERVICE, QueryField.Request(text="blue wall"))
+    r = _call(ros, client, QueryField, QUERY_SERVICE, QueryField.Request(text="blue wall"))
     assert r.success, r.message
     g = r.goals[0]
     assert g.header.frame_id == params["world_frame"]
@@ -158,32 +150,32 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     assert len(r.scores) == len(r.goals) == len(r.extents) and r.scores[0] > 0.8
     hm = conv.cloud2_to_numpy(r.heatmap)
     assert hm["score"].shape[0] == bridge.field.num_voxels and hm["score"].max() > 0.8
-    assert _spin_until(ex, lambda: bool(goals) and bool(heat)), "goal/heatmap topics not published"
+    assert _spin_until(ros, lambda: bool(goals) and bool(heat)), "goal/heatmap topics not published"
     assert goals[-1].pose.position.x == pytest.approx(g.pose.position.x)
-    r = _call(ex, client, QueryField, QUERY_SERVICE, QueryField.Request())
+    r = _call(ros, client, QueryField, QUERY_SERVICE, QueryField.Request())
     assert not r.success and "empty" in r.message
 
     # save (default path), clear, load back
     n = bridge.field.num_voxels
-    r = _call(ex, client, FieldFile, SAVE_SERVICE, FieldFile.Request())
+    r = _call(ros, client, FieldFile, SAVE_SERVICE, FieldFile.Request())
     assert r.success and r.num_voxels == n, r.message
-    r = _call(ex, client, Trigger, CLEAR_SERVICE, Trigger.Request())
+    r = _call(ros, client, Trigger, CLEAR_SERVICE, Trigger.Request())
     assert r.success and bridge.field.num_voxels == 0
-    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=params["field_path"]))
+    r = _call(ros, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=params["field_path"]))
     assert r.success and r.num_voxels == n and bridge.field.num_voxels == n, r.message
 
     # errors come back as success=false and leave the field / the file alone
-    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "missing.npz")))
+    r = _call(ros, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "missing.npz")))
     assert not r.success and "no field file" in r.message and bridge.field.num_voxels == n
     other = FeatureField(config=FieldConfig(embedding_dim=7))
     other.integrate(depth, K, T)
     other.save(tmp_path / "d7.npz")
-    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "d7.npz")))
+    r = _call(ros, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "d7.npz")))
     assert not r.success and "D=7" in r.message and bridge.field.config.embedding_dim == 12
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    r = _call(ex, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz")))
+    r = _call(ros, client, FieldFile, LOAD_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz")))
     assert not r.success and bridge.field.num_voxels == n
-    r = _call(ex, client, FieldFile, SAVE_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz" / "x.npz")))
+    r = _call(ros, client, FieldFile, SAVE_SERVICE, FieldFile.Request(path=str(tmp_path / "junk.npz" / "x.npz")))
     assert not r.success and "failed" in r.message
     assert FeatureField.load(params["field_path"]).num_voxels == n  # the saved file is intact
     # an exception that is not an OSError (a NUL byte in the path) is answered, not raised into the executor
@@ -195,17 +187,17 @@ def test_bridge_cloud_query_save_load_clear(ros, tmp_path):
     assert host.bridge._pubs == {}
 
 
-def test_embedding_dim_must_match_grounder(ros):
-    host, client, ex, params = ros
+def test_embedding_dim_must_match_grounder(field_host):
+    host, client, ros, params = field_host
     params["field_embedding_dim"] = 64
     host.trigger_configure()
     with pytest.raises(FieldBridgeError, match="D=12"):
         host.bridge.activate(HsvBaselineGrounder())
 
 
-def test_fusion_never_blocks_feed(ros):
+def test_fusion_never_blocks_feed(field_host):
     """feed() only fills the one-slot mailbox: many frames in a burst, newest wins, the rest count as dropped."""
-    host, client, ex, params = ros
+    host, client, ros, params = field_host
     host.trigger_configure()
     host.trigger_activate()
     rgb, depth = _two_colour_frame()
@@ -218,85 +210,57 @@ def test_fusion_never_blocks_feed(ros):
     assert host.bridge.dropped >= 1, f"50 frames fed in {time.perf_counter() - t0:.3f} s were all fused in line"
 
 
-def test_perception_node_field_hook_configure_activate_cleanup():
+def test_perception_node_field_hook_configure_activate_cleanup(ros):
     from rclpy.parameter import Parameter
 
     from find_ros.ros.perception_node import PerceptionNode
 
-    rclpy.init()
-    try:
-        node = PerceptionNode(namespace=NS, parameter_overrides=[
-            Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),
-            Parameter("field_enable", Parameter.Type.BOOL, True),
-            Parameter("field_voxel_size", Parameter.Type.DOUBLE, 0.1)])
-        try:
-            node.trigger_configure()
-            assert node._field is not None
-            topics = dict(node.get_publisher_names_and_types_by_node("perception_node", NS))
-            assert f"{NS}/{CLOUD_TOPIC}" in topics and f"{NS}/{GOAL_TOPIC}" in topics
-            node.trigger_activate()
-            assert node._field.field.config.voxel_size == 0.1 and node._field.field.config.embedding_dim == 12
-            srvs = dict(node.get_service_names_and_types_by_node("perception_node", NS))
-            assert {f"{NS}/{s}" for s in (QUERY_SERVICE, SAVE_SERVICE, LOAD_SERVICE, CLEAR_SERVICE)} <= set(srvs)
-            node.trigger_deactivate()
-            node.trigger_cleanup()
-            assert node._field is None
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.shutdown()
+    node = ros.adopt(PerceptionNode(namespace=NS, context=ros.context, parameter_overrides=[
+        Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),
+        Parameter("field_enable", Parameter.Type.BOOL, True),
+        Parameter("field_voxel_size", Parameter.Type.DOUBLE, 0.1)]))
+    node.trigger_configure()
+    assert node._field is not None
+    topics = dict(node.get_publisher_names_and_types_by_node("perception_node", NS))
+    assert f"{NS}/{CLOUD_TOPIC}" in topics and f"{NS}/{GOAL_TOPIC}" in topics
+    node.trigger_activate()
+    assert node._field.field.config.voxel_size == 0.1 and node._field.field.config.embedding_dim == 12
+    srvs = dict(node.get_service_names_and_types_by_node("perception_node", NS))
+    assert {f"{NS}/{s}" for s in (QUERY_SERVICE, SAVE_SERVICE, LOAD_SERVICE, CLEAR_SERVICE)} <= set(srvs)
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+    assert node._field is None
 
 
-def test_perception_node_refuses_wrong_embedding_dim():
+def test_perception_node_refuses_wrong_embedding_dim(ros):
     from rclpy.parameter import Parameter
 
     from find_ros.ros.perception_node import PerceptionNode
 
-    rclpy.init()
-    try:
-        node = PerceptionNode(namespace=NS, parameter_overrides=[
-            Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),  # D=12
-            Parameter("field_enable", Parameter.Type.BOOL, True),
-            Parameter("field_embedding_dim", Parameter.Type.INTEGER, 64)])
-        try:
-            node.trigger_configure()
-            assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
-            assert node._grounder is None  # torn down
-        finally:
-            node.destroy_node()
-    finally:
-        rclpy.shutdown()
+    node = ros.adopt(PerceptionNode(namespace=NS, context=ros.context, parameter_overrides=[
+        Parameter("grounder", Parameter.Type.STRING, "hsv-baseline"),  # D=12
+        Parameter("field_enable", Parameter.Type.BOOL, True),
+        Parameter("field_embedding_dim", Parameter.Type.INTEGER, 64)]))
+    node.trigger_configure()
+    assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+    assert node._grounder is None  # torn down
 
 
 # ---------------------------------------------------------------------------- multi-process graph
 SEED, TARGET = 1, "blue chair"  # seed 1: the only blue object is a large chair (hsv-baseline grounder)
 
 
-def test_sim_camera_to_perception_node_field_query(tmp_path):
+def test_sim_camera_to_perception_node_field_query(ros, procs):
     pytest.importorskip("find_ros.ros.sim_camera_node", reason="find_ros.sim not available")
-    domain = 100 + os.getpid() % 120
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    logs = {k: tmp_path / f"{k}.log" for k in ("camera", "node")}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "find_ros.ros.sim_camera_node", "--ros-args",
-                          "-p", f"seed:={SEED}", "-p", "rate_hz:=8.0", "-p", "width:=320", "-p", "height:=240",
-                          "-p", "loop_frames:=40", "-p", "publish_gt:=true"],
-                         env=env, stdout=open(logs["camera"], "w"), stderr=subprocess.STDOUT,
-                         start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "find_ros.ros.perception_node", "--ros-args",
-                          "-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "field_enable:=true",
-                          "-p", "field_publish_period_s:=0.5",
-                          "-p", "max_stamp_age_s:=0.0", "-p", "publish_overlay:=false"],
-                         env=env, stdout=open(logs["node"], "w"), stderr=subprocess.STDOUT,
-                         start_new_session=True),
-    ]
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"  # this process must speak the same transports
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node("field_graph_test", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    camera = procs.node("find_ros.ros.sim_camera_node",
+                        ["-p", f"seed:={SEED}", "-p", "rate_hz:=8.0", "-p", "width:=320", "-p", "height:=240",
+                         "-p", "loop_frames:=40", "-p", "publish_gt:=true"], "camera.log")
+    perception = procs.node("find_ros.ros.perception_node",
+                            ["-p", "autostart:=true", "-p", "grounder:=hsv-baseline", "-p", "field_enable:=true",
+                             "-p", "field_publish_period_s:=0.5",
+                             "-p", "max_stamp_age_s:=0.0", "-p", "publish_overlay:=false"], "node.log")
+    running = {"camera": camera, "node": perception}
+    node = ros.node("field_graph_test")
     clouds, objects = [], []
     node.create_subscription(PointCloud2, CLOUD_TOPIC, clouds.append, LATCHED_QOS)
     node.create_subscription(String, "camera/gt/objects", objects.append, LATCHED_QOS)
@@ -307,64 +271,49 @@ def test_sim_camera_to_perception_node_field_query(tmp_path):
     node.create_subscription(String, "find/status", lambda m: status.append(json.loads(m.data)), 10)
 
     def tails():
-        return "\n".join(f"--- {k}\n{v.read_text(errors='replace')[-2000:]}" for k, v in logs.items())
+        return "\n".join(f"--- {k}\n{procs.log_text(p)[-2000:]}" for k, p in running.items())
 
-    try:
-        def spin(cond, timeout):
-            end = time.monotonic() + timeout
-            while time.monotonic() < end and not cond():
-                assert all(p.poll() is None for p in procs), "a node exited\n" + tails()
-                ex.spin_once(timeout_sec=0.05)
-            return cond()
+    def alive():
+        assert all(p.poll() is None for p in running.values()), "a node exited\n" + tails()
 
-        assert spin(lambda: bool(objects), 20.0), "no GT objects\n" + tails()
-        gt = json.loads(objects[-1].data)
-        target = [o for o in gt if f"{o['colour']} {o['category']}" == TARGET]
-        assert len(target) == 1 and sum(o["colour"] == "blue" for o in gt) == 1, gt
-        # the orbit (40 frames at 8 Hz) goes round once in ~5 s; wait for a cloud of a well-covered field
-        t_first = time.monotonic()
-        assert spin(lambda: bool(clouds) and clouds[-1].width > 2000 and time.monotonic() - t_first > 6, 25.0), \
-            f"no large field cloud (last width {clouds[-1].width if clouds else None})\n" + tails()
-        pts = conv.cloud2_to_numpy(clouds[-1])
-        assert "score" in pts and np.all(np.isfinite(pts["score"]))
-        cli = node.create_client(QueryField, QUERY_SERVICE)
-        assert spin(cli.service_is_ready, 5.0)
-        fut = cli.call_async(QueryField.Request(text=TARGET))
-        assert spin(fut.done, 10.0), "query did not answer\n" + tails()
-        r = fut.result()
-        assert r.success, r.message
-        g = np.array([r.goals[0].pose.position.x, r.goals[0].pose.position.y, r.goals[0].pose.position.z])
-        lo, hi = np.array(target[0]["box_min"]) - 0.1, np.array(target[0]["box_max"]) + 0.1
-        assert np.all(g >= lo) and np.all(g <= hi), f"goal {g} outside {lo}..{hi} ({r.message})"
-        assert spin(lambda: bool(goals), 5.0), "find/field/goal not published"
-        assert goals[-1].pose.position.x == pytest.approx(g[0]) and goals[-1].header.frame_id == "map"
+    def spin(cond, timeout):
+        return ros.spin_until(cond, timeout, alive=alive, period=0.05)
 
-        # with an instruction the cloud's score is the similarity to it: the best voxels lie on the target
-        pub.publish(String(data=TARGET))
-        assert spin(lambda: clouds and conv.cloud2_to_numpy(clouds[-1])["score"].max() > 0.5, 10.0), \
-            "cloud score did not follow the instruction\n" + tails()
-        pts = conv.cloud2_to_numpy(clouds[-1])
-        # voxels that match well (score > 0.5: about 175 here) lie on the target; a top-k share would depend on how
-        # much of the room has been fused (about 90 % measured; 47 % for the top 1 % in one CI run)
-        high = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] > 0.5]
-        inside = np.all((high >= lo) & (high <= hi), axis=1).mean()
-        assert len(high) >= 50 and inside > 0.75, \
-            f"{len(high)} voxels score > 0.5, {inside:.0%} of them in the {TARGET} box"
-        assert spin(lambda: status and status[-1].get("field_frames", 0) > 10, 5.0), status[-1:]
-        st = status[-1]
-        assert st["field_errors"] == 0 and st["field_active_blocks"] > 0 and st["field_memory_bytes"] > 0, st
-        assert st["field_reserved_bytes"] > st["field_memory_bytes"], st
-        assert "MB reserved" in logs["node"].read_text(errors="replace"), "the field reservation is not logged"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    assert spin(lambda: bool(objects), 20.0), "no GT objects\n" + tails()
+    gt = json.loads(objects[-1].data)
+    target = [o for o in gt if f"{o['colour']} {o['category']}" == TARGET]
+    assert len(target) == 1 and sum(o["colour"] == "blue" for o in gt) == 1, gt
+    # the orbit (40 frames at 8 Hz) goes round once in ~5 s; wait for a cloud of a well-covered field
+    t_first = time.monotonic()
+    assert spin(lambda: bool(clouds) and clouds[-1].width > 2000 and time.monotonic() - t_first > 6, 25.0), \
+        f"no large field cloud (last width {clouds[-1].width if clouds else None})\n" + tails()
+    pts = conv.cloud2_to_numpy(clouds[-1])
+    assert "score" in pts and np.all(np.isfinite(pts["score"]))
+    cli = node.create_client(QueryField, QUERY_SERVICE)
+    assert spin(cli.service_is_ready, 5.0)
+    fut = cli.call_async(QueryField.Request(text=TARGET))
+    assert spin(fut.done, 10.0), "query did not answer\n" + tails()
+    r = fut.result()
+    assert r.success, r.message
+    g = np.array([r.goals[0].pose.position.x, r.goals[0].pose.position.y, r.goals[0].pose.position.z])
+    lo, hi = np.array(target[0]["box_min"]) - 0.1, np.array(target[0]["box_max"]) + 0.1
+    assert np.all(g >= lo) and np.all(g <= hi), f"goal {g} outside {lo}..{hi} ({r.message})"
+    assert spin(lambda: bool(goals), 5.0), "find/field/goal not published"
+    assert goals[-1].pose.position.x == pytest.approx(g[0]) and goals[-1].header.frame_id == "map"
+
+    # with an instruction the cloud's score is the similarity to it: the best voxels lie on the target
+    pub.publish(String(data=TARGET))
+    assert spin(lambda: clouds and conv.cloud2_to_numpy(clouds[-1])["score"].max() > 0.5, 10.0), \
+        "cloud score did not follow the instruction\n" + tails()
+    pts = conv.cloud2_to_numpy(clouds[-1])
+    # voxels that match well (score > 0.5: about 175 here) lie on the target; a top-k share would depend on how
+    # much of the room has been fused (about 90 % measured; 47 % for the top 1 % in one CI run)
+    high = np.stack([pts["x"], pts["y"], pts["z"]], 1)[pts["score"] > 0.5]
+    inside = np.all((high >= lo) & (high <= hi), axis=1).mean()
+    assert len(high) >= 50 and inside > 0.75, \
+        f"{len(high)} voxels score > 0.5, {inside:.0%} of them in the {TARGET} box"
+    assert spin(lambda: status and status[-1].get("field_frames", 0) > 10, 5.0), status[-1:]
+    st = status[-1]
+    assert st["field_errors"] == 0 and st["field_active_blocks"] > 0 and st["field_memory_bytes"] > 0, st
+    assert st["field_reserved_bytes"] > st["field_memory_bytes"], st
+    assert "MB reserved" in procs.log_text(perception), "the field reservation is not logged"

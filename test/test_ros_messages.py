@@ -3,10 +3,9 @@
 A child process (``python -c CHILD``) echoes InterleavedInstruction and Grounding messages back on other topics
 and serves SetInstruction, QueryField and FieldFile with answers computed from the request; this test's node
 publishes / calls and compares every value. Message contents come from BUILDERS, run in both processes.
+Both processes are on the test's claimed domain (conftest ``ros`` / ``procs``), the peer is stopped and its log
+closed at the end.
 """
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -116,54 +115,24 @@ node.create_service(QueryField, "rt/query_field", query)
 node.create_service(FieldFile, "rt/field_file", field_file)
 print("peer ready", flush=True)
 try:
-    rclpy.spin(node)
+    rclpy.spin(node)  # this child's own context, on the ROS_DOMAIN_ID its environment names
 except (KeyboardInterrupt, ExternalShutdownException):
     pass
+finally:
+    node.destroy_node()
+    rclpy.try_shutdown()
 '''
 
 
-def _domain(offset: int) -> int:
-    return 1 + (os.getpid() * 13 + offset) % 99  # 1..99: distinct from the perception tests' 100..219
-
-
 @pytest.fixture
-def peer(tmp_path):
-    domain = _domain(0)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA", PYTHONUNBUFFERED="1")
-    log = tmp_path / "peer.log"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    node = rclpy.create_node("messages_test", context=ctx)
-    from rclpy.executors import SingleThreadedExecutor
+def peer(ros, procs):
+    proc = procs.spawn(["-c", CHILD], "peer.log")
+    node = ros.node("messages_test")
 
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    try:
-        yield node, ex, proc, log
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    def alive():
+        assert proc.poll() is None, f"peer exited: {procs.log_text(proc)[-2000:]}"
 
-
-def _spin_until(ex, cond, timeout_s, proc, log):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        assert proc.poll() is None, f"peer exited: {log.read_text()[-2000:]}"
-        ex.spin_once(timeout_sec=0.05)
-    return cond()
+    return node, ros, proc, alive, lambda: procs.log_text(proc)[-2000:]
 
 
 def _builders():
@@ -172,22 +141,23 @@ def _builders():
     return ns
 
 
-def _round_trip(node, ex, proc, log, mtype, topic, msg):
+def _round_trip(peer, mtype, topic, msg):
     from find_ros.ros.qos import OUTPUT_QOS
 
+    node, ros, proc, alive, tail = peer
     got = []
     node.create_subscription(mtype, f"{topic}_echo", got.append, OUTPUT_QOS)
     pub = node.create_publisher(mtype, topic, OUTPUT_QOS)
     end = time.monotonic() + 30
     while not got and time.monotonic() < end:  # republish until the peer is discovered and echoes
         pub.publish(msg)
-        _spin_until(ex, lambda: bool(got), 0.5, proc, log)
-    assert got, f"no echo on {topic}_echo; peer log: {log.read_text()[-2000:]}"
+        ros.spin_until(lambda: bool(got), 0.5, alive=alive, period=0.05)
+    assert got, f"no echo on {topic}_echo; peer log: {tail()}"
     return got[0]
 
 
 def test_messages_and_services_cross_processes(peer):
-    node, ex, proc, log = peer
+    node, ros, proc, alive, tail = peer
     from find_ros.msg import Grounding, InterleavedInstruction
     from find_ros.ros import conversions as conv
     from find_ros.srv import FieldFile, QueryField, SetInstruction
@@ -195,7 +165,7 @@ def test_messages_and_services_cross_processes(peer):
     b = _builders()
     # -- InterleavedInstruction with images + masks
     sent = b["build_instruction"]()
-    echo = _round_trip(node, ex, proc, log, InterleavedInstruction, "rt/instruction", sent)
+    echo = _round_trip(peer, InterleavedInstruction, "rt/instruction", sent)
     assert echo == sent
     assert (echo.id, echo.text, echo.header.stamp.nanosec) == ("instr-42", sent.text, 123456789)
     for a, e in zip(echo.reference_images, sent.reference_images):
@@ -205,7 +175,7 @@ def test_messages_and_services_cross_processes(peer):
     assert (conv.image_to_numpy(echo.reference_masks[0]) == conv.image_to_numpy(sent.reference_masks[0])).all()
     # -- Grounding with entities
     g = b["build_grounding"]()
-    echo_g = _round_trip(node, ex, proc, log, Grounding, "rt/grounding", g)
+    echo_g = _round_trip(peer, Grounding, "rt/grounding", g)
     assert echo_g == g and len(echo_g.entities) == 3
     e1 = echo_g.entities[1]
     assert (e1.phrase, e1.track_id, e1.label, e1.found, e1.lost, e1.world_pose_valid) == \
@@ -217,10 +187,13 @@ def test_messages_and_services_cross_processes(peer):
     # -- services
     def call(stype, name, req):
         cli = node.create_client(stype, name)
-        assert _spin_until(ex, lambda: cli.service_is_ready(), 20, proc, log), f"{name} not available"
-        fut = cli.call_async(req)
-        assert _spin_until(ex, fut.done, 20, proc, log), f"{name} did not answer"
-        return fut.result()
+        try:
+            assert ros.spin_until(cli.service_is_ready, 20, alive=alive, period=0.05), f"{name} not available"
+            fut = cli.call_async(req)
+            assert ros.spin_until(fut.done, 20, alive=alive, period=0.05), f"{name} did not answer"
+            return fut.result()
+        finally:
+            node.destroy_client(cli)
 
     res = call(SetInstruction, "rt/set_instruction", SetInstruction.Request(instruction=sent))
     assert res.success and res.instruction_id == "instr-42-ack"

@@ -1,4 +1,7 @@
-"""Perception-node parameters: the table, descriptors, validation, the shipped YAML, a real rclpy node."""
+"""Perception-node parameters: the table, descriptors, validation, the shipped YAML, a real rclpy node.
+
+The rclpy nodes live on the test's claimed domain (conftest ``ros`` / ``domain_id``), never on the default
+context or domain 0, and are destroyed in the fixture's ``finally``."""
 from pathlib import Path
 
 import pytest
@@ -94,61 +97,53 @@ def test_pipeline_kwargs_maps_fields():
     assert P.pipeline_kwargs(vals, allowed={"erode_px"}) == {"erode_px": 3}
 
 
-@pytest.fixture
-def ros_context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    ctx.try_shutdown()
+def _node(ros, overrides):
+    return ros.node("perception_node", parameter_overrides=overrides,
+                    automatically_declare_parameters_from_overrides=False)
 
 
-def _node(ctx, overrides):
-    return rclpy.create_node("perception_node", context=ctx, parameter_overrides=overrides,
-                             automatically_declare_parameters_from_overrides=False)
+def test_declare_on_a_real_node_uses_overrides_and_descriptors(ros):
+    node = _node(ros, [Parameter("score_threshold", value=0.3), Parameter("grounder", value="find"),
+                       Parameter("max_stamp_age_s", value=2)])
+    values = P.declare_parameters(node)
+    assert values["score_threshold"] == 0.3 and values["grounder"] == "find"
+    assert values["max_stamp_age_s"] == 2.0 and isinstance(values["max_stamp_age_s"], float)
+    assert values["erode_px"] == P.PARAMS_BY_NAME["erode_px"].default
+    d = node.describe_parameter("score_threshold")
+    assert d.floating_point_range[0].to_value == 1.0 and "[0, 1]" in d.additional_constraints
+    # the descriptor range is enforced on runtime changes too
+    assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
+    assert node.set_parameters([Parameter("score_threshold", value=0.9)])[0].successful
+    # declaring again (a second configure) is a no-op returning the current values
+    assert P.declare_parameters(node)["score_threshold"] == 0.9
 
 
-def test_declare_on_a_real_node_uses_overrides_and_descriptors(ros_context):
-    node = _node(ros_context, [Parameter("score_threshold", value=0.3), Parameter("grounder", value="find"),
-                               Parameter("max_stamp_age_s", value=2)])
-    try:
-        values = P.declare_parameters(node)
-        assert values["score_threshold"] == 0.3 and values["grounder"] == "find"
-        assert values["max_stamp_age_s"] == 2.0 and isinstance(values["max_stamp_age_s"], float)
-        assert values["erode_px"] == P.PARAMS_BY_NAME["erode_px"].default
-        d = node.describe_parameter("score_threshold")
-        assert d.floating_point_range[0].to_value == 1.0 and "[0, 1]" in d.additional_constraints
-        # the descriptor range is enforced on runtime changes too
-        assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
-        assert node.set_parameters([Parameter("score_threshold", value=0.9)])[0].successful
-        # declaring again (a second configure) is a no-op returning the current values
-        assert P.declare_parameters(node)["score_threshold"] == 0.9
-    finally:
-        node.destroy_node()
+def test_declare_on_a_real_node_rejects_bad_overrides(ros):
+    node = _node(ros, [Parameter("score_threshold", value=1.7), Parameter("camera_pose_source", value="gps"),
+                       Parameter("erode_px", value="three")])
+    with pytest.raises(P.ParameterError) as e:
+        P.declare_parameters(node)
+    msg = str(e.value)
+    assert "score_threshold=1.7 is outside [0, 1]" in msg
+    assert "camera_pose_source='gps' is not one of" in msg
+    assert "erode_px='three' must be an integer" in msg
+    assert not node.has_parameter("score_threshold") and node.has_parameter("depth_scale")
 
 
-def test_declare_on_a_real_node_rejects_bad_overrides(ros_context):
-    node = _node(ros_context, [Parameter("score_threshold", value=1.7), Parameter("camera_pose_source", value="gps"),
-                               Parameter("erode_px", value="three")])
-    try:
-        with pytest.raises(P.ParameterError) as e:
-            P.declare_parameters(node)
-        msg = str(e.value)
-        assert "score_threshold=1.7 is outside [0, 1]" in msg
-        assert "camera_pose_source='gps' is not one of" in msg
-        assert "erode_px='three' must be an integer" in msg
-        assert not node.has_parameter("score_threshold") and node.has_parameter("depth_scale")
-    finally:
-        node.destroy_node()
+def test_shipped_yaml_applies_through_rcl_in_any_namespace(tmp_path, domain_id):
+    """rcl parses config/perception.yaml (the /**/perception_node wildcard) for a node in a namespace.
 
+    The file comes in as a process-wide (global) ``--ros-args --params-file`` argument, the way a launch file
+    passes it; conftest's RosSession takes no arguments, so this test owns its context (on its claimed domain)."""
+    from rclpy.signals import SignalHandlerOptions
 
-def test_shipped_yaml_applies_through_rcl_in_any_namespace(tmp_path):
-    """rcl parses config/perception.yaml (the /**/perception_node wildcard) for a node in a namespace."""
     text = YAML.read_text()
     assert "score_threshold: 0.5" in text
     f = tmp_path / "p.yaml"
     f.write_text(text.replace("score_threshold: 0.5", "score_threshold: 0.37"))
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(f)])
+    rclpy.init(context=ctx, domain_id=domain_id, args=["--ros-args", "--params-file", str(f)],
+               signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = rclpy.create_node("perception_node", namespace="robot1", context=ctx)
         try:

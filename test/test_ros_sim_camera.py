@@ -1,11 +1,11 @@
-"""Sim camera and replay node processes over real DDS: stamps, encodings, sizes, frame ids, K, poses, ground truth."""
+"""Sim camera and replay node processes over real DDS: stamps, encodings, sizes, frame ids, K, poses, ground truth.
+
+Each test runs on its own claimed domain (conftest ``ros`` / ``procs`` fixtures): the camera process is a child
+of ``procs`` (stopped and its log closed at the end), the collecting node lives in the ``ros`` session."""
 import collections
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,31 +26,40 @@ TUM = Path(__file__).parents[1] / ".." / "shared" / "data" / "tum_fr3_teddy"
 W, H = 160, 120
 
 
-def _domain(offset: int) -> int:
-    return 1 + (os.getpid() * 13 + 40 + offset) % 99  # 1..99; test_ros_messages uses offset 0
+def _tail(procs, proc) -> str:
+    return procs.log_text(proc)[-3000:]
+
+
+def _wait_exit(procs, proc, timeout_s: float) -> int:
+    """The process's exit code; past ``timeout_s`` it is aborted (faulthandler writes every thread's stack to
+    the log) and the test fails with the log's tail."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        pytest.fail(f"process did not exit within {timeout_s} s; its log:\n{_tail(procs, proc)}")
+
+
+def _start(procs, module, args, log_name):
+    return procs.node(module, args, log_name, PYTHONFAULTHANDLER="1")
 
 
 class _Graph:
-    """In-process test node collecting every camera topic by stamp, plus the spawned camera process."""
+    """A node in the test's ROS session collecting every camera topic by stamp, plus the spawned camera process."""
 
     TOPICS = {"color": ("camera/color/image_raw", Image), "depth": ("camera/depth/image_raw", Image),
               "info": ("camera/color/camera_info", CameraInfo), "pose": ("camera/pose", PoseStamped),
               "odom": ("camera/odom", Odometry), "gt_instance": ("camera/gt/instance", Image)}
 
-    def __init__(self, domain, module, args, log):
-        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
-                        PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args], env=self.env,
-                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain)
-        self.node = rclpy.create_node("sim_camera_test", context=self.ctx)
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
+    def __init__(self, ros, procs, module, args, log_name):
+        self.ros, self.procs = ros, procs
+        self.proc = _start(procs, module, args, log_name)
+        self.node = ros.node("sim_camera_test")
         self.by_stamp = collections.defaultdict(dict)
         for key, (topic, mtype) in self.TOPICS.items():
             self.node.create_subscription(mtype, topic, lambda m, k=key: self._put(k, m), SENSOR_QOS)
@@ -66,59 +75,18 @@ class _Graph:
     def complete(self, keys):
         return [v for _, v in sorted(self.by_stamp.items()) if set(keys) <= set(v)]
 
+    def _alive(self):
+        if self.proc.poll() is not None:
+            pytest.fail(f"camera process exited with {self.proc.returncode}; its log:\n{self.tail()}")
+
     def spin_until(self, cond, timeout_s):
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if cond():
-                return True
-            if self.proc.poll() is not None:
-                return cond()
-            self.ex.spin_once(timeout_sec=0.05)
-        return cond()
+        return self.ros.spin_until(cond, timeout_s, alive=self._alive, period=0.05)
 
     def wait_exit(self, timeout_s: float) -> int:
-        """The process's exit code; past ``timeout_s`` it is aborted (faulthandler writes every thread's stack to
-        the log) and the test fails with the log's tail."""
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGABRT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            pytest.fail(f"process did not exit within {timeout_s} s; its log:\n{self.tail()}")
+        return _wait_exit(self.procs, self.proc, timeout_s)
 
     def tail(self):
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.ex.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
-
-
-@pytest.fixture
-def graph(tmp_path, request):
-    made = []
-
-    def start(module, args, offset=0):
-        g = _Graph(_domain(offset), module, args, tmp_path / f"{module.rsplit('.', 1)[-1]}_{offset}.log")
-        made.append(g)
-        return g
-
-    try:
-        yield start
-    finally:
-        for g in made:
-            g.close()
+        return _tail(self.procs, self.proc)
 
 
 def _check_frame(frame, *, depth_encoding, frame_id="camera_color_optical_frame", world="map", w=W, h=H):
@@ -136,12 +104,11 @@ def _check_frame(frame, *, depth_encoding, frame_id="camera_color_optical_frame"
 
 
 @pytest.mark.parametrize("depth_encoding", ["16UC1", "32FC1"])
-def test_sim_camera_topics(graph, depth_encoding):
-    offset = 1 if depth_encoding == "16UC1" else 2
-    g = graph("find_ros.ros.sim_camera_node",
-              ["-p", "rate_hz:=10.0", "-p", "seed:=0", "-p", f"width:={W}", "-p", f"height:={H}",
-               "-p", "publish_gt:=true", "-p", f"depth_encoding:={depth_encoding}",
-               "-p", f"publish_odom:={'true' if depth_encoding == '32FC1' else 'false'}"], offset)
+def test_sim_camera_topics(ros, procs, depth_encoding):
+    g = _Graph(ros, procs, "find_ros.ros.sim_camera_node",
+               ["-p", "rate_hz:=10.0", "-p", "seed:=0", "-p", f"width:={W}", "-p", f"height:={H}",
+                "-p", "publish_gt:=true", "-p", f"depth_encoding:={depth_encoding}",
+                "-p", f"publish_odom:={'true' if depth_encoding == '32FC1' else 'false'}"], "sim_camera_node.log")
     keys = ["color", "depth", "info", "pose", "gt_instance"] + (["odom"] if depth_encoding == "32FC1" else [])
     assert g.spin_until(lambda: len(g.complete(keys)) >= 4, 40), g.tail()
     g.subscribe_objects()  # a late joiner still gets the object list (transient local)
@@ -182,23 +149,23 @@ def test_sim_camera_topics(graph, depth_encoding):
     assert hits >= 1, "no object visible in 4 frames"
 
 
-def test_sim_camera_finite_run_and_bad_parameter(graph, tmp_path):
-    g = graph("find_ros.ros.sim_camera_node",
-              ["-p", "rate_hz:=20", "-p", "n_frames:=3", "-p", f"width:={W}", "-p", f"height:={H}",
-               "-p", "trajectory:=walk"], 3)
-    assert g.wait_exit(40) == 0, g.tail()
-    assert "published 3 frames; done" in g.tail()
-    bad = graph("find_ros.ros.sim_camera_node", ["-p", "trajectory:=spiral"], 4)
-    assert bad.wait_exit(40) == 2, bad.tail()
-    assert "trajectory must be orbit or walk, got 'spiral'" in bad.tail()
+def test_sim_camera_finite_run_and_bad_parameter(procs):
+    g = _start(procs, "find_ros.ros.sim_camera_node",
+               ["-p", "rate_hz:=20", "-p", "n_frames:=3", "-p", f"width:={W}", "-p", f"height:={H}",
+                "-p", "trajectory:=walk"], "finite.log")
+    assert _wait_exit(procs, g, 40) == 0, _tail(procs, g)
+    assert "published 3 frames; done" in _tail(procs, g)
+    bad = _start(procs, "find_ros.ros.sim_camera_node", ["-p", "trajectory:=spiral"], "bad.log")
+    assert _wait_exit(procs, bad, 40) == 2, _tail(procs, bad)
+    assert "trajectory must be orbit or walk, got 'spiral'" in _tail(procs, bad)
 
 
-def test_sim_camera_prerender_replays_the_rendered_frames_and_bounds_its_memory(graph):
+def test_sim_camera_prerender_replays_the_rendered_frames_and_bounds_its_memory(ros, procs):
     from find_ros.sim import Scene, SimRenderer, orbit_trajectory
 
-    g = graph("find_ros.ros.sim_camera_node",
-              ["-p", "rate_hz:=10.0", "-p", "seed:=2", "-p", f"width:={W}", "-p", f"height:={H}",
-               "-p", "loop_frames:=5", "-p", "publish_gt:=true", "-p", "prerender:=true"], 6)
+    g = _Graph(ros, procs, "find_ros.ros.sim_camera_node",
+               ["-p", "rate_hz:=10.0", "-p", "seed:=2", "-p", f"width:={W}", "-p", f"height:={H}",
+                "-p", "loop_frames:=5", "-p", "publish_gt:=true", "-p", "prerender:=true"], "prerender.log")
     keys = ["color", "depth", "pose", "gt_instance"]
     assert g.spin_until(lambda: len(g.complete(keys)) >= 7, 40), g.tail()  # past the end of the first loop
     assert "prerendered 5 frames" in g.tail()
@@ -215,17 +182,19 @@ def test_sim_camera_prerender_replays_the_rendered_frames_and_bounds_its_memory(
         inst = conv.image_to_numpy(frame["gt_instance"])
         assert frame["gt_instance"].encoding == "32SC1"
         np.testing.assert_array_equal(inst, ref.instance)
-    big = graph("find_ros.ros.sim_camera_node", ["-p", "prerender:=true", "-p", "prerender_max_mb:=10"], 7)
-    assert big.wait_exit(40) == 2, big.tail()
-    assert "needs" in big.tail() and "prerender_max_mb 10" in big.tail()
+    # the same domain: this camera refuses before it publishes anything
+    big = _start(procs, "find_ros.ros.sim_camera_node", ["-p", "prerender:=true", "-p", "prerender_max_mb:=10"],
+                 "prerender_big.log")
+    assert _wait_exit(procs, big, 40) == 2, _tail(procs, big)
+    assert "needs" in _tail(procs, big) and "prerender_max_mb 10" in _tail(procs, big)
 
 
 @pytest.mark.skipif(not TUM.is_dir(), reason=f"TUM data not found at {TUM}")
-def test_replay_node_tum(graph):
+def test_replay_node_tum(ros, procs):
     pytest.importorskip("find_ros.ros.replay_node", reason="find_ros.sim.datasets not delivered yet")
-    g = graph("find_ros.ros.replay_node",
-              ["-p", "format:=tum", "-p", f"path:={TUM.resolve()}", "-p", "rate_hz:=15.0", "-p", "loop:=true",
-               "-p", "depth_encoding:=32FC1", "-p", "world_frame:=world"], 5)
+    g = _Graph(ros, procs, "find_ros.ros.replay_node",
+               ["-p", "format:=tum", "-p", f"path:={TUM.resolve()}", "-p", "rate_hz:=15.0", "-p", "loop:=true",
+                "-p", "depth_encoding:=32FC1", "-p", "world_frame:=world"], "replay_node.log")
     keys = ["color", "depth", "info", "pose"]
     assert g.spin_until(lambda: len(g.complete(keys)) >= 3, 40), g.tail()
     for frame in g.complete(keys)[:3]:
