@@ -1,7 +1,8 @@
 """``find-ros demo``: the sim camera and the perception node as real ROS 2 processes, scripted instructions, a report.
 
 Starts ``sim_camera_node`` and ``perception_node`` (``autostart:=true``) as separate processes on a
-private ``ROS_DOMAIN_ID`` with FastDDS ``LARGE_DATA`` transport, and runs a driver node in this
+``ROS_DOMAIN_ID`` claimed for the run, over the shipped shared-memory Fast DDS profile
+(:mod:`find_ros.ros.dds`), and runs a driver node in this
 process that reads the sim ground truth (``camera/gt/objects``, ``camera/gt/instance``), publishes
 instructions naming scene objects (two by text, then one interleaved ``"the <0>"`` with a reference
 crop cut from a camera frame), and collects ``find/grounding``, ``find/mask``, ``find/overlay`` and
