@@ -336,8 +336,13 @@ def test_instruction_services(h):
     assert not r.success and "<1> name no reference" in r.message
     r = _call(h, Trigger, "find/clear_instruction", Trigger.Request())
     assert r.success
+    # the idle count of a status published after the clear; the frame sent now must raise it (taken, not grounded)
+    h.status = {}
+    assert h.spin_until(lambda: h.status.get("instruction_id", "?") == "", 5), h.status
+    idle_before = h.status.get("idle", 0)
     idle = h.frame()
-    assert h.spin_until(lambda: h.status.get("idle", 0) > 0 and idle not in h.got["grounding"], 5)
+    assert h.spin_until(lambda: h.status.get("idle", 0) > idle_before, 5), (idle_before, h.status)
+    assert idle not in h.got["grounding"]
     r = _call(h, SetInstruction, "find/set_instruction",
               SetInstruction.Request(instruction=InterleavedInstruction(id="svc-1", text="the red cube")))
     assert r.success and r.instruction_id == "svc-1", r.message

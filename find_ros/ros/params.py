@@ -96,6 +96,11 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Camera pose input: 'pose' (camera/pose PoseStamped), 'odom' (camera/odom Odometry), "
               "'tf' (tf2: world_frame -> colour optical frame) or 'none'.",
               choices=("pose", "odom", "tf", "none")),
+    ParamSpec("sensor_reliability", str, "best_effort",
+              "Reliability of the camera subscriptions (colour, depth, camera_info, pose/odom; keep last 1, "
+              "volatile): 'best_effort' receives from best-effort (SensorDataQoS) and reliable publishers alike; "
+              "'reliable' receives nothing from a best-effort camera.",
+              choices=("best_effort", "reliable")),
     ParamSpec("publish_overlay", bool, True, "Publish find/overlay (rgb8 visualisation).", live=True),
     ParamSpec("publish_markers", bool, True, "Publish find/markers (a cube and a label per target).",
               live=True),

@@ -11,6 +11,10 @@ A ``rclpy`` lifecycle node (run it with ``python -m find_ros.ros.perception_node
 
 With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed).
 
+Camera inputs are subscribed best effort, keep last 1, volatile (``sensor_reliability``,
+:func:`find_ros.ros.qos.sensor_subscription_qos`), so best-effort (``SensorDataQoS``) and reliable
+camera drivers both connect.
+
 Frame path: colour, depth and camera_info are matched by stamp (``message_filters`` when it is
 importable, else :class:`find_ros.ros.sync.ApproximateSync`); the matched set goes into a one-slot
 mailbox read by a single worker thread, so the newest frame wins and inference never queues behind
@@ -54,7 +58,7 @@ from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
 from find_ros.ros.params import validate_value
-from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS
+from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
 from find_ros.srv import SetInstruction
 
 try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
@@ -274,9 +278,10 @@ class PerceptionNode(LifecycleNode):
             self._destroy_publishers()
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
-            "configured: grounder=%s score_threshold=%.2f camera_pose_source=%s world_frame=%s"
+            "configured: grounder=%s score_threshold=%.2f camera_pose_source=%s world_frame=%s "
+            "sensor_reliability=%s"
             % (self._p["grounder"], self._p["score_threshold"], self._p["camera_pose_source"],
-               self._p["world_frame"]))
+               self._p["world_frame"], self._p["sensor_reliability"]))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -377,15 +382,17 @@ class PerceptionNode(LifecycleNode):
             from find_ros.ros.sync import ApproximateSync
 
             self._sync = ApproximateSync(slop_s=self._p["sync_slop_s"], callback=self._on_synced)
+        # best effort by default: matches best-effort (SensorDataQoS) and reliable cameras (find_ros.ros.qos)
+        sensor_qos = sensor_subscription_qos(self._p["sensor_reliability"])
         for stream, mtype, topic in (("color", Image, color_t), ("depth", Image, depth_t),
                                      ("camera_info", CameraInfo, info_t)):
             self._subs.append(self.create_subscription(
-                mtype, topic, lambda m, s=stream: self._on_input(s, m), SENSOR_QOS))
+                mtype, topic, lambda m, s=stream: self._on_input(s, m), sensor_qos))
         src = self._p["camera_pose_source"]
         if src == "pose":
-            self._subs.append(self.create_subscription(PoseStamped, "camera/pose", self._on_pose, SENSOR_QOS))
+            self._subs.append(self.create_subscription(PoseStamped, "camera/pose", self._on_pose, sensor_qos))
         elif src == "odom":
-            self._subs.append(self.create_subscription(Odometry, "camera/odom", self._on_odom, SENSOR_QOS))
+            self._subs.append(self.create_subscription(Odometry, "camera/odom", self._on_odom, sensor_qos))
         elif src == "tf":  # pragma: no cover - tf2_ros is not installable here
             import tf2_ros
 

@@ -1,8 +1,15 @@
 """QoS profiles of the find_ros topics, and the measurement behind the transport choice.
 
-- ``SENSOR_QOS`` (camera inputs): RELIABLE, KEEP_LAST 1, VOLATILE. Keep-last 1: newest frame wins and the writer
-  history holds one sample, so nothing queues even when reliable. Caveat: a reliable subscriber does not match a
-  best-effort publisher (camera drivers using ``SensorDataQoS``); set such a driver's reliability to reliable.
+- Camera inputs of the perception node (colour, depth, camera_info, camera pose / odometry):
+  :func:`sensor_subscription_qos` with the node parameter ``sensor_reliability``: BEST_EFFORT (default) or
+  RELIABLE, KEEP_LAST 1, VOLATILE. A best-effort subscriber matches every camera driver: it receives from
+  best-effort publishers (``SensorDataQoS``, most drivers and bag players) and from reliable ones (the sample is
+  then sent best effort). A reliable subscriber receives nothing from a best-effort publisher ("incompatible QoS
+  ... RELIABILITY"), so ``sensor_reliability: reliable`` is only for a graph whose cameras are all reliable and
+  which wants retransmission of lost fragments. Keep-last 1: the newest frame wins, nothing queues.
+- ``SENSOR_QOS`` (camera-like publishers of this package: the sim camera, the replay node, test harnesses):
+  RELIABLE, KEEP_LAST 1, VOLATILE. It matches best-effort and reliable subscribers alike (a best-effort
+  subscriber gets the samples best effort), and the writer history holds one sample, so nothing queues.
 - ``OUTPUT_QOS`` (results): RELIABLE, KEEP_LAST 10, VOLATILE.
 - ``LATCHED_QOS`` (state a late joiner must get: sim ground-truth objects, the field cloud): RELIABLE,
   KEEP_LAST 1, TRANSIENT_LOCAL. A VOLATILE subscriber still matches it (it just gets no history).
@@ -12,16 +19,35 @@ transports (512 KiB shared-memory segment) a best-effort frame is lost when one 
 read. ``MEASURED`` (``python -m find_ros.ros.qos``: two processes, rgb8 at 30 Hz for 4 s, 2 shared cores) compares
 the shipped shared-memory profile (``shm``: 64 MiB segment + UDP, no TCP), ``LARGE_DATA`` (shared memory + TCP,
 whose teardown can deadlock in libfastdds 3.2.2) and the defaults: ``shm`` delivers everything, reliable and
-best-effort, at LARGE_DATA's latency.
+best-effort, at LARGE_DATA's latency. So the best-effort camera subscriptions lose no 640x480 or 1280x720 frame
+with the shipped profile (the launch files and ``find-ros demo`` set it); with Fast DDS's defaults best-effort
+large images are mostly lost, whatever the publisher's reliability.
 """
 from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-__all__ = ["SENSOR_QOS", "OUTPUT_QOS", "LATCHED_QOS", "MEASURED", "measure"]
+__all__ = ["SENSOR_QOS", "SENSOR_RELIABILITIES", "DEFAULT_SENSOR_RELIABILITY", "sensor_subscription_qos",
+           "OUTPUT_QOS", "LATCHED_QOS", "MEASURED", "measure"]
+
+#: Values of the perception node's ``sensor_reliability`` parameter (the first one is the default).
+SENSOR_RELIABILITIES = ("best_effort", "reliable")
+DEFAULT_SENSOR_RELIABILITY = SENSOR_RELIABILITIES[0]
 
 SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
+
+
+def sensor_subscription_qos(reliability: str = DEFAULT_SENSOR_RELIABILITY) -> QoSProfile:
+    """The QoS of a camera-input subscription: ``reliability`` (``"best_effort"`` or ``"reliable"``),
+    KEEP_LAST 1, VOLATILE. Raises ``ValueError`` naming the value for anything else."""
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ValueError(f"sensor reliability {reliability!r} is not one of {', '.join(SENSOR_RELIABILITIES)}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=policies[reliability],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
