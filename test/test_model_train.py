@@ -157,3 +157,14 @@ def test_max_seconds_stops_with_a_final_model(tiny_data, tmp_path):
     tr = Trainer(config=_config(steps=50, max_seconds=1e-6), out_dir=tmp_path, dataset=tiny_data)
     final = tr.run(progress=False)
     assert tr.step == 1 and final == tmp_path / "model" and (final / "config.json").is_file()
+
+
+def test_max_cpu_seconds_stops_too(tiny_data, tmp_path):
+    from find_ros.model.train import Trainer
+
+    torch.set_num_threads(1)
+    tr = Trainer(config=_config(steps=50, max_cpu_seconds=1e-6), out_dir=tmp_path, dataset=tiny_data)
+    tr.run(progress=False)
+    assert tr.step == 1 and (tmp_path / "model" / "config.json").is_file()
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["step"] == 1 and rec["cpu_s"] > 0

@@ -35,8 +35,11 @@ class FindModelError(RuntimeError):
     """A model that cannot be built, loaded or fed; the message names the offending value."""
 
 
-TINY_CONVNEXT = dict(hidden_sizes=[24, 48, 96, 192], depths=[1, 1, 2, 1], patch_size=4, num_channels=3)
-"""The default tiny ConvNeXt (``vision_kind="convnext"``): four stages at strides 4 / 8 / 16 / 32."""
+TINY_CONVNEXT = dict(hidden_sizes=[24, 48, 96, 192], depths=[1, 1, 2, 1], patch_size=4, num_channels=3,
+                     layer_scale_init_value=1.0)
+"""The default tiny ConvNeXt (``vision_kind="convnext"``): four stages at strides 4 / 8 / 16 / 32. Layer scale
+starts at 1 (transformers' 1e-6 keeps the residual blocks of a from-scratch backbone nearly off for the first
+hundreds of steps, which is all a short CPU run has)."""
 TINY_RESNET = dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
                    num_channels=3)
 """The default tiny ResNet (``vision_kind="resnet"``)."""

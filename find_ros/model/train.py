@@ -84,6 +84,9 @@ class TrainConfig:
     max_seconds: float = 0.0
     """Stop (checkpointed, final model written) once this many seconds of training steps have run; 0 = no limit.
     Validation time is not counted. For equal-wall-time comparisons; the lr schedule still follows ``steps``."""
+    max_cpu_seconds: float = 0.0
+    """The same cap on the process CPU time of the training steps (``time.process_time``): equal-compute
+    comparisons that other jobs on a shared machine do not skew; 0 = no limit."""
     log_every: int = 10
     """Steps between metrics lines."""
     num_threads: int = 1
@@ -113,7 +116,7 @@ class TrainConfig:
             raise TrainError(f"unknown tasks in task_weights: {bad} (tasks: {TRAIN_TASKS})")
         if cfg.steps < 0 or cfg.batch_size < 1:
             raise TrainError(f"steps must be >= 0 and batch_size >= 1, got {cfg.steps}, {cfg.batch_size}")
-        if cfg.eval_every < 0 or cfg.val_samples < 1 or cfg.max_seconds < 0:
+        if cfg.eval_every < 0 or cfg.val_samples < 1 or cfg.max_seconds < 0 or cfg.max_cpu_seconds < 0:
             raise TrainError(f"eval_every and max_seconds must be >= 0 and val_samples >= 1, got "
                              f"{cfg.eval_every}, {cfg.max_seconds}, {cfg.val_samples}")
         return cfg
@@ -433,16 +436,18 @@ class Trainer:
         (self.out / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
         metrics_path = self.out / "metrics.jsonl"
         log_f = metrics_path.open("a")
-        train_s = 0.0
+        train_s = cpu_s = 0.0
         start = self.step
         acc: dict[str, list[float]] = {}
         timed_out = False
         try:
             while self.step < end and not timed_out:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 m = self.train_step()
                 train_s += time.perf_counter() - t0
-                timed_out = c.max_seconds > 0 and train_s >= c.max_seconds
+                cpu_s += time.process_time() - c0
+                timed_out = (c.max_seconds > 0 and train_s >= c.max_seconds) or \
+                    (c.max_cpu_seconds > 0 and cpu_s >= c.max_cpu_seconds)
                 for k, v in m.items():
                     if k != "task":
                         acc.setdefault(f"{m['task']}/{k}", []).append(v)
@@ -452,6 +457,7 @@ class Trainer:
                 if do_log or do_val:
                     rate = (self.step - start) / max(train_s, 1e-9)
                     rec = {"step": self.step, "lr": self.lr_at(self.step - 1), "elapsed_s": round(train_s, 1),
+                           "cpu_s": round(cpu_s, 1),
                            **{k: round(float(np.mean(v)), 5) for k, v in sorted(acc.items())}}
                     if do_val:
                         tv = time.perf_counter()
@@ -480,7 +486,7 @@ class Trainer:
         if self.step < c.steps and not timed_out:  # stopped early: the checkpoint is the result
             return self.ckpt_dir
         if timed_out:
-            log.info("max_seconds %.0f reached at step %d of %d", c.max_seconds, self.step, c.steps)
+            log.info("time cap reached at step %d of %d (%.0f s wall, %.0f s CPU)", self.step, c.steps, train_s, cpu_s)
         final = self.out / "model"
         self.model.save_pretrained(final)
         (final / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
