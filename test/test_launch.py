@@ -1,8 +1,11 @@
 """Static checks of launch/*.launch.py and config/find_ros.rviz (launch/launch_ros are not installable here).
 
-Parsed with ``ast``: imports only launch APIs, every executable named exists as a console script and in scripts/,
-every config/launch file named exists, every parameter set on the perception node is declared by it, and the RViz
-config is YAML showing the node's output topics.
+Parsed with ``ast``: imports only launch APIs (and the launch-free ``find_ros.ros.launch_args``), every executable
+named exists as a console script and in scripts/, every config/launch file named exists, every launch argument is
+declared with a description (the ``--show-args`` view: each ``DeclareLaunchArgument`` expression is evaluated with a
+recorder in place of the launch class), every ``name:=`` a launch file mentions is declared, every node parameter
+offered as a launch argument is a parameter of the node, and the RViz config is YAML showing the node's output
+topics.
 """
 import ast
 import re
@@ -13,7 +16,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
-ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "os", "pathlib")
+ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "os", "pathlib", "shutil")
+#: find_ros modules a launch file may import: pure logic without launch, rclpy or heavy dependencies
+ALLOWED_FIND_ROS = ("find_ros.ros.launch_args",)
+#: node parameters issue 14 asks to be launch arguments of perception.launch.py
+PARAMETER_ARGUMENTS = {"autostart", "grounder", "model_path", "device", "camera_pose_source", "world_frame",
+                       "field_enable", "field_voxel_size", "score_threshold", "sensor_reliability"}
+REMAP_ARGUMENTS = {"color_topic", "depth_topic", "camera_info_topic", "pose_topic", "odom_topic"}
 
 
 def _tree(path: Path) -> ast.Module:
@@ -43,6 +52,48 @@ def _console_scripts() -> set[str]:
     return names
 
 
+def _module_env(tree: ast.Module) -> dict:
+    """Names a launch file defines at module level without launch: its constant tables (``INPUT_REMAPS`` ...) and
+    what it imports from ``find_ros.ros.launch_args``."""
+    import importlib
+
+    env: dict = {}
+    for n in tree.body:
+        if isinstance(n, ast.ImportFrom) and n.module in ALLOWED_FIND_ROS:
+            mod = importlib.import_module(n.module)
+            env.update({a.asname or a.name: getattr(mod, a.name) for a in n.names})
+    exec(compile(ast.Module(body=[n for n in tree.body if isinstance(n, ast.Assign)], type_ignores=[]),
+                 "<launch file tables>", "exec"), env)
+    return env
+
+
+def declared_arguments(path: Path) -> dict[str, tuple[str, str]]:
+    """``{name: (default_value, description)}`` of every ``DeclareLaunchArgument`` of ``path`` (what
+    ``ros2 launch --show-args`` lists): each call, or the comprehension that holds it, evaluated with a recorder in
+    place of the launch class; paths under the package share directory read ``<share>/...``."""
+    import os
+
+    tree = _tree(path)
+    env = {**_module_env(tree), "os": os, "share": "<share>", "default_params": "<share>/config/perception.yaml"}
+    out: dict[str, tuple[str, str]] = {}
+
+    def record(name, *, default_value=None, description="", **_):
+        assert name not in out, f"{path.name}: launch argument {name} declared twice"
+        out[name] = (default_value, description)
+
+    env["DeclareLaunchArgument"] = record
+    inner = set()
+    for comp in [n for n in ast.walk(tree) if isinstance(n, (ast.ListComp, ast.GeneratorExp))]:
+        calls = _calls(comp.elt, "DeclareLaunchArgument")
+        if calls:
+            inner.update(map(id, calls))
+            list(eval(compile(ast.Expression(comp), path.name, "eval"), dict(env)))
+    for call in _calls(tree, "DeclareLaunchArgument"):
+        if id(call) not in inner:
+            eval(compile(ast.Expression(call), path.name, "eval"), dict(env))
+    return out
+
+
 def test_expected_launch_files_exist():
     assert {p.name for p in LAUNCH_FILES} >= {"perception.launch.py", "demo.launch.py"}
 
@@ -57,7 +108,7 @@ def test_imports_only_launch_apis(path):
         elif isinstance(n, ast.ImportFrom):
             mods.append(n.module or "")
     assert mods
-    bad = [m for m in mods if m.split(".")[0] not in ALLOWED_IMPORTS]
+    bad = [m for m in mods if m.split(".")[0] not in ALLOWED_IMPORTS and m not in ALLOWED_FIND_ROS]
     assert not bad, f"{path.name} imports {bad}"
     fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"]
     assert fn and not fn[0].args.args, "generate_launch_description() must exist and take no arguments"
@@ -98,26 +149,65 @@ def test_named_files_exist_and_the_shm_profile_is_set(path):
     assert share and all(c.args[0].value == "find_ros" for c in share)
 
 
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_launch_argument_is_declared_with_a_description(path):
+    args = declared_arguments(path)
+    assert args
+    for name, (default, description) in args.items():
+        assert isinstance(description, str) and len(description.strip()) >= 10, (name, description)
+        assert isinstance(default, str), (name, default)
+    # every "name:=" the file mentions (docstring, descriptions, comments) is one of its launch arguments, or one
+    # of the included perception.launch.py (launch arguments reach an included file)
+    text = path.read_text() + "\n".join(d for _, d in args.values())
+    known = set(args) | (set(declared_arguments(ROOT / "launch" / "perception.launch.py"))
+                         if _calls(_tree(path), "IncludeLaunchDescription") else set())
+    mentioned = set(re.findall(r"\b([a-z_]+):=", text))
+    assert mentioned <= known, f"{path.name} mentions undeclared launch arguments {mentioned - known}"
+
+
 def test_perception_launch_arguments_remaps_and_parameters():
+    from find_ros.ros import launch_args
     from find_ros.ros.params import PARAMS_BY_NAME
 
-    tree = _tree(ROOT / "launch" / "perception.launch.py")
-    mod = {}
-    exec(compile(ast.Module(body=[n for n in tree.body if isinstance(n, ast.Assign)], type_ignores=[]),
-                 "perception.launch.py", "exec"), mod)
-    remaps = mod["INPUT_REMAPS"]
+    path = ROOT / "launch" / "perception.launch.py"
+    tree = _tree(path)
+    env = _module_env(tree)
+    remaps = env["INPUT_REMAPS"]
     assert {t for _, t, _ in remaps} == {"camera/color/image_raw", "camera/depth/image_raw",
                                          "camera/color/camera_info", "camera/pose", "camera/odom"}
-    declared = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument") if isinstance(c.args[0], ast.Constant)}
-    assert declared >= {"params_file", "namespace", "grounder"}
-    (node,) = _calls(tree, "Node")
-    assert _kw(node, "executable").value == "perception_node"
-    params = _kw(node, "parameters")
-    dicts = [e for e in params.elts if isinstance(e, ast.Dict)]
-    keys = {k.value for d in dicts for k in d.keys}
-    assert "autostart" in keys and keys <= set(PARAMS_BY_NAME), keys - set(PARAMS_BY_NAME)
-    assert any(isinstance(e, ast.Call) and e.args[0].value == "params_file" for e in params.elts)
+    assert {n for n, _, _ in remaps} == REMAP_ARGUMENTS
+    args = declared_arguments(path)
+    assert set(args) >= {"params_file", "namespace", "dds_profile"} | PARAMETER_ARGUMENTS | REMAP_ARGUMENTS, set(args)
+    # node parameters as launch arguments: parameters of the node, empty default (= not given: the params file
+    # wins), and the description the node's ParamSpec gives
+    param_args = set(args) & set(PARAMS_BY_NAME)
+    assert param_args == set(launch_args.PARAMETER_ARGUMENTS) >= PARAMETER_ARGUMENTS
+    for name in param_args:
+        default, description = args[name]
+        assert default == "", (name, default)
+        assert description == launch_args.argument_description(name)
+        assert PARAMS_BY_NAME[name].description in description
+    assert args["params_file"][0] == "<share>/config/perception.yaml" and args["namespace"][0] == ""
+    assert all(args[n][0] == t for n, t, _ in remaps)
+
+    # the node is built in an OpaqueFunction once the arguments are known: the params file first, then only the
+    # overrides node_parameter_overrides() computes from the given arguments (a later entry wins in launch_ros)
+    (opaque,) = _calls(tree, "OpaqueFunction")
+    fn_name = _kw(opaque, "function").id
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == fn_name]
+    (node,) = _calls(fn, "Node")
+    assert _kw(node, "executable").value == "perception_node" and _kw(node, "name").value == "perception_node"
     assert _kw(node, "remappings") is not None and _kw(node, "namespace") is not None
+    assert ast.unparse(_kw(node, "parameters")) == "parameters"
+    (assign,) = [n for n in ast.walk(fn) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "parameters"]
+    assert ast.unparse(assign.value) == ("([params_file] if params_file else []) + "
+                                         "([overrides] if overrides else [])")
+    (call,) = _calls(fn, "node_parameter_overrides")
+    assert [ast.unparse(a) for a in call.args] == ["given", "params_file"]
+    assert ast.unparse(_kw(call, "namespace")) == "namespace"
+    performed = {ast.unparse(c.func.value.args[0]) for c in _calls(fn, "perform")}
+    assert performed >= {"'params_file'", "'namespace'", "name"}, performed
+    assert "for name in PARAMETER_ARGUMENTS" in ast.unparse(fn)
 
 
 def test_demo_launch_parameters_are_sim_camera_parameters():
