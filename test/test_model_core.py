@@ -358,12 +358,18 @@ def test_conv_kind_multiscale_features_and_every_task(kind):
 
 
 def test_conv_kind_mask_features_carry_position():
-    """Two identical images shifted apart would give the same conv features at the object; the position code lets a
-    query tell them apart: the mask features of a uniform image differ between left and right halves."""
+    """Two identical objects far apart get (nearly) the same conv features; the learned position code (zero at
+    start) lets a query tell them apart: with it, the mask features of a uniform image differ left and right."""
     m = _conv("convnext")
+    d = m.decoder
+    assert float(d.mask_pos_x.weight.abs().sum()) == 0.0  # starts at zero: appearance first
     with torch.no_grad():
-        mf = m.encode_image(torch.full((1, 3, *CONV_SIZE), 0.5)).mask_features[0]
+        img = torch.full((1, 3, *CONV_SIZE), 0.5)
+        flat = m.encode_image(img).mask_features[0]
+        d.mask_pos_x.weight.normal_()  # as training would make it
+        mf = m.encode_image(img).mask_features[0]
     centre = mf[:, 4:12, 4:20]  # away from the zero-padded border
+    assert float((mf - flat).abs().max()) > 1e-3  # the position code now moves the features
     assert float((centre[:, :, :8] - centre[:, :, 8:]).abs().max()) > 1e-3
 
 

@@ -122,7 +122,8 @@ class PixelDecoder(nn.Module):
 
 
 class _SepConv(nn.Module):
-    """Depthwise 3x3 + group norm + pointwise 1x1 + GELU: the cheap smoothing conv of the FPN levels."""
+    """Depthwise 3x3 + group norm + GELU + pointwise 1x1: the cheap smoothing conv of the FPN levels (linear
+    output, so the finest level can serve as signed mask features directly)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -131,7 +132,7 @@ class _SepConv(nn.Module):
         self.pw = nn.Conv2d(c, c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.pw(self.norm(self.dw(x))))
+        return self.pw(F.gelu(self.norm(self.dw(x))))
 
 
 class FpnPixelDecoder(nn.Module):
@@ -160,6 +161,9 @@ class FpnPixelDecoder(nn.Module):
         self.pos_dim = 16
         self.mask_pos_y = nn.Linear(self.pos_dim, Fc, bias=False)
         self.mask_pos_x = nn.Linear(self.pos_dim, Fc, bias=False)
+        # zero at start: masks begin from appearance alone and take position in as far as the losses ask for it
+        nn.init.zeros_(self.mask_pos_y.weight)
+        nn.init.zeros_(self.mask_pos_x.weight)
         self.mask_stride = mask_stride
         self.hidden = hidden
         self.mask_channels = Fc
