@@ -221,6 +221,57 @@ def test_demo_launch_parameters_are_sim_camera_parameters():
     assert _calls(tree, "IncludeLaunchDescription") and _calls(tree, "IfCondition")
 
 
+def test_demo_launch_namespaces_camera_and_node_together():
+    tree = _tree(ROOT / "launch" / "demo.launch.py")
+    assert declared_arguments(ROOT / "launch" / "demo.launch.py")["namespace"][0] == ""
+    (cam,) = [c for c in _calls(tree, "Node") if _kw(c, "executable").value == "sim_camera_node"]
+    assert ast.unparse(_kw(cam, "namespace")) == "LaunchConfiguration('namespace')"
+    (inc,) = _calls(tree, "IncludeLaunchDescription")
+    passed = ast.unparse(_kw(inc, "launch_arguments"))
+    assert "'namespace': LaunchConfiguration('namespace')" in passed
+    # the demo declares no perception-node parameter itself: a default here would override the params file
+    from find_ros.ros.params import PARAMS_BY_NAME
+
+    assert not set(declared_arguments(ROOT / "launch" / "demo.launch.py")) & set(PARAMS_BY_NAME)
+    assert not (set(re.findall(r"'(\w+)':", passed)) & set(PARAMS_BY_NAME)), passed
+
+
+def test_demo_launch_starts_rviz_only_when_installed():
+    tree = _tree(ROOT / "launch" / "demo.launch.py")
+    assert declared_arguments(ROOT / "launch" / "demo.launch.py")["rviz"][0] == "true"
+    (opaque,) = _calls(tree, "OpaqueFunction")
+    assert ast.unparse(_kw(opaque, "condition")) == "IfCondition(LaunchConfiguration('rviz'))"
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == _kw(opaque, "function").id]
+    (check,) = _calls(fn, "package_executable")
+    assert [a.value for a in check.args] == ["rviz2", "rviz2"]
+    (log,) = _calls(fn, "LogInfo")
+    assert "RViz not started" in ast.unparse(log) and "rviz:=false" in ast.unparse(log)
+    (rviz,) = [c for c in _calls(tree, "Node") if _kw(c, "package").value == "rviz2"]
+    assert rviz in _calls(fn, "Node"), "the rviz2 Node is built only after the check"
+
+
+def test_package_executable_finds_an_installed_package_through_the_ament_index(tmp_path, monkeypatch):
+    from find_ros.ros.launch_args import package_executable
+
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # nothing on PATH
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "empty"))
+    assert package_executable("rviz2", "rviz2") is None
+    prefix = tmp_path / "prefix"
+    (prefix / "share" / "ament_index" / "resource_index" / "packages").mkdir(parents=True)
+    (prefix / "share" / "ament_index" / "resource_index" / "packages" / "rviz2").write_text("")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    assert package_executable("rviz2", "rviz2") is None  # registered, but no executable
+    exe = prefix / "lib" / "rviz2" / "rviz2"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert package_executable("rviz2", "rviz2") == str(exe)
+    # no ament index entry, but on PATH
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("PATH", str(exe.parent))
+    assert package_executable("rviz2", "rviz2") == str(exe)
+
+
 def test_rviz_config_is_yaml_with_the_node_topics():
     cfg = yaml.safe_load((ROOT / "config" / "find_ros.rviz").read_text())
     vm = cfg["Visualization Manager"]

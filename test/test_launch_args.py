@@ -180,3 +180,50 @@ def test_params_file_and_given_arguments_reach_the_node(ros, procs, tmp_path):
     log = procs.log_text(b)
     assert "configured: grounder=hsv-baseline score_threshold=0.42" in log and "sensor_reliability=reliable" in log, \
         log[-2000:]
+
+
+@pytest.mark.ros
+def test_demo_graph_in_a_namespace_grounds(ros, procs, tmp_path):
+    """demo.launch.py namespace:=robot1 as launch_ros runs it: the sim camera and the perception node (shipped
+    params file, grounder:=hsv-baseline given) both in /robot1; the node counts the camera's frames on
+    /robot1/find/status and grounds them."""
+    pytest.importorskip("rclpy")
+    pytest.importorskip("find_ros.grounding.baseline", reason="find_ros.grounding.baseline not delivered yet")
+    import json
+
+    from std_msgs.msg import String
+
+    from find_ros.msg import Grounding
+    from find_ros.ros.qos import OUTPUT_QOS
+
+    overrides = LA.node_parameter_overrides({"grounder": "hsv-baseline"}, SHIPPED, namespace="robot1")
+    assert overrides == {"grounder": "hsv-baseline"}
+    ns = ["-r", "__ns:=/robot1"]
+    cam = procs.node("find_ros.ros.sim_camera_node",
+                     [*ns, "-r", "__node:=sim_camera_node", "-p", "rate_hz:=10.0", "-p", "seed:=34", "-p", "width:=160",
+                      "-p", "height:=120", "-p", "publish_gt:=true"], "camera.log")
+    node = procs.node("find_ros.ros.perception_node",
+                      [*ns, "-r", "__node:=perception_node", *_launch_ros_files(tmp_path, SHIPPED, overrides),
+                       "-p", "status_period_s:=0.25"], "node.log")
+    harness = ros.node("demo_graph_harness")
+    status: dict = {}
+    outside: list = []
+    grounded: list = []
+    harness.create_subscription(String, "/robot1/find/status", lambda m: status.update(json.loads(m.data)),
+                                OUTPUT_QOS)
+    harness.create_subscription(String, "/find/status", outside.append, OUTPUT_QOS)
+    harness.create_subscription(Grounding, "/robot1/find/grounding", grounded.append, OUTPUT_QOS)
+    text = harness.create_publisher(String, "/robot1/find/instruction_text", 10)
+
+    def alive():
+        for p in (cam, node):
+            assert p.poll() is None, procs.log_text(p)[-2000:]
+
+    assert ros.spin_until(lambda: status.get("frames_in", 0) > 0, 90, alive=alive), \
+        (status, procs.log_text(node)[-1500:], procs.log_text(cam)[-1500:])
+    assert status.get("grounder") == "hsv-baseline"
+    assert ros.spin_until(lambda: text.get_subscription_count() > 0, 10, alive=alive)
+    text.publish(String(data="the red cube"))
+    assert ros.spin_until(lambda: any(g.entities and g.entities[0].found for g in grounded), 30, alive=alive), \
+        (status, procs.log_text(node)[-1500:])
+    assert not outside, "nothing of the graph is outside the namespace"

@@ -17,6 +17,8 @@ a ``--params-file``; a later file wins), with ``overrides`` from :func:`node_par
 types the value (YAML: ``true``/``false``, numbers; strings stay strings) and validated against the parameter's
 range or choices; an invalid one stops the launch with :class:`LaunchArgumentError` naming it.
 
+:func:`package_executable` tells ``demo.launch.py`` whether RViz (``rviz2``) is installed before it starts it.
+
 No ``launch`` import here: the logic is testable without a ROS install's launch packages.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Mapping
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, ParamSpec, validate_value
 
 __all__ = ["PARAMETER_ARGUMENTS", "LAUNCH_DEFAULTS", "LaunchArgumentError", "argument_description",
-           "parse_argument", "params_file_parameters", "node_parameter_overrides"]
+           "parse_argument", "params_file_parameters", "node_parameter_overrides", "package_executable"]
 
 #: Node parameters a user sets at launch; each is a launch argument of the same name (default "": not given).
 PARAMETER_ARGUMENTS: tuple[str, ...] = (
@@ -149,3 +151,24 @@ def node_parameter_overrides(arguments: Mapping[str, str], params_file: str | Pa
         if name not in out and name not in in_file:
             out[name] = value
     return out
+
+
+def package_executable(package: str, executable: str) -> str | None:
+    """The path of ``executable`` of ROS package ``package`` as ``ros2 run`` / launch_ros find it
+    (``<prefix>/lib/<package>/<executable>``, the prefix from the ament index), else an ``executable`` on ``PATH``;
+    None when neither exists (the package is not installed)."""
+    import os
+    import shutil
+
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    except ImportError:  # no ament index here: PATH only
+        pass
+    else:
+        try:
+            candidate = os.path.join(get_package_prefix(package), "lib", package, executable)
+        except (PackageNotFoundError, ValueError):
+            candidate = None
+        if candidate is not None and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which(executable)
