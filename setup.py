@@ -23,9 +23,9 @@ setup(
     entry_points={
         "console_scripts": [
             "find-ros = find_ros.cli:main",
-            "perception_node = find_ros.ros.perception_node:main",
-            "sim_camera_node = find_ros.ros.sim_camera_node:main",
-            "replay_node = find_ros.ros.replay_node:main",
+            "perception_node = find_ros.ros.perception_node:run",
+            "sim_camera_node = find_ros.ros.sim_camera_node:run",
+            "replay_node = find_ros.ros.replay_node:run",
         ],
     },
 )

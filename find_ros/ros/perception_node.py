@@ -824,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from find_ros.ros.shutdown import StopSignals, spin_until_stopped
+    from find_ros.ros.shutdown import StopSignals, release_context, spin_until_stopped
 
     stop = StopSignals.install()
     args = sys.argv if argv is None else [sys.argv[0], *argv]
@@ -852,9 +852,16 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown()
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        release_context()
         stop.teardown_done()
 
 
+def run() -> None:
+    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
+    from find_ros.ros.shutdown import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

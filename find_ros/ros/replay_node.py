@@ -16,7 +16,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-from find_ros.ros.shutdown import StopSignals
+from find_ros.ros.shutdown import StopSignals, release_context
 from find_ros.ros.sim_camera_node import FrameTimer, ParameterValueError, RgbdPublisher, declare, spin_until_done
 
 try:
@@ -106,9 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         if node is not None:
             node.shutdown()
             node.destroy_node()
-        rclpy.try_shutdown()
+        release_context()
         stop.teardown_done()
 
 
+def run() -> None:
+    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
+    from find_ros.ros.shutdown import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

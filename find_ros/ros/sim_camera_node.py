@@ -42,7 +42,7 @@ try:
 except ImportError as e:  # a partial checkout: report it as a missing module (pytest.importorskip skips on that)
     raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
 from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
-from find_ros.ros.shutdown import StopSignals, spin_until_stopped
+from find_ros.ros.shutdown import StopSignals, release_context, spin_until_stopped
 
 __all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
 
@@ -340,9 +340,16 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
             node = None
         gc.collect()  # reference cycles through the node's callbacks would keep Open3D buffers until exit
-        rclpy.try_shutdown()
+        release_context()
         stop.teardown_done()
 
 
+def run() -> None:
+    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
+    from find_ros.ros.shutdown import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -112,16 +112,20 @@ def signal_cycle(exe: Executable, *, gap_s: float, domain_id: int, run_dir: Path
             return SignalResult(exe.name, gap_s, proc.poll(), None, "Traceback" in _read(log), False)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(gap_s)
+        exit_s = None
         try:
-            os.killpg(proc.pid, signal.SIGINT)
-        except ProcessLookupError:  # it had already exited (and its group with it)
-            pass
-        try:
-            proc.wait(timeout=exit_bound_s)
+            proc.wait(timeout=gap_s)  # exited before the second signal
             exit_s = time.monotonic() - t0
         except subprocess.TimeoutExpired:
-            exit_s = None
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:  # it exited just now (and its group with it)
+                pass
+            try:
+                proc.wait(timeout=exit_bound_s)
+                exit_s = time.monotonic() - t0
+            except subprocess.TimeoutExpired:
+                pass
         return SignalResult(exe.name, gap_s, proc.poll(), None if exit_s is None else round(exit_s, 3),
                             "Traceback" in _read(log), True)
     finally:
