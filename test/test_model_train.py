@@ -143,8 +143,9 @@ def test_validation_metrics_and_learning_curve_png(tiny_data, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in before.values())
     tr.run(progress=False)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 3, 4]  # validation at 2 and 4, logging at 3 (and the last step)
-    assert [("val/grounding_miou" in r) for r in lines] == [True, False, True]
+    assert [r["step"] for r in lines] == [0, 2, 3, 4]  # validation at 0, 2 and 4, logging at 3 and the last step
+    assert [("val/grounding_miou" in r) for r in lines] == [True, True, False, True]
+    assert lines[0]["val/grounding_miou"] == before["val/grounding_miou"]
     assert lines[-1]["val/grounding_miou"] == validate(tr.model, tr.val_samples)["val/grounding_miou"]
     img = cv2.imread(str(tmp_path / "learning_curve.png"))
     assert img is not None and img.shape == (540, 720, 3) and int(img.min()) < 100  # something was drawn

@@ -440,6 +440,12 @@ class Trainer:
         start = self.step
         acc: dict[str, list[float]] = {}
         timed_out = False
+        if self.step == 0 and self.val_samples and c.eval_every > 0 and end > 0:  # the curve's origin
+            tv = time.perf_counter()
+            rec = {"step": 0, **self.validate()}
+            rec["val_s"] = round(time.perf_counter() - tv, 1)
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
         try:
             while self.step < end and not timed_out:
                 t0, c0 = time.perf_counter(), time.process_time()
