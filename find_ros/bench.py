@@ -248,12 +248,15 @@ class _Bench:
         }
 
 
-def soak(minutes: float, grounder: str, rate_hz: float) -> dict[str, Any]:
-    """Run the demo graph for ``minutes``; RSS and latency of the first vs the last 20% of the run."""
+def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0) -> dict[str, Any]:
+    """Run the demo graph for ``minutes``; RSS and latency of the first vs the last 20% of the run. With
+    ``field_blocks`` > 0 the node fuses the feature field under that block cap (small caps keep eviction busy)."""
     from find_ros.ros.demo import run_demo
 
+    node_params = {"field_enable": True, "field_max_blocks": int(field_blocks)} if field_blocks > 0 else None
     with tempfile.TemporaryDirectory() as d:
-        rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0)
+        rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0,
+                       node_params=node_params)
     samples = [s for s in rep["samples"] if s["node_rss_mb"] is not None]
     lat = rep["latency_series_ms"]
     n = len(samples)
@@ -272,11 +275,12 @@ def soak(minutes: float, grounder: str, rate_hz: float) -> dict[str, Any]:
             "latency_median_first_ms": lat_first, "latency_median_last_ms": lat_last,
             "latency_drift": drift(lat_first, lat_last), "latency_ms": rep["latency_ms"],
             "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
+            "field": {k: v for k, v in rep.get("node_counters", {}).items() if k.startswith("field_")},
             "rss_series_mb": [(s["t_s"], s["node_rss_mb"]) for s in samples]}
 
 
 def run_bench(*, quick: bool, model_dir: str | None = None, e2e_seconds: float | None = None,
-              grounder: str = "find", soak_minutes: float = 0.0) -> dict[str, Any]:
+              grounder: str = "find", soak_minutes: float = 0.0, soak_field_blocks: int = 0) -> dict[str, Any]:
     """Run every stage; returns the JSON-ready report."""
     import torch
 
@@ -296,7 +300,7 @@ def run_bench(*, quick: bool, model_dir: str | None = None, e2e_seconds: float |
     }
     if soak_minutes > 0:
         def _soak() -> None:
-            report["soak"] = soak(soak_minutes, grounder, 30.0)
+            report["soak"] = soak(soak_minutes, grounder, 30.0, field_blocks=soak_field_blocks)
 
         b.run("soak", _soak)
         if "soak" in b.stages:  # it failed: its error goes where its figures would have been
@@ -328,6 +332,8 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--grounder", default="find", choices=("find", "hsv-baseline"), help="grounder of the e2e run")
     ap.add_argument("--e2e-seconds", type=float, default=None, help="length of the end-to-end DDS run")
     ap.add_argument("--soak-minutes", type=float, default=0.0, help="also run a soak of this many minutes")
+    ap.add_argument("--soak-field-blocks", type=int, default=0,
+                    help="soak with the feature field on under this block cap (0: field off)")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
@@ -336,7 +342,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     select_for_this_process()  # the e2e stage's driver speaks what its node processes speak
     report = run_bench(quick=args.quick, model_dir=args.model, e2e_seconds=args.e2e_seconds,
-                       grounder=args.grounder, soak_minutes=args.soak_minutes)
+                       grounder=args.grounder, soak_minutes=args.soak_minutes, soak_field_blocks=args.soak_field_blocks)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     args.json.with_suffix(".scaling.md").write_text(_scaling_table(report))
