@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from find_ros.ros.dds import claim_domain_id, process_env, transport_env
+from find_ros.ros.shutdown import release_context
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -180,7 +181,7 @@ class RosSession:
                 except Exception as e:  # noqa: BLE001 - destroy the rest, report the first
                     errors.append(e)
             self._nodes.clear()
-            self.context.try_shutdown()
+            release_context(self.context)  # shut down and destroyed: its participant leaves now, not at GC
             if errors:
                 raise errors[0]
 

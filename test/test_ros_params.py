@@ -11,6 +11,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 
 from find_ros.ros import params as P  # noqa: E402
+from find_ros.ros.shutdown import release_context  # noqa: E402
 
 YAML = Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
 
@@ -153,4 +154,4 @@ def test_shipped_yaml_applies_through_rcl_in_any_namespace(tmp_path, domain_id):
         finally:
             node.destroy_node()
     finally:
-        ctx.try_shutdown()
+        release_context(ctx)

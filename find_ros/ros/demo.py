@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from find_ros.ros.dds import DEFAULT_TRANSPORT, claim_domain_id, process_env, select_for_this_process
-from find_ros.ros.shutdown import StopSignals, stop_process, stop_processes
+from find_ros.ros.shutdown import StopSignals, release_context, stop_process, stop_processes
 
 __all__ = ["cli", "run_demo", "DemoError", "DemoInterrupted"]
 
@@ -359,7 +359,7 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         stop_processes(procs)
         executor.shutdown()
         driver.node.destroy_node()
-        ctx.try_shutdown()
+        release_context(ctx)
         if lease is not None:
             lease.release()
 

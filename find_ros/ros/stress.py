@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from find_ros.ros.dds import DEFAULT_TRANSPORT, TRANSPORTS, claim_domain_id, process_env, select_for_this_process
-from find_ros.ros.shutdown import stop_processes
+from find_ros.ros.shutdown import release_context, stop_processes
 
 __all__ = ["Executable", "EXECUTABLES", "SignalResult", "signal_cycle", "pair_cycles", "inprocess_cycles", "cli"]
 
@@ -245,7 +245,7 @@ def inprocess_cycles(n: int, *, domain_id: int, run_dir: Path, transport: str = 
                 no_frames += 1
             ex.shutdown()
             node.destroy_node()
-            ctx.try_shutdown()
+            release_context(ctx)
             faulthandler.cancel_dump_traceback_later()
             cycle_s.append(time.monotonic() - t0)
     finally:
