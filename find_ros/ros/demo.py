@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import subprocess
 import sys
 import time
@@ -265,7 +266,10 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
     procs = [
         _spawn("find_ros.ros.sim_camera_node",
                ["-p", f"rate_hz:={float(rate_hz)}", "-p", f"seed:={int(seed)}", "-p", "publish_gt:=true",
-                "-p", "prerender:=true"],  # rendering live would take CPU from the node being measured
+                "-p", "prerender:=true",  # rendering live would take CPU from the node being measured
+                # one orbit of 300 frames, or fewer when the run is shorter than that (a 6 s run at 10 Hz
+                # prerenders 60 frames, not 300: start-up stays short on a busy machine)
+                "-p", f"loop_frames:={max(30, min(300, math.ceil(rate_hz * seconds)))}"],
                env, logs["camera"]),
         _spawn("find_ros.ros.perception_node",
                ["-p", "autostart:=true", "-p", f"grounder:={grounder}", "-p", "status_period_s:=0.5",
