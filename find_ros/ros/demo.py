@@ -431,6 +431,8 @@ def cli(argv: list[str] | None = None) -> int:
     except DemoError as e:
         print(f"find-ros demo: {e}", file=sys.stderr)
         return 1
+    finally:  # the graph is down: a signal forwarded now must not kill the exiting interpreter (-SIGINT)
+        stop.teardown_done()
     lat = report["latency_ms"]
     print(f"grounder={report['grounder']} frames in={report['frames_in']} processed={report['frames_processed']} "
           f"dropped={report['dropped']} latency median={lat['median']:.1f} ms p95={lat['p95']:.1f} ms "
