@@ -42,25 +42,30 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _fit_fixed_batch(tr, data, *, task: str, steps: int = 8) -> tuple[float, float]:
+    """Total loss on one fixed batch of ``task`` before and after ``steps`` optimiser steps on it."""
+    from find_ros.model.train import batch_losses, collate
+
+    batch = collate(list(data[:4]), task=task, mask_hw=tr.mask_hw, max_entities=3, rng=np.random.default_rng(0))
+    first = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"].detach())
+    for _ in range(steps):
+        loss = batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"]
+        tr.opt.zero_grad()
+        loss.backward()
+        tr.opt.step()
+    last = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"].detach())
+    return first, last
+
+
 def test_steps_lower_loss_on_fixed_batch(tiny_data, tmp_path):
-    from find_ros.model.train import Trainer, batch_losses
+    from find_ros.model.train import Trainer
 
     torch.set_num_threads(1)
     tr = Trainer(config=_config(), out_dir=tmp_path, dataset=tiny_data)
     for task in ("ground", "interleaved", "segment", "retrieve"):
         rng_task = tr.batch_for(0)
         assert rng_task["task"] in ("ground", "interleaved", "segment", "retrieve")
-    from find_ros.model.train import collate
-
-    batch = collate(list(tiny_data[:4]), task="interleaved", mask_hw=tr.mask_hw, max_entities=3,
-                    rng=np.random.default_rng(0))
-    first = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
-    for _ in range(8):
-        loss = batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"]
-        tr.opt.zero_grad()
-        loss.backward()
-        tr.opt.step()
-    last = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
+    first, last = _fit_fixed_batch(tr, tiny_data, task="interleaved")
     assert np.isfinite(first) and last < first * 0.9, (first, last)
 
 
@@ -103,20 +108,12 @@ CONV_MODEL = {"kind": "tiny", "vision_kind": "convnext",
 
 
 def test_conv_model_trains_and_resumes_exactly(tiny_data, tmp_path):
-    from find_ros.model.train import Trainer, batch_losses, collate
+    from find_ros.model.train import Trainer
 
     torch.set_num_threads(1)
     tr = Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "fit", dataset=tiny_data)
     assert tr.model.vision.hierarchical and tr.mask_hw == (24, 32)  # 128x96 data, masks at stride 4
-    batch = collate(list(tiny_data[:4]), task="ground", mask_hw=tr.mask_hw, max_entities=3,
-                    rng=np.random.default_rng(0))
-    first = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
-    for _ in range(8):
-        loss = batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"]
-        tr.opt.zero_grad()
-        loss.backward()
-        tr.opt.step()
-    last = float(batch_losses(tr.model, batch, device="cpu", weights=tr.loss_weights)["total"])
+    first, last = _fit_fixed_batch(tr, tiny_data, task="ground")
     assert np.isfinite(first) and last < first * 0.9, (first, last)
     full = Trainer(config=_config(model=CONV_MODEL), out_dir=tmp_path / "full", dataset=tiny_data)
     full.run(progress=False)
