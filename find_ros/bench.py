@@ -248,6 +248,13 @@ class _Bench:
         }
 
 
+def fifths(series: list[float]) -> list[float]:
+    """Medians of the five consecutive fifths of ``series`` (rounded to 0.1), or [] for fewer than 5 values."""
+    if len(series) < 5:
+        return []
+    return [round(float(np.median(part)), 1) for part in np.array_split(np.asarray(series, dtype=float), 5)]
+
+
 def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0) -> dict[str, Any]:
     """Run the demo graph for ``minutes``; RSS and latency of the first vs the last 20% of the run. With
     ``field_blocks`` > 0 the node fuses the feature field under that block cap (small caps keep eviction busy)."""
@@ -258,22 +265,23 @@ def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0
         rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0,
                        node_params=node_params)
     samples = [s for s in rep["samples"] if s["node_rss_mb"] is not None]
-    lat = rep["latency_series_ms"]
     n = len(samples)
     k = max(n // 5, 1)
     rss_first = float(np.median([s["node_rss_mb"] for s in samples[1:k + 1]])) if n > 2 else None
     rss_last = float(np.median([s["node_rss_mb"] for s in samples[-k:]])) if n > 2 else None
-    m = max(len(lat) // 5, 1)
-    lat_first = float(np.median(lat[:m])) if lat else None
-    lat_last = float(np.median(lat[-m:])) if lat else None
+    lat, proc = fifths(rep["latency_series_ms"]), fifths(rep.get("processing_series_ms", []))
 
     def drift(a, b):
         return None if a in (None, 0) or b is None else round((b - a) / a, 4)
 
     return {"minutes": minutes, "grounder": grounder, "rate_hz": rate_hz,
             "node_rss_mb_first": rss_first, "node_rss_mb_last": rss_last, "rss_drift": drift(rss_first, rss_last),
-            "latency_median_first_ms": lat_first, "latency_median_last_ms": lat_last,
-            "latency_drift": drift(lat_first, lat_last), "latency_ms": rep["latency_ms"],
+            "latency_median_first_ms": lat[0] if lat else None, "latency_median_last_ms": lat[-1] if lat else None,
+            "latency_drift": drift(lat[0], lat[-1]) if lat else None, "latency_ms": rep["latency_ms"],
+            "latency_fifths_ms": lat,
+            "processing_median_first_ms": proc[0] if proc else None,
+            "processing_median_last_ms": proc[-1] if proc else None,
+            "processing_drift": drift(proc[0], proc[-1]) if proc else None, "processing_fifths_ms": proc,
             "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
             "field": {k: v for k, v in rep.get("node_counters", {}).items() if k.startswith("field_")},
             "rss_series_mb": [(s["t_s"], s["node_rss_mb"]) for s in samples]}

@@ -14,6 +14,12 @@ def test_time_stage_repeats_and_orders_percentiles():
     assert 0 < t.median_ms <= t.p95_ms
 
 
+def test_soak_fifths_are_medians_of_consecutive_fifths():
+    series = [10.0] * 20 + [30.0] * 20 + [11.0, 13.0, 12.0] * 20
+    assert bench.fifths(series) == [10.0, 30.0, 12.0, 12.0, 12.0]
+    assert bench.fifths([1.0, 2.0]) == []  # too short to split into fifths
+
+
 def test_model_stage_on_tiny_model_reports_overhead(tmp_path):
     torch = pytest.importorskip("torch")
     from find_ros.model.data import vocabulary

@@ -34,6 +34,9 @@ def test_short_demo_writes_a_report(tmp_path, domain_id):
     assert report["frames_in"] >= report["frames_processed"]
     lat = report["latency_ms"]
     assert lat["count"] == report["groundings_received"] and lat["median"] > 0 and lat["p95"] >= lat["median"]
+    # the per-grounding series the soak splits into fifths: one latency and one node processing time each
+    assert len(report["latency_series_ms"]) == len(report["processing_series_ms"]) == lat["count"]
+    assert all(x > 0 for x in report["processing_series_ms"])
     assert [i["id"] for i in report["instructions"]] == ["demo-1", "demo-2", "demo-3"]
     for ins in report["instructions"]:
         assert ins["text"] and ins["target"]["category"]

@@ -397,6 +397,7 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         "logs": {k: v.name for k, v in logs.items()},
         "samples": samples,
         "latency_series_ms": [round(x, 3) for x in driver.latency],
+        "processing_series_ms": [round(x, 3) for x in driver.processing_ms],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if processed == 0 and driver.received == 0:
