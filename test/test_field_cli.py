@@ -45,6 +45,32 @@ def test_fuse_cli_memory_budget_caps_the_field(tmp_path):
     assert FeatureField.load(out).config.memory_mb == 6.0
 
 
+def test_fuse_cli_reads_a_7scenes_folder_with_jpg_colour(tmp_path):
+    """``find-ros field fuse --format 7scenes`` on a copy whose colour frames are frame-XXXXXX.color.jpg."""
+    import cv2
+
+    seq = tmp_path / "chess" / "seq-01"
+    seq.mkdir(parents=True)
+    H, W = 480, 640
+    yy, xx = np.mgrid[0:H, 0:W]
+    for i in range(4):
+        colour = np.stack([(xx * 255 // W), (yy * 255 // H), np.full_like(xx, 60 * i)], -1).astype(np.uint8)
+        assert cv2.imwrite(str(seq / f"frame-{i:06d}.color.jpg"), colour)
+        depth = np.full((H, W), 2000, np.uint16)  # a wall 2 m ahead (mm), one invalid corner
+        depth[:20, :20] = 65535
+        assert cv2.imwrite(str(seq / f"frame-{i:06d}.depth.png"), depth)
+        T = np.eye(4)
+        T[0, 3] = 0.05 * i  # sliding sideways
+        np.savetxt(seq / f"frame-{i:06d}.pose.txt", T)
+    out, js = tmp_path / "chess.npz", tmp_path / "chess.json"
+    assert cli(["fuse", "--format", "7scenes", "--path", str(tmp_path / "chess"), "--out", str(out),
+                "--json", str(js), "--voxel", "0.05", "--dim", "8", "--holdout-every", "0"]) == 0
+    rep = json.loads(js.read_text())
+    assert rep["frames_fused"] == 4
+    ff = FeatureField.load(out)
+    assert ff.num_voxels > 100
+
+
 def test_consistency_is_small_for_the_fused_frame_and_large_for_a_wrong_pose():
     H, W = 120, 160
     K = np.array([[130.0, 0, 79.5], [0, 130.0, 59.5], [0, 0, 1]])

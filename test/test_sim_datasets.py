@@ -113,6 +113,32 @@ def test_7scenes_reader(tmp_path):
         read_7scenes(tmp_path / "empty")
 
 
+def test_7scenes_reader_takes_jpg_colour_and_prefers_png(tmp_path):
+    """Copies of 7-Scenes that store colour as frame-XXXXXX.color.jpg read like the png originals."""
+    written = _write_7scenes(tmp_path / "seq-01")
+    for i, (_, color) in enumerate(written):  # jpg instead of png for every frame
+        png = tmp_path / "seq-01" / f"frame-{i:06d}.color.png"
+        png.unlink()
+        assert cv2.imwrite(str(png.with_suffix(".jpg")), color[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    for path in (tmp_path / "seq-01", tmp_path):
+        seq = read_7scenes(path)
+        assert len(seq) == 3
+        for i, f in enumerate(seq):
+            T, color = written[i]
+            jpg = cv2.imread(str(tmp_path / "seq-01" / f"frame-{i:06d}.color.jpg"))  # lossy: compare decoded
+            assert f.color.shape == color.shape and np.array_equal(f.color, jpg[:, :, ::-1])  # RGB order
+            assert np.allclose(f.T_world_cam, T) and f.depth[10, 10] == pytest.approx(1.5 + 0.1 * i)
+    # a frame stored both ways is one frame, read from the lossless png
+    _, color0 = written[0]
+    cv2.imwrite(str(tmp_path / "seq-01" / "frame-000000.color.png"), color0[:, :, ::-1])
+    seq = read_7scenes(tmp_path / "seq-01")
+    assert len(seq) == 3 and np.array_equal(seq[0].color, color0)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "frame-000000.color.bmp").write_bytes(b"")
+    with pytest.raises(DatasetError, match="color.png or frame-XXXXXX.color.jpg"):
+        read_7scenes(tmp_path / "other")
+
+
 def test_7scenes_bad_pose(tmp_path):
     _write_7scenes(tmp_path / "s", n=1)
     (tmp_path / "s" / "frame-000000.pose.txt").write_text("1 2 3\n")

@@ -221,26 +221,35 @@ def read_tum(path, *, max_frames: int | None = None, stride: int = 1, depth_scal
     return FrameSequence(items, load, name=str(root))
 
 
-_FRAME_RE = re.compile(r"frame-(\d+)\.color\.png$")
+_FRAME_RE = re.compile(r"frame-(\d+)\.color\.(png|jpg)$")
+"""A 7-Scenes colour frame: ``frame-XXXXXX.color.png`` as published, or ``.color.jpg`` as some copies store it."""
 
 
 def read_7scenes(path, *, max_frames: int | None = None, stride: int = 1, K: np.ndarray | None = None,
                  fps: float = 30.0) -> FrameSequence:
-    """7-Scenes sequence folder (``frame-XXXXXX.color.png``, ``.depth.png`` in mm with 65535 invalid,
-    ``.pose.txt`` 4x4 camera -> world) as a lazy sequence; a scene folder with ``seq-*`` sub-folders reads them
-    in order. Stamps are ``index / fps``. Depth is used as stored (7-Scenes does not register it to colour)."""
+    """7-Scenes sequence folder (``frame-XXXXXX.color.png`` or ``.color.jpg``, ``.depth.png`` in mm with 65535
+    invalid, ``.pose.txt`` 4x4 camera -> world) as a lazy sequence; a scene folder with ``seq-*`` sub-folders reads
+    them in order. A frame stored both as png and jpg is read from the png (lossless). Stamps are ``index / fps``.
+    Depth is used as stored (7-Scenes does not register it to colour)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"7-Scenes folder {root} does not exist")
-    dirs = [root] if any(root.glob("frame-*.color.png")) else sorted(p for p in root.glob("seq-*") if p.is_dir())
+    has_frames = any(_FRAME_RE.fullmatch(p.name) for p in root.glob("frame-*.color.*"))
+    dirs = [root] if has_frames else sorted(p for p in root.glob("seq-*") if p.is_dir())
     items: list[dict] = []
     for d in dirs:
-        frames = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _FRAME_RE.search(p.name)))
-        for n, p in frames:
-            stem = p.name[: -len(".color.png")]
+        colour: dict[str, tuple[int, Path]] = {}  # frame stem -> (frame number, colour file); png wins over jpg
+        for p in d.iterdir():
+            m = _FRAME_RE.fullmatch(p.name)
+            if m is not None:
+                stem = p.name[: -len(f".color.{m.group(2)}")]
+                if stem not in colour or m.group(2) == "png":
+                    colour[stem] = (int(m.group(1)), p)
+        for stem, (_, p) in sorted(colour.items(), key=lambda kv: kv[1][0]):
             items.append({"rgb": p, "depth": d / f"{stem}.depth.png", "pose": d / f"{stem}.pose.txt"})
     if not items:
-        raise DatasetError(f"7-Scenes folder {root} holds no frame-XXXXXX.color.png (nor seq-* folders with them)")
+        raise DatasetError(f"7-Scenes folder {root} holds no frame-XXXXXX.color.png or frame-XXXXXX.color.jpg "
+                           "(nor seq-* folders with them)")
     K = _K(*SEVEN_SCENES_K) if K is None else np.asarray(K, dtype=np.float64)
     items = [dict(it, n=i) for i, it in enumerate(items)]
     items = _select(items, max_frames, stride)
