@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup on a machine with no ROS install: apt packages, .venv with ROS 2 (kilted) wheels,
-# torch (CPU), transformers, open3d; builds msg/ and srv/ into the venv with CMake; installs find_ros
-# editable. Safe to re-run. Usage: bash scripts/setup.sh
+# torch (CPU), transformers, open3d; builds msg/ and srv/ (and, when tf2_msgs is missing, the TFMessage-only
+# fallback in interfaces/tf2_msgs) into the venv with CMake; installs find_ros editable. Safe to re-run.
+# Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -53,6 +54,10 @@ cmake -S "$ROOT" -B "$ROOT/build/venv" -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTA
 cmake --build "$ROOT/build/venv" -j2 >"$ROOT/build/cmake-build.log" 2>&1 || { tail -50 "$ROOT/build/cmake-build.log"; exit 1; }
 cmake --install "$ROOT/build/venv" >"$ROOT/build/cmake-install.log" 2>&1 || { tail -50 "$ROOT/build/cmake-install.log"; exit 1; }
 
+# 4b. tf2_msgs (the sim camera and replay node publish /tf with it) has no PyPI wheel: only when
+# `import tf2_msgs.msg` fails, build the TFMessage-only fallback in interfaces/tf2_msgs into the venv.
+bash "$ROOT/interfaces/tf2_msgs/build.sh" "$VENV"
+
 # ament_cmake_python records the interfaces as a "find_ros" egg; pip would uninstall those files when it
 # installs the editable find_ros distribution below, so drop that metadata (the files stay).
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -63,5 +68,5 @@ log "installing find_ros (editable)"
 "$PIP" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT" \
   --config-settings editable_mode=compat
 
-"$VENV/bin/python" -c 'import find_ros.msg, find_ros.srv, open3d, torch, rclpy; print("[setup] ok: find_ros.msg", find_ros.msg.__file__)'
+"$VENV/bin/python" -c 'import find_ros.msg, find_ros.srv, open3d, torch, rclpy, tf2_msgs.msg; print("[setup] ok: find_ros.msg", find_ros.msg.__file__)'
 log "done. Run: .venv/bin/find-ros demo   |   tests: .venv/bin/python -m pytest"
