@@ -2,8 +2,9 @@
 
 Topics (relative): ``camera/color/image_raw`` (rgb8), ``camera/depth/image_raw`` (16UC1 mm or 32FC1 m, NaN/0 =
 invalid, REP 118), ``camera/color/camera_info``, ``camera/pose`` (PoseStamped: optical frame -> ``world_frame``),
-``camera/odom`` (Odometry, with ``publish_odom``), and with ``publish_gt``: ``camera/gt/instance`` (32SC1 object
-ids, 0 = room) and ``camera/gt/objects`` (std_msgs/String, JSON list of ObjectSpec.to_json(), reliable
+``camera/odom`` (Odometry, with ``publish_odom``), ``/tf`` (``world_frame -> frame_id``, tf2_msgs/TFMessage, with
+``publish_tf`` when tf2_msgs is importable: :mod:`find_ros.ros.tf`), and with ``publish_gt``: ``camera/gt/instance``
+(32SC1 object ids, 0 = room) and ``camera/gt/objects`` (std_msgs/String, JSON list of ObjectSpec.to_json(), reliable
 transient-local so late joiners get it; republished with every frame for volatile subscribers).
 
 All messages of one frame share one stamp (the clock at render time); images and camera_info are in ``frame_id``
@@ -42,6 +43,7 @@ try:
 except ImportError as e:  # a partial checkout: report it as a missing module (pytest.importorskip skips on that)
     raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
 from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
+from find_ros.ros.tf import create_tf_publisher, tf_message, transform_stamped
 from find_ros.ros.shutdown import StopSignals, release_context, spin_until_stopped
 
 __all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
@@ -59,9 +61,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "invalid_depth": (False, "add realistic invalid depth regions (range, grazing angles, dropout)"),
     "noise_std": (0.0, "depth noise standard deviation in metres"),
     "frame_id": ("camera_color_optical_frame", "optical frame of the images and camera_info"),
-    "world_frame": ("map", "frame of camera/pose and camera/odom"),
+    "world_frame": ("map", "frame of camera/pose and camera/odom, parent of the camera's /tf transform"),
     "publish_gt": (False, "publish camera/gt/instance and camera/gt/objects"),
     "publish_odom": (False, "publish camera/odom (nav_msgs/Odometry)"),
+    "publish_tf": (True, "publish world_frame -> frame_id on /tf (tf2_msgs/TFMessage) when tf2_msgs is importable"),
     "prerender": (False, "render every trajectory frame once at start-up and replay them, so the renderer does not "
                          "compete for CPU with the nodes under test (memory: see prerender_max_mb)"),
     "prerender_max_mb": (2048, "refuse prerender when the rendered frames would need more memory than this (MB)"),
@@ -76,15 +79,20 @@ class ParameterValueError(ValueError):
 
 
 class RgbdPublisher:
-    """Publishers of one RGB-D camera on ``node``: colour, depth, camera_info, pose and optionally odom.
+    """Publishers of one RGB-D camera on ``node``: colour, depth, camera_info, pose, optionally odom, and the
+    camera's transform ``world_frame -> frame_id`` on ``/tf`` (``publish_tf`` and tf2_msgs importable; otherwise
+    one log line says why not).
 
     Shared by the sim camera and the replay node so both look the same to subscribers.
     """
 
     def __init__(self, node: Node, *, frame_id: str, world_frame: str, depth_encoding: str,
-                 publish_odom: bool) -> None:
+                 publish_odom: bool, publish_tf: bool = True) -> None:
         if depth_encoding not in ("16UC1", "32FC1"):
             raise ParameterValueError(f"depth_encoding must be 16UC1 or 32FC1, got {depth_encoding!r}")
+        if publish_tf and (not frame_id or not world_frame or frame_id == world_frame):
+            raise ParameterValueError(f"publish_tf needs two different, non-empty frames: world_frame {world_frame!r}, "
+                                      f"frame_id {frame_id!r}")
         self.node = node
         self.frame_id, self.world_frame, self.depth_encoding = frame_id, world_frame, depth_encoding
         self.color = node.create_publisher(Image, "camera/color/image_raw", SENSOR_QOS)
@@ -92,6 +100,7 @@ class RgbdPublisher:
         self.info = node.create_publisher(CameraInfo, "camera/color/camera_info", SENSOR_QOS)
         self.pose = node.create_publisher(PoseStamped, "camera/pose", SENSOR_QOS)
         self.odom = node.create_publisher(Odometry, "camera/odom", SENSOR_QOS) if publish_odom else None
+        self.tf = create_tf_publisher(node) if publish_tf else None
         self._last_T: tuple[float, np.ndarray] | None = None
 
     def header(self, stamp) -> Header:
@@ -117,6 +126,9 @@ class RgbdPublisher:
             wh = Header(stamp=stamp, frame_id=self.world_frame)
             pose = conv.matrix_to_pose(T_world_cam)
             self.pose.publish(PoseStamped(header=wh, pose=pose))
+            if self.tf is not None:
+                self.tf.publish(tf_message([transform_stamped(T_world_cam, stamp=stamp, parent_frame=self.world_frame,
+                                                              child_frame=self.frame_id)]))
             if self.odom is not None:
                 odom = Odometry(header=wh, child_frame_id=self.frame_id)
                 odom.pose.pose = pose
@@ -249,7 +261,8 @@ class SimCameraNode(Node):
         if p["prerender"]:
             self.frames = self._prerender(int(p["prerender_max_mb"]))
         self.out = RgbdPublisher(self, frame_id=p["frame_id"], world_frame=p["world_frame"],
-                                 depth_encoding=p["depth_encoding"], publish_odom=bool(p["publish_odom"]))
+                                 depth_encoding=p["depth_encoding"], publish_odom=bool(p["publish_odom"]),
+                                 publish_tf=bool(p["publish_tf"]))
         self.gt_instance = self.gt_objects = None
         self._objects_json = json.dumps([o.to_json() for o in self.scene.objects])
         if p["publish_gt"]:
