@@ -121,8 +121,9 @@ class Harness:
         return self.node.get_clock().now().to_msg()
 
     def frame(self, *, rgb=None, depth=None, color_encoding="rgb8", depth_encoding="32FC1", info=True,
-              pose=True, age_s=0.0):
-        """Publish one frame set stamped now (minus ``age_s``); returns the stamp in ns."""
+              pose=True, age_s=0.0, T_world_cam=None):
+        """Publish one frame set stamped now (minus ``age_s``), with a camera pose in "map" (identity unless
+        ``T_world_cam``) when ``pose``; returns the stamp in ns."""
         from rclpy.duration import Duration
         from std_msgs.msg import Header
 
@@ -137,8 +138,9 @@ class Harness:
         if info:
             self.pub_info.publish(conv.camera_info_from_K(K, W, H, header=h))
         if pose:
+            T = np.eye(4) if T_world_cam is None else T_world_cam
             self.pub_pose.publish(PoseStamped(header=Header(stamp=h.stamp, frame_id="map"),
-                                              pose=conv.matrix_to_pose(np.eye(4))))
+                                              pose=conv.matrix_to_pose(T)))
         self.pub_depth.publish(conv.numpy_to_image(depth, depth_encoding, header=h))
         self.pub_color.publish(cmsg)
         return _ns(h)
@@ -239,8 +241,49 @@ def test_text_instruction_grounds_the_red_square(h):
     assert h.spin_until(lambda: stamp in h.got["target_world"], 5)
     markers = h.got["markers"][stamp].markers
     cubes = [mk for mk in markers if mk.type == mk.CUBE]
-    assert len(cubes) == 1 and cubes[0].header.frame_id == OPTICAL and cubes[0].scale.x > 0
+    assert len(cubes) == 1 and cubes[0].header.frame_id == "map" and cubes[0].scale.x > 0  # a pose is known
     assert any(mk.type == mk.TEXT_VIEW_FACING and "red cube" in mk.text for mk in markers)
+
+
+def _xyz(p) -> np.ndarray:
+    return np.array([p.x, p.y, p.z])
+
+
+def test_markers_are_in_the_world_frame_when_the_camera_pose_is_known(h):
+    """RViz (Fixed Frame map) draws them without /tf: box and label in the world frame at the world pose; without a
+    camera pose for the frame they stay in the optical frame."""
+    h.instruct("the red cube")
+    T = np.eye(4)  # a level camera at (2, 1, 1.5) in map, looking along +x (optical z = world x, y = -z)
+    T[:3, :3] = [[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]]
+    T[:3, 3] = (2.0, 1.0, 1.5)
+    stamp = h.frame(T_world_cam=T)
+    e = _wait_grounding(h, stamp).entities[0]
+    assert e.found and e.world_pose_valid and e.world_pose.header.frame_id == "map"
+    assert np.allclose(_xyz(e.world_pose.pose.position), (3.0, 1.0, 1.5), atol=0.05)  # the square, 1 m ahead
+    assert h.spin_until(lambda: stamp in h.got["markers"], 5)
+    markers = h.got["markers"][stamp].markers
+    assert markers[0].action == markers[0].DELETEALL
+    (cube,) = [mk for mk in markers if mk.type == mk.CUBE]
+    (label,) = [mk for mk in markers if mk.type == mk.TEXT_VIEW_FACING]
+    assert cube.header.frame_id == label.header.frame_id == "map" and _ns(cube.header) == _ns(label.header) == stamp
+    assert np.allclose(_xyz(cube.pose.position), _xyz(e.world_pose.pose.position), atol=1e-6)
+    assert cube.pose.orientation == e.world_pose.pose.orientation
+    assert label.pose.position.z > cube.pose.position.z + cube.scale.z / 2  # above the box, world z up
+    assert "red cube" in label.text and f"#{e.track_id}" in label.text
+    # no camera pose for this frame: the optical frame, at the camera-frame pose
+    stamp = h.frame(pose=False)
+    e = _wait_grounding(h, stamp).entities[0]
+    assert e.found and e.pose_valid and not e.world_pose_valid
+    assert h.spin_until(lambda: stamp in h.got["markers"], 5)
+    (cube,) = [mk for mk in h.got["markers"][stamp].markers if mk.type == mk.CUBE]
+    assert cube.header.frame_id == OPTICAL and np.allclose(_xyz(cube.pose.position), _xyz(e.pose.position))
+
+
+def test_status_and_log_name_the_model(h):
+    h.status = {}
+    assert h.spin_until(lambda: "model" in h.status, 5), h.status
+    assert h.status["model"] == "hsv-baseline" == h.status["grounder"]
+    assert "active: grounding with the HSV colour BASELINE" in h.log_text()
 
 
 def test_target_absent_gives_deleteall_markers_and_no_found_entity(h):
@@ -439,17 +482,22 @@ def test_invalid_parameter_fails_configure_with_a_clear_message(procs):
     assert "score_threshold=1.7 is outside [0, 1]" in text and "configure failed" in text
 
 
-def test_unknown_words_of_the_instruction_are_reported_in_status(ros):
-    """FIND grounder, in-process node: words the model does not know are named in the counters (find/status)."""
+def test_unknown_words_of_the_instruction_are_reported_in_status(ros, capfd):
+    """FIND grounder, in-process node: words the model does not know are named in the counters (find/status); the
+    model directory loaded is named in the log and in the counters."""
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
+    from find_ros.model.grounder import DEFAULT_MODEL_DIR
     from find_ros.ros.perception_node import PerceptionNode
     from find_ros.srv import SetInstruction
 
     n = ros.adopt(PerceptionNode(context=ros.context, parameter_overrides=[Parameter("grounder", value="find")]))
     assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert n.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    model_dir = str(DEFAULT_MODEL_DIR.resolve())
+    assert n.counters()["model"] == model_dir and n.counters()["grounder"] == "find"
+    assert f"active: grounding with the FIND model from {model_dir}" in capfd.readouterr().err
     client = ros.node("unknown_words_client").create_client(SetInstruction, "find/set_instruction")
     r = ros.call(client, SetInstruction.Request(instruction=InterleavedInstruction(text="the red fire extinguisher")))
     assert r.success, r.message

@@ -49,13 +49,14 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
-from std_msgs.msg import ColorRGBA, String
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from find_ros.instruction import MAX_REFERENCES, InstructionError, Reference, parse_instruction
 from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
+from find_ros.ros.markers import marker_array
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
 from find_ros.ros.params import validate_value
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
@@ -70,8 +71,6 @@ __all__ = ["PerceptionNode", "main", "Counters"]
 
 _INSTRUCTION_QOS = 10
 _POSE_BUFFER = 64
-_MARKER_COLOURS = ((0.95, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.35), (0.95, 0.8, 0.2),
-                   (0.75, 0.35, 0.9), (0.2, 0.85, 0.85))
 
 
 class FrameRejected(ValueError):
@@ -165,6 +164,7 @@ class PerceptionNode(LifecycleNode):
         self._mf_sync: Any = None
         self._mf_relays: dict | None = None
         self._grounder: Any = None
+        self._model = ""  # what the grounder loaded: the FIND model directory, or "hsv-baseline"
         self._pipeline: Any = None
         self._instruction: Any = None
         self._pipeline_lock = threading.Lock()
@@ -213,6 +213,7 @@ class PerceptionNode(LifecycleNode):
         with self._count_lock:
             d = dataclasses.asdict(self._counters)
         d["grounder"] = getattr(self._grounder, "name", self._p.get("grounder", ""))
+        d["model"] = self._model  # the FIND model directory loaded at activation, or "hsv-baseline"
         d["instruction_id"] = getattr(self._instruction, "id", "")
         # words of the instruction in force that the model does not know (FIND grounder; logged when set)
         d["unknown_words"] = list(getattr(self._grounder, "unknown_words", ()))
@@ -310,7 +311,8 @@ class PerceptionNode(LifecycleNode):
                 self._teardown_active()  # field hook
                 return TransitionCallbackReturn.FAILURE  # field hook
         ret = super().on_activate(state)  # enables the lifecycle publishers
-        kind = "the FIND model" if self._p["grounder"] == "find" else "the HSV colour BASELINE (not FIND)"
+        kind = (f"the FIND model from {self._model}" if self._p["grounder"] == "find"
+                else "the HSV colour BASELINE (not FIND)")
         self.get_logger().info(f"active: grounding with {kind} ({self._grounder.name}); "
                                "publish an instruction on find/instruction_text or find/instruction")
         return ret
@@ -337,10 +339,13 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ building
     def _build_grounder(self) -> Any:
+        """The grounder of the ``grounder`` parameter; sets ``_model`` to what it loaded (``find/status`` model)."""
         name = self._p["grounder"]
+        self._model = ""
         if name == "hsv-baseline":
             from find_ros.grounding.baseline import HsvBaselineGrounder
 
+            self._model = HsvBaselineGrounder.name
             return HsvBaselineGrounder()
         try:
             from find_ros.model.grounder import FindGrounder
@@ -356,7 +361,9 @@ class PerceptionNode(LifecycleNode):
 
             torch.set_num_threads(int(self._p["torch_threads"]))
         try:
-            return FindGrounder.from_pretrained(path, device=self._p["device"])
+            grounder = FindGrounder.from_pretrained(path, device=self._p["device"])
+            self._model = str(path.resolve())
+            return grounder
         except Exception as e:
             culprit = {"JSONDecodeError": "config.json", "UnicodeDecodeError": "config.json",
                        "SafetensorError": "model.safetensors"}.get(type(e).__name__)
@@ -760,7 +767,6 @@ class PerceptionNode(LifecycleNode):
         out = Grounding(header=header, instruction_id=instruction.id, instruction_text=instruction.text,
                         grounder=str(getattr(self._grounder, "name", self._p["grounder"])))
         best, best_score = None, -1.0
-        markers = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
         for e in result.entities:
             found = bool(e.score >= thr and not e.lost and e.mask is not None and e.mask.any())
             g = GroundedEntity(phrase=e.phrase, entity_index=int(e.entity_index),
@@ -782,7 +788,6 @@ class PerceptionNode(LifecycleNode):
                     g.world_pose.header.frame_id = self._p["world_frame"]
                 if e.score > best_score:
                     best, best_score = g, float(e.score)
-                markers.markers += self._entity_markers(header, g)
             out.entities.append(g)
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
         self._pubs["grounding"].publish(out)
@@ -794,22 +799,8 @@ class PerceptionNode(LifecycleNode):
             self._pubs["target_pose"].publish(PoseStamped(header=header, pose=best.pose))
             if best.world_pose_valid:
                 self._pubs["target_pose_world"].publish(best.world_pose)
-        if self._p["publish_markers"]:
-            self._pubs["markers"].publish(markers)
-
-    @staticmethod
-    def _entity_markers(header, g: GroundedEntity) -> list[Marker]:
-        r, gr, b = _MARKER_COLOURS[g.entity_index % len(_MARKER_COLOURS)]
-        ext = (max(g.extent.x, 0.01), max(g.extent.y, 0.01), max(g.extent.z, 0.01))
-        cube = Marker(header=header, ns="find/targets", id=g.entity_index, type=Marker.CUBE, action=Marker.ADD,
-                      pose=g.pose, scale=Vector3(x=ext[0], y=ext[1], z=ext[2]),
-                      color=ColorRGBA(r=r, g=gr, b=b, a=0.45))
-        text_pose = Pose(position=Point(x=g.pose.position.x, y=g.pose.position.y - ext[1] / 2 - 0.05,
-                                        z=g.pose.position.z), orientation=Quaternion(w=1.0))
-        label = Marker(header=header, ns="find/labels", id=g.entity_index, type=Marker.TEXT_VIEW_FACING,
-                       action=Marker.ADD, pose=text_pose, scale=Vector3(z=0.06),
-                       color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f"{g.phrase} {g.score:.2f}")
-        return [cube, label]
+        if self._p["publish_markers"]:  # world frame when the camera pose is known (find_ros.ros.markers)
+            self._pubs["markers"].publish(marker_array(out.entities, header))
 
     def _publish_status(self) -> None:
         if "status" in self._pubs:
