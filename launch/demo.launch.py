@@ -3,7 +3,10 @@
     ros2 launch find_ros demo.launch.py
     ros2 launch find_ros demo.launch.py rviz:=false rate_hz:=15.0 seed:=3
     ros2 launch find_ros demo.launch.py namespace:=robot1 grounder:=hsv-baseline
-    ros2 topic pub --once /find/instruction_text std_msgs/msg/String "{data: 'the red cube'}"
+    ros2 topic pub --once /find/instruction_text std_msgs/msg/String "{data: 'the red chair'}"
+
+The default scene (seed 3) holds a small red chair, a small pink chair, a large cyan torus and a large orange cube;
+with ``namespace:=robot1`` publish the instruction on ``/robot1/find/instruction_text``.
 
 ``namespace:=`` puts the sim camera and the perception node in the same namespace (their topics move together).
 RViz starts only when ``rviz2`` is installed (the log says when it is not; the camera and the node run either way);

@@ -285,16 +285,31 @@ def test_rviz_config_is_yaml_with_the_node_topics():
     def topics(cls):
         return {t for t, _ in displays.get(f"rviz_default_plugins/{cls}", [])}
 
-    assert {"/find/overlay", "/find/mask", "/camera/color/image_raw"} <= topics("Image")
-    assert "/find/markers" in topics("MarkerArray")
-    assert {"/find/field/goal", "/find/target_pose_world"} <= topics("Pose")
-    (cloud,) = [d for t, d in displays["rviz_default_plugins/PointCloud2"] if t == "/find/field/cloud"]
+    # relative topic names: RViz resolves them in its node's namespace, so a namespaced RViz follows the graph
+    assert {"find/overlay", "find/mask", "camera/color/image_raw"} <= topics("Image")
+    assert "find/markers" in topics("MarkerArray")  # in the world frame (map) once the camera pose is known
+    assert {"find/field/goal", "find/target_pose_world", "camera/pose"} <= topics("Pose")
+    assert all(not t.startswith("/") for items in displays.values() for t, _ in items if t is not None)
+    # camera streams: best effort, like the perception node, so a best-effort camera driver shows up too
+    assert all(d["Topic"]["Reliability Policy"] == "Best Effort"
+               for items in displays.values() for t, d in items if t in ("camera/color/image_raw", "camera/pose"))
+    (cloud,) = [d for t, d in displays["rviz_default_plugins/PointCloud2"] if t == "find/field/cloud"]
     assert cloud["Color Transformer"] == "Intensity" and cloud["Channel Name"] == "score"
     # the field writers are transient-local: a transient-local reader also gets the cloud published before RViz started
     assert all(d["Topic"]["Durability Policy"] == "Transient Local"
-               for t, d in displays["rviz_default_plugins/PointCloud2"] if t in ("/find/field/cloud", "/find/field/heatmap"))
+               for t, d in displays["rviz_default_plugins/PointCloud2"] if t in ("find/field/cloud", "find/field/heatmap"))
     for cls, items in displays.items():
         assert cls.startswith("rviz_default_plugins/"), cls
         for t, d in items:
             if t is not None:
                 assert d["Topic"]["Reliability Policy"] in ("Reliable", "Best Effort")
+
+
+def test_demo_launch_example_instruction_names_an_object_of_its_default_scene():
+    scene_mod = pytest.importorskip("find_ros.sim")
+    path = ROOT / "launch" / "demo.launch.py"
+    seed = int(declared_arguments(path)["seed"][0])
+    (text,) = re.findall(r"\{data: '([^']+)'\}", ast.get_docstring(_tree(path)))
+    words = text.split()
+    objects = {(o.colour, o.category) for o in scene_mod.Scene.generate(seed).objects}
+    assert (words[-2], words[-1]) in objects, f"{text!r} is not in the seed-{seed} scene: {sorted(objects)}"
