@@ -212,3 +212,16 @@ def test_recorded_reliability_and_bag_errors(tmp_path):
         RgbdBag(be.path, BagConfig(color_topic="rgb"))
     with pytest.raises(BagError, match="camera pose topic /camera/depth/image_raw has type sensor_msgs/msg/Image"):
         RgbdBag(be.path, BagConfig(pose_topic="/camera/depth/image_raw"))
+
+
+def test_compressed_colour_decodes():
+    import cv2
+
+    rgb = np.zeros((8, 10, 3), np.uint8)
+    rgb[:, :5] = (200, 30, 30)
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    msg = SimpleNamespace(format="rgb8; png compressed bgr8", data=np.frombuffer(png.tobytes(), np.uint8))
+    np.testing.assert_array_equal(decode_color(msg, "sensor_msgs/msg/CompressedImage"), rgb)
+    with pytest.raises(ValueError, match="does not decode") as e:
+        decode_color(SimpleNamespace(format="jpeg", data=np.zeros(5, np.uint8)), "sensor_msgs/msg/CompressedImage")
+    assert e.value.kind == "undecodable"

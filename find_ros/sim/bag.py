@@ -384,8 +384,8 @@ def resolve_bag_path(path: str | Path) -> Path:
 class _Pass:
     """The state of one pass over a bag: buffers by stream, tf tree, counters."""
 
-    def __init__(self, bag: "RgbdBag") -> None:
-        self.bag, self.cfg = bag, bag.config
+    def __init__(self, bag: "RgbdBag", *, log: bool = True) -> None:
+        self.bag, self.cfg, self.log = bag, bag.config, log
         self.counts = BagCounts()
         self.color: collections.deque = collections.deque()  # (stamp, log, msg, msgtype)
         self.depth: collections.deque = collections.deque()  # (stamp, log, msg)
@@ -399,14 +399,14 @@ class _Pass:
     def malformed(self, stream: str, topic: str, log_ns: int, e: MalformedMessage) -> None:
         key = f"{stream}_{e.kind}"
         n = self.counts.malformed[key] = self.counts.malformed.get(key, 0) + 1
-        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+        if self.log and n <= _LOG_FIRST or n % _LOG_EVERY == 0:
             more = " (further ones of this kind are counted, every 100th logged)" if n == _LOG_FIRST else ""
             LOG.warning("bag %s: %s message on %s recorded at %.3f s skipped [%s, %d so far]: %s%s",
                         self.bag.path.name, stream, topic, log_ns * 1e-9, key, n, e, more)
 
     def unpaired(self, kind: str, stamp: int, detail: str) -> None:
         n = self.counts.unpaired[kind] = self.counts.unpaired.get(kind, 0) + 1
-        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+        if self.log and n <= _LOG_FIRST or n % _LOG_EVERY == 0:
             LOG.warning("bag %s: colour frame stamped %.3f skipped [%s, %d so far]: %s", self.bag.path.name,
                         stamp * 1e-9, kind, n, detail)
 
@@ -646,16 +646,17 @@ class RgbdBag:
                 f"{self.duration_s:.1f} s, {pose}, recorded {self.reliability() or 'with unknown QoS'}")
 
     # -- reading
-    def frames(self) -> Iterator[BagFrame]:
-        """One pass over the bag in recording order: the frames that pair up (malformed ones skipped)."""
-        p = _Pass(self)
+    def frames(self, *, log: bool = True) -> Iterator[BagFrame]:
+        """One pass over the bag in recording order: the frames that pair up (malformed ones skipped, counted in
+        :attr:`counts`; logged unless ``log`` is False, e.g. on the second pass of a loop)."""
+        p = _Pass(self, log=log)
         self.counts = p.counts
         conns = [self.connections[t] for t in self._streams]
         for c, log_ns, raw in self._reader.messages(connections=conns):
             p.add(self._streams[c.topic], c.topic, c.msgtype, int(log_ns), raw)
             yield from p.ready(int(log_ns))
         yield from p.ready(None)
-        LOG.info("bag %s: %d frames from %d colour messages; malformed %s, unpaired %s, frames without pose %d",
+        (LOG.info if log else LOG.debug)("bag %s: %d frames from %d colour messages; malformed %s, unpaired %s, frames without pose %d",
                  self.path.name, p.counts.frames, p.counts.messages.get("color", 0), p.counts.malformed or "none",
                  p.counts.unpaired or "none", p.counts.no_pose)
 
