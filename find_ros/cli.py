@@ -1,7 +1,8 @@
 """``find-ros``: one console script, subcommands dispatched lazily to the layer that owns them.
 
 ``find-ros demo`` (sim camera + perception node + scripted instructions), ``train`` / ``eval``
-(FIND model), ``field`` (3D feature field tools), ``bench`` (benchmarks). A subcommand whose module
+(FIND model), ``field`` (3D feature field tools), ``bench`` (benchmarks), ``run`` (the perception node over a
+recorded rosbag2, outputs recorded into a new one). A subcommand whose module
 is not part of this install says so and returns 2.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("find_ros.model.evaluate", "cli", "evaluate a FIND model (grounding / retrieval metrics)"),
     "field": ("find_ros.field.cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
     "bench": ("find_ros.bench", "cli", "speed benchmarks"),
+    "run": ("find_ros.ros.offline", "cli", "perception node over a recorded rosbag2; outputs to a new rosbag2 + summary"),
 }
 
 
