@@ -96,19 +96,20 @@ def test_output_typestore_reads_what_rclpy_serialises():
 
 # ---------------------------------------------------------------------------------------------- find-ros run
 def test_find_ros_run_writes_an_output_bag_with_the_input_stamps(procs, tmp_path):
-    """The console command over a bag with a pose topic and three malformed messages: every good frame is grounded
-    and its outputs are recorded under its input stamp; the summary counts frames and the malformed messages."""
+    """The console command over a bag with a pose topic and three malformed messages, the feature field on: every
+    good frame is grounded and its outputs are recorded under its input stamp, the field cloud within the input's
+    time; the summary counts frames and the malformed messages."""
     b = write_tum_bag(tmp_path / "in", malformed=True)
     out = tmp_path / "out"
     proc = procs.spawn(["-m", "find_ros.cli", "run", "--bag", str(b.path), "--instruction", INSTRUCTION,
-                        "--out", str(out), "--grounder", "hsv-baseline"], "run.log")
+                        "--out", str(out), "--grounder", "hsv-baseline", "--field"], "run.log")
     try:
         rc = proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail(f"find-ros run did not finish in 120 s:\n{procs.log_text(proc)[-3000:]}")
     log = procs.log_text(proc)
     assert rc == 0, log[-3000:]
-    assert f"run [" in log and f"{N_FRAMES + 2}/{N_FRAMES + 2} colour messages" in log  # the progress bar
+    assert "run [" in log and f"{N_FRAMES + 2}/{N_FRAMES + 2} frames" in log  # the progress bar (colour messages)
     assert "[color_encoding, 1 so far]" in log  # the malformed messages are logged
     s = json.loads((out / "summary.json").read_text())
     assert (s["frames_in"], s["frames_processed"], s["frames_skipped"]) == (N_FRAMES, N_FRAMES, 0)
@@ -132,6 +133,10 @@ def test_find_ros_run_writes_an_output_bag_with_the_input_stamps(procs, tmp_path
     found = [m for _, m in groundings if m.entities[0].found]
     assert all(m.entities[0].world_pose_valid for m in found)  # the bag's camera poses reached the node
     assert len(topics.get("/find/target_pose", [])) == len(found) == s["instructions"][0]["frames_found"]
+    clouds = topics["/find/field/cloud"]
+    assert clouds and all(b.stamps_ns[0] <= t <= b.stamps_ns[-1] for t, _ in clouds)
+    assert clouds[-1][1].width > 0 and [f.name for f in clouds[-1][1].fields][:3] == ["x", "y", "z"]
+    assert s["node_counters"]["field_frames"] >= 1
 
 
 def test_run_bag_in_process_without_pose_two_instructions_mcap(tmp_path):

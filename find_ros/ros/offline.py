@@ -14,7 +14,7 @@ with ``max_stamp_age_s: 0`` (recorded stamps are old by design).
 The node's outputs (``find/grounding``, ``find/mask``, ``find/overlay``, ``find/target_pose``,
 ``find/target_pose_world``, ``find/markers``, with ``--field`` ``find/field/cloud``) are serialised with
 ``rclpy.serialization.serialize_message`` and written with the ``rosbags`` writer (rosbag2 format 9, sqlite3 or mcap)
-under the recorded stamp of their frame, with their message definitions (the find_ros ones from ``msg/``), so
+under the recorded stamp of their frame (the field cloud under the latest frame's), with their message definitions (the find_ros ones from ``msg/``), so
 ``rosbags``, ``ros2 bag`` and Foxglove read the bag. ``OUT/summary.json`` (or ``--summary``) holds frames in /
 processed / skipped, the bag's malformed and unpaired counts, the node's counters, per-instruction found fractions
 and timing. A progress bar goes to stderr.
@@ -155,7 +155,7 @@ class _Progress:
         frac = min(done / self.total, 1.0)
         fill = int(round(frac * self.width))
         rate = done / max(now - self._t0, 1e-9)
-        self.stream.write(f"\rrun [{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} colour messages "
+        self.stream.write(f"\rrun [{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} frames "
                           f"{rate:5.1f}/s, {extra}\033[K")
         self.stream.flush()
         self._drawn = True
@@ -187,7 +187,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 class _Recorder:
     """Subscribes to the node's outputs and writes each message into the output bag as it arrives (executor
-    thread), stamped with its header stamp (the input frame's recorded stamp)."""
+    thread), recorded at its header stamp when that is a frame's recorded stamp (every per-frame output), else
+    (the field cloud, stamped by the node's clock) at the latest frame's stamp, so the bag spans the input's time."""
 
     def __init__(self, node: Any, writer: Any, typestore: Any, topics: dict[str, tuple[str, bool]]) -> None:
         from geometry_msgs.msg import PoseStamped
@@ -204,6 +205,7 @@ class _Recorder:
         self.counts: dict[str, int] = {t: 0 for t in topics}
         self.groundings: list[dict] = []
         self.last_stamp_ns = 0
+        self.frame_stamps: set[int] = set()
         self._conns: dict[str, Any] = {}
         self._subs = []
         for topic, (mtype, latched) in topics.items():
@@ -222,12 +224,11 @@ class _Recorder:
         if header is None and getattr(msg, "markers", None):
             header = msg.markers[0].header
         stamp = 0 if header is None else int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-        if stamp <= 0:
-            stamp = self.last_stamp_ns  # e.g. an empty MarkerArray: the latest frame's time
+        if stamp not in self.frame_stamps:
+            stamp = self.last_stamp_ns
         self.writer.write(self._conns[topic], stamp, serialize_message(msg))
         self.counts[topic] += 1
         if topic == "/find/grounding":
-            self.last_stamp_ns = max(self.last_stamp_ns, stamp)
             self.groundings.append({"stamp_ns": stamp, "instruction_id": msg.instruction_id,
                                     "found": [bool(e.found) for e in msg.entities],
                                     "phrases": [e.phrase for e in msg.entities],
@@ -382,6 +383,12 @@ def run_bag(bag_path: str | Path, instructions: list[Instruction], out: str | Pa
             yield first
             yield from frames
 
+        def colour_done() -> int:
+            """Colour messages dealt with: published as frames or skipped (malformed, unpaired)."""
+            c = bag.counts
+            skipped = sum(v for k, v in c.malformed.items() if k.startswith(("color_", "frame_")))
+            return frames_published + skipped + sum(c.unpaired.values())
+
         pending = list(instructions)
         t_loop = time.monotonic()
         for frame in all_frames():
@@ -399,6 +406,7 @@ def run_bag(bag_path: str | Path, instructions: list[Instruction], out: str | Pa
                            T_world_cam=frame.T_world_cam)
             frames_published += 1
             recorder.last_stamp_ns = max(recorder.last_stamp_ns, frame.stamp_ns)
+            recorder.frame_stamps.add(frame.stamp_ns)
 
             def settled() -> bool:
                 c = counters()
@@ -423,13 +431,11 @@ def run_bag(bag_path: str | Path, instructions: list[Instruction], out: str | Pa
                 recorded_all(counters()["processed"], 5.0)
                 round_trip_ms.append((time.monotonic() - t_pub) * 1e3)
             outcomes[outcome] += 1
-            prog.update(bag.counts.messages.get("color", 0), f"frames {frames_published}, processed "
-                                                             f"{outcomes['processed']}")
+            prog.update(colour_done(), f"processed {outcomes['processed']}")
         else:
             if stop.is_set():
                 interrupted = True
-        prog.update(bag.counts.messages.get("color", 0), f"frames {frames_published}, processed "
-                                                         f"{outcomes['processed']}", force=True)
+        prog.update(colour_done(), f"processed {outcomes['processed']}", force=True)
         prog.close()
         # the last outputs, and with the field its cloud once more after the last frame
         recorded_all(counters()["processed"], 5.0)
