@@ -37,6 +37,7 @@ def _rviz(context):
         package="rviz2",
         executable="rviz2",
         name="rviz2",
+        namespace=LaunchConfiguration("namespace"),  # config/find_ros.rviz's topics are relative: they follow it
         arguments=["-d", os.path.join(share, "config", "find_ros.rviz")],
     )]
 

@@ -248,6 +248,8 @@ def test_demo_launch_starts_rviz_only_when_installed():
     assert "RViz not started" in ast.unparse(log) and "rviz:=false" in ast.unparse(log)
     (rviz,) = [c for c in _calls(tree, "Node") if _kw(c, "package").value == "rviz2"]
     assert rviz in _calls(fn, "Node"), "the rviz2 Node is built only after the check"
+    # the rviz config's topics are relative, so RViz must sit in the graph's namespace to see namespace:=robot1
+    assert ast.unparse(_kw(rviz, "namespace")) == "LaunchConfiguration('namespace')"
 
 
 def test_package_executable_finds_an_installed_package_through_the_ament_index(tmp_path, monkeypatch):
