@@ -210,6 +210,39 @@ def test_fusion_never_blocks_feed(field_host):
     assert host.bridge.dropped >= 1, f"50 frames fed in {time.perf_counter() - t0:.3f} s were all fused in line"
 
 
+def test_query_references_are_validated_like_the_nodes(field_host):
+    """find/field/query converts its instruction's references as find/set_instruction does
+    (find_ros.ros.references): max_image_pixels, the mask checks; an acceptable reference still queries."""
+    from sensor_msgs.msg import Image
+
+    from find_ros.msg import InterleavedInstruction
+
+    host, client, ros, params = field_host
+    host.trigger_configure()
+    host.trigger_activate()
+    rgb, depth = _two_colour_frame()
+    host.bridge.feed(rgb, depth, K, np.eye(4))
+    assert host.bridge.wait_idle(10.0) and host.bridge.frames == 1
+
+    def query(images, masks=()):
+        ins = InterleavedInstruction(text="the <0>", reference_images=list(images), reference_masks=list(masks))
+        return _call(ros, client, QueryField, QUERY_SERVICE, QueryField.Request(instruction=ins))
+
+    # the issue's case: an 8000x8000 reference is refused from its header (default max_image_pixels 4096*4096)
+    r = query([Image(width=8000, height=8000, encoding="rgb8", step=24000)])
+    assert not r.success and "query rejected" in r.message
+    assert "reference image 0" in r.message and "max_image_pixels=16777216" in r.message, r.message
+    red = conv.numpy_to_image(np.full((40, 40, 3), (220, 20, 20), np.uint8), "rgb8")
+    r = query([red])  # a well-formed reference queries
+    assert r.success and "rejected" not in r.message, r.message
+    params["max_image_pixels"] = 30 * 30  # the node's parameter, as the node reads it
+    r = query([red])
+    assert not r.success and "40x40 has 1600 pixels > max_image_pixels=900" in r.message, r.message
+    params["max_image_pixels"] = PARAMS_BY_NAME["max_image_pixels"].default
+    r = query([red], [conv.numpy_to_image(np.full((40, 40, 3), 255, np.uint8), "rgb8")])
+    assert not r.success and "reference mask 0 has encoding 'rgb8', expected mono8" in r.message, r.message
+
+
 def test_perception_node_field_hook_configure_activate_cleanup(ros):
     from rclpy.parameter import Parameter
 

@@ -34,9 +34,11 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from find_ros.field import FeatureField, FieldConfig, FieldEmbedder, FieldInputError
-from find_ros.instruction import Instruction, InstructionError, Reference, parse_instruction
+from find_ros.instruction import Instruction, InstructionError, parse_instruction
 from find_ros.ros import conversions as conv
+from find_ros.ros.params import PARAMS_BY_NAME
 from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
+from find_ros.ros.references import instruction_from_msg
 from find_ros.srv import FieldFile, QueryField
 
 LOG = logging.getLogger(__name__)
@@ -314,21 +316,13 @@ class FieldBridge:
 
     # ------------------------------------------------------------------ services
     def _request_instruction(self, req) -> Instruction:
+        """The query's instruction: ``req.instruction`` (validated like the node's, :mod:`find_ros.ros.references`)
+        when its text is set, else ``req.text``."""
         ins = req.instruction
         if ins.text.strip():
-            if ins.reference_masks and len(ins.reference_masks) != len(ins.reference_images):
-                raise InstructionError(f"{len(ins.reference_images)} reference image(s) but "
-                                       f"{len(ins.reference_masks)} mask(s)")
-            refs = []
-            for k, img in enumerate(ins.reference_images):
-                try:
-                    rgb = conv.image_to_rgb(img)
-                    m = ins.reference_masks[k] if ins.reference_masks else None
-                    mask = conv.image_to_numpy(m) != 0 if m is not None and m.width and m.height else None
-                except conv.ConversionError as e:
-                    raise InstructionError(f"reference {k}: {e}") from e
-                refs.append(Reference(image=rgb, mask=mask))
-            return parse_instruction(ins.text, refs, id=ins.id or "field-query")
+            max_px = self._p.get("max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default)
+            return instruction_from_msg(ins.text, ins.reference_images, ins.reference_masks,
+                                        id=ins.id or "field-query", max_pixels=max_px)
         if not req.text.strip():
             raise InstructionError("empty query: give text or instruction.text")
         return parse_instruction(req.text, [], id="field-query")

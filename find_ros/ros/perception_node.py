@@ -53,13 +53,14 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from find_ros.instruction import MAX_REFERENCES, InstructionError, Reference, parse_instruction
+from find_ros.instruction import InstructionError
 from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
 from find_ros.ros.markers import marker_array
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
 from find_ros.ros.params import validate_value
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
+from find_ros.ros.references import instruction_from_msg
 from find_ros.srv import SetInstruction
 
 try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
@@ -637,8 +638,9 @@ class PerceptionNode(LifecycleNode):
     def _set_instruction_from(self, text: str, images: list, masks: list, iid: str) -> tuple[bool, str, str]:
         """Convert, parse and embed an instruction; returns (accepted, message, id in force)."""
         try:
-            refs = self._references(images, masks)
-            instruction = parse_instruction(text, refs, id=iid or f"ins-{uuid.uuid4().hex[:8]}")
+            instruction = instruction_from_msg(text, images, masks, id=iid or f"ins-{uuid.uuid4().hex[:8]}",
+                                               max_pixels=self._p.get("max_image_pixels",
+                                                                      PARAMS_BY_NAME["max_image_pixels"].default))
             with self._pipeline_lock:
                 if self._pipeline is None:
                     raise InstructionError("node is not active")
@@ -659,40 +661,6 @@ class PerceptionNode(LifecycleNode):
             f"instruction {instruction.id}: {instruction.text!r} -> entities "
             f"{[e.phrase for e in instruction.entities]} ({len(instruction.references)} reference image(s))")
         return True, "accepted", instruction.id
-
-    def _references(self, images: list, masks: list) -> list[Reference]:
-        if len(images) > MAX_REFERENCES:  # before converting any of them
-            raise InstructionError(f"instruction has {len(images)} reference images (max {MAX_REFERENCES})")
-        if masks and len(masks) != len(images):
-            raise InstructionError(f"instruction has {len(images)} reference image(s) but {len(masks)} "
-                                   "reference mask(s); give none or one per image")
-        max_px = self._p.get("max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default)
-        refs = []
-        for k, img in enumerate(images):
-            try:
-                conv.check_image(img, encodings=conv.RGB_ENCODINGS, max_pixels=max_px)
-                rgb = conv.image_to_rgb(img)
-            except conv.ConversionError as e:
-                raise InstructionError(f"reference image {k}: {e}") from e
-            mask = None
-            if masks and masks[k].width > 0 and masks[k].height > 0:
-                if masks[k].encoding not in ("mono8", "8UC1"):
-                    raise InstructionError(f"reference mask {k} has encoding {masks[k].encoding[:40]!r}, "
-                                           "expected mono8")
-                try:
-                    conv.check_image(masks[k], encodings=("mono8", "8UC1"), max_pixels=max_px)
-                    m = conv.image_to_numpy(masks[k])
-                except conv.ConversionError as e:
-                    raise InstructionError(f"reference mask {k}: {e}") from e
-                if m.shape != rgb.shape[:2]:
-                    raise InstructionError(f"reference mask {k} is {m.shape[1]}x{m.shape[0]} but its image is "
-                                           f"{rgb.shape[1]}x{rgb.shape[0]}")
-                mask = m != 0
-            try:
-                refs.append(Reference(image=rgb, mask=mask))
-            except InstructionError as e:
-                raise InstructionError(f"reference {k}: {e}") from e
-        return refs
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
