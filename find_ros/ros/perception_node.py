@@ -32,7 +32,6 @@ node keeps running (no subscription callback raises). Counters are published as 
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import sys
@@ -44,21 +43,24 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Vector3
+from geometry_msgs.msg import Point, Pose, PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from find_ros.instruction import InstructionError
-from find_ros.msg import GroundedEntity, Grounding, InterleavedInstruction
+from find_ros.msg import Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
+from find_ros.ros import grounding_msgs as build
+from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.markers import marker_array
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
 from find_ros.ros.params import validate_value
+from find_ros.ros.pose_buffer import PoseBuffer, stamp_s
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
 from find_ros.ros.references import instruction_from_msg
 from find_ros.srv import SetInstruction
@@ -71,7 +73,6 @@ except ImportError:  # pragma: no cover - depends on the install
 __all__ = ["PerceptionNode", "main", "Counters"]
 
 _INSTRUCTION_QOS = 10
-_POSE_BUFFER = 64
 
 
 class FrameRejected(ValueError):
@@ -80,56 +81,6 @@ class FrameRejected(ValueError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-_POSE_WAIT_S = 0.1
-"""Longest wait of the worker for a camera pose stamped like its frame when the pose stream lags the images."""
-_POSE_STREAM_ALIVE_S = 1.0
-"""A pose stream whose newest pose is older than this (relative to the frame) has stopped: no waiting."""
-
-
-@dataclasses.dataclass
-class Counters:
-    """What the node has seen and done since activation (published on ``find/status``)."""
-
-    frames_in: int = 0
-    """Colour images received."""
-    frame_sets: int = 0
-    """Colour + depth + camera_info sets matched by stamp."""
-    processed: int = 0
-    """Frame sets grounded and published."""
-    dropped: int = 0
-    """Frame sets replaced in the mailbox by a newer one before the worker took them."""
-    stale: int = 0
-    """Colour frames older than max_stamp_age_s on arrival or when the worker took them."""
-    future: int = 0
-    """Camera messages stamped more than max_stamp_age_s after the node clock (dropped on arrival)."""
-    invalid_input: int = 0
-    """Camera / pose messages refused on arrival (encoding, size, step, data length, pixel limit, camera_info K)."""
-    out_of_order: int = 0
-    """Messages not newer than the last matched frame set (fallback synchroniser only)."""
-    rejected: int = 0
-    """Frame sets refused for bad content (encoding, sizes, depth, camera_info)."""
-    idle: int = 0
-    """Frame sets taken while no instruction was set (nothing published)."""
-    waiting_camera_info: int = 0
-    """Colour images received while no camera_info had arrived yet."""
-    instructions: int = 0
-    """Instructions accepted."""
-    instructions_rejected: int = 0
-    problems: dict = dataclasses.field(default_factory=dict)
-    """Warning kind -> count."""
-
-
-def _stamp_s(header) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
-
-
-def _pose_msg(position, orientation_xyzw) -> Pose:
-    p = np.asarray(position, dtype=float)
-    q = np.asarray(orientation_xyzw, dtype=float)
-    return Pose(position=Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
-                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
 
 
 def _default_model_dir() -> Path:
@@ -173,12 +124,9 @@ class PerceptionNode(LifecycleNode):
         self._mailbox: tuple | None = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._poses: collections.deque = collections.deque(maxlen=_POSE_BUFFER)
-        self._pose_lock = threading.Condition()  # _store_pose notifies a worker waiting for its frame's pose
+        self._poses = PoseBuffer()  # camera poses by stamp (camera/pose, camera/odom)
         self._seen: set[str] = set()
-        self._last_warn: dict[str, float] = {}
-        self._counters = Counters()
-        self._count_lock = threading.Lock()
+        self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._field: Any = None  # field hook: FieldBridge when field_enable
@@ -187,15 +135,9 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ logging and counting
     def _warn(self, kind: str, message: str, *, level: str = "warning") -> None:
         """Log ``message`` at most once per ``log_throttle_s`` for this ``kind``; always count it."""
-        with self._count_lock:
-            self._counters.problems[kind] = self._counters.problems.get(kind, 0) + 1
-            n = self._counters.problems[kind]
-        now = time.monotonic()
-        period = float(self._p.get("log_throttle_s", 5.0))
-        last = self._last_warn.get(kind)
-        if last is not None and now - last < period:
+        n = self._counters.problem(kind, period_s=float(self._p.get("log_throttle_s", 5.0)))
+        if n is None:
             return
-        self._last_warn[kind] = now
         text = f"[{kind}] {message} (seen {n}x)"
         logger = self.get_logger()  # rclpy wants one severity per call site: one line per level
         if level == "error":
@@ -206,13 +148,11 @@ class PerceptionNode(LifecycleNode):
             logger.warning(text)
 
     def _count(self, name: str, k: int = 1) -> None:
-        with self._count_lock:
-            setattr(self._counters, name, getattr(self._counters, name) + k)
+        self._counters.count(name, k)
 
     def counters(self) -> dict:
         """A snapshot of :class:`Counters` as a dict."""
-        with self._count_lock:
-            d = dataclasses.asdict(self._counters)
+        d = self._counters.snapshot()
         d["grounder"] = getattr(self._grounder, "name", self._p.get("grounder", ""))
         d["model"] = self._model  # the FIND model directory loaded at activation, or "hsv-baseline"
         d["instruction_id"] = getattr(self._instruction, "id", "")
@@ -294,11 +234,10 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"activate failed: {e}")
             self._grounder = self._pipeline = None
             return TransitionCallbackReturn.FAILURE
-        self._counters = Counters()
+        self._counters.reset()
         self._seen.clear()
         self._instruction = None
-        with self._pose_lock:
-            self._poses.clear()
+        self._poses.clear()
         self._create_inputs()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
@@ -511,10 +450,10 @@ class PerceptionNode(LifecycleNode):
             self._mf_relays[stream].signalMessage(msg)
         elif self._sync is not None:
             before = self._sync.discarded
-            self._sync.add(stream, _stamp_s(msg.header), msg)
+            self._sync.add(stream, stamp_s(msg.header), msg)
             if self._sync.discarded > before:
                 self._count("out_of_order")
-                self._warn("out_of_order", f"{stream} message stamped {_stamp_s(msg.header):.3f} is not newer than "
+                self._warn("out_of_order", f"{stream} message stamped {stamp_s(msg.header):.3f} is not newer than "
                                            "the last matched frame set: dropped (clock jump or replay restart?)")
 
     def _is_future(self, stream: str, msg: Any) -> bool:
@@ -525,7 +464,7 @@ class PerceptionNode(LifecycleNode):
         max_age = self._p["max_stamp_age_s"]
         if max_age <= 0:
             return False
-        ahead = _stamp_s(msg.header) - self.get_clock().now().nanoseconds * 1e-9
+        ahead = stamp_s(msg.header) - self.get_clock().now().nanoseconds * 1e-9
         if ahead <= max_age:
             return False
         self._count("future")
@@ -538,7 +477,7 @@ class PerceptionNode(LifecycleNode):
         max_age = self._p["max_stamp_age_s"]
         if max_age <= 0:
             return False
-        age = self.get_clock().now().nanoseconds * 1e-9 - _stamp_s(color.header)
+        age = self.get_clock().now().nanoseconds * 1e-9 - stamp_s(color.header)
         if age <= max_age:
             return False
         self._count("stale")
@@ -573,15 +512,13 @@ class PerceptionNode(LifecycleNode):
         if header.frame_id and header.frame_id != self._p["world_frame"]:
             self._warn("pose_frame", f"camera pose is in frame {header.frame_id!r} but world_frame is "
                                      f"{self._p['world_frame']!r}; using it as the world frame")
-        with self._pose_lock:
-            self._poses.append((_stamp_s(header), T))
-            self._pose_lock.notify_all()
+        self._poses.add(stamp_s(header), T)
 
     def _lookup_pose(self, color: Image) -> np.ndarray | None:
         src = self._p["camera_pose_source"]
         if src == "none":
             return None
-        t = _stamp_s(color.header)
+        t = stamp_s(color.header)
         if src == "tf":  # pragma: no cover - tf2_ros is not installable here
             try:
                 tr = self._tf_buffer.lookup_transform(self._p["world_frame"], color.header.frame_id,
@@ -591,26 +528,11 @@ class PerceptionNode(LifecycleNode):
                 return None
             q, v = tr.transform.rotation, tr.transform.translation
             return conv.pose_to_matrix(Pose(position=Point(x=v.x, y=v.y, z=v.z), orientation=q))
-        slop = max(self._p["sync_slop_s"], 1e-6)
-        deadline = time.monotonic() + _POSE_WAIT_S
-        with self._pose_lock:
-            while True:
-                best = min(self._poses, key=lambda p: abs(p[0] - t), default=None)
-                stamps = sorted(p[0] for p in self._poses)
-                newest = stamps[-1] if stamps else None
-                # a pose stream that is alive but behind this frame: wait (bounded) for the frame's pose, unless
-                # its poses are spaced too far apart for one to land within sync_slop_s of the frame anyway
-                dense = len(stamps) < 3 or float(np.median(np.diff(stamps[-9:]))) <= 2.0 * slop
-                behind = dense and newest is not None and t - _POSE_STREAM_ALIVE_S < newest < t - slop
-                left = deadline - time.monotonic()
-                if (best is not None and abs(best[0] - t) <= slop) or not behind or left <= 0:
-                    break
-                self._pose_lock.wait(left)
-        if best is None or abs(best[0] - t) > slop:
+        T = self._poses.lookup(t, slop_s=self._p["sync_slop_s"])
+        if T is None:
             self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "
                                        f"frame at t={t:.3f}: grounded without world poses")
-            return None
-        return best[1]
+        return T
 
     # ------------------------------------------------------------------ instructions
     def _on_instruction_text(self, msg: String) -> None:
@@ -731,42 +653,19 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, header, instruction, result, overlay, t_receipt: float) -> None:
-        thr = self._p["score_threshold"]
-        out = Grounding(header=header, instruction_id=instruction.id, instruction_text=instruction.text,
-                        grounder=str(getattr(self._grounder, "name", self._p["grounder"])))
-        best, best_score = None, -1.0
-        for e in result.entities:
-            found = bool(e.score >= thr and not e.lost and e.mask is not None and e.mask.any())
-            g = GroundedEntity(phrase=e.phrase, entity_index=int(e.entity_index),
-                               track_id=int(e.track_id if e.track_id is not None else -1),
-                               score=float(e.score), found=found, lost=bool(e.lost),
-                               label=int(e.entity_index) + 1 if found else 0)
-            x0, y0, x1, y1 = (int(v) for v in e.box)
-            if found and x1 > x0 and y1 > y0:
-                g.box = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0)
-            if found and e.pose_cam is not None:
-                g.pose_valid = True
-                g.pose = _pose_msg(e.pose_cam.position, e.pose_cam.orientation_xyzw)
-                ex = np.asarray(e.pose_cam.extent, dtype=float)
-                g.extent = Vector3(x=float(ex[0]), y=float(ex[1]), z=float(ex[2]))
-                if e.pose_world is not None:
-                    g.world_pose_valid = True
-                    g.world_pose = PoseStamped(pose=_pose_msg(e.pose_world.position, e.pose_world.orientation_xyzw))
-                    g.world_pose.header.stamp = header.stamp
-                    g.world_pose.header.frame_id = self._p["world_frame"]
-                if e.score > best_score:
-                    best, best_score = g, float(e.score)
-            out.entities.append(g)
+        out, best = build.grounding_msg(header, instruction, result,
+                                        grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
+                                        world_frame=self._p["world_frame"])
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
         self._pubs["grounding"].publish(out)
-        self._pubs["mask"].publish(conv.numpy_to_image(np.ascontiguousarray(result.label_mask, dtype=np.uint8),
-                                                       "mono8", header=header))
+        self._pubs["mask"].publish(build.label_mask_msg(result.label_mask, header))
         if overlay is not None:
-            self._pubs["overlay"].publish(conv.numpy_to_image(overlay, "rgb8", header=header))
-        if best is not None:
-            self._pubs["target_pose"].publish(PoseStamped(header=header, pose=best.pose))
-            if best.world_pose_valid:
-                self._pubs["target_pose_world"].publish(best.world_pose)
+            self._pubs["overlay"].publish(build.overlay_msg(overlay, header))
+        target, target_world = build.target_pose_msgs(header, best)
+        if target is not None:
+            self._pubs["target_pose"].publish(target)
+        if target_world is not None:
+            self._pubs["target_pose_world"].publish(target_world)
         if self._p["publish_markers"]:  # world frame when the camera pose is known (find_ros.ros.markers)
             self._pubs["markers"].publish(marker_array(out.entities, header))
 
@@ -793,14 +692,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = PerceptionNode()
         executor.add_node(node)
-        if node.get_parameter("autostart").value and not stop.requested.is_set():
+        autostart = bool(node.get_parameter("autostart").value)
+        if autostart and not stop.requested.is_set():
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: configure failed (see above); exiting")
                 return 1
             if not stop.requested.is_set() and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed (see above); exiting")
                 return 1
-        if not node.get_parameter("autostart").value:
+        if not autostart:
             node.get_logger().info("unconfigured (autostart:=false): waiting for lifecycle transitions "
                                    "(configure, activate) on perception_node/change_state")
         spin_until_stopped(executor, stop)
