@@ -48,3 +48,33 @@ def test_node_pairs_and_in_process_contexts_start_and_stop_without_hanging(domai
     assert pairs["hangs"] == 0 and pairs["bad_exit"] == 0 and pairs["no_frames"] == 0, pairs
     inproc = inprocess_cycles(5, domain_id=domain_id, run_dir=tmp_path / "inprocess")
     assert inproc["no_frames"] == 0, inproc
+
+
+def test_entry_point_exits_with_mains_code_and_flushes(tmp_path):
+    """shutdown.entry_point: run() calls main() and exits the process with its code, output flushed."""
+    import subprocess
+    import sys
+
+    code = ("from find_ros.ros.shutdown import entry_point\n"
+            "def main():\n    print('teardown done', end='')\n    return 3\n"
+            "entry_point(main)()\nprint('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and r.stdout == "teardown done", (r.returncode, r.stdout, r.stderr[-2000:])
+
+
+def test_console_scripts_are_the_shared_entry_point():
+    """setup.py's node console scripts (module:run) resolve to shutdown.entry_point(main) of their module."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    specs = [n.value for n in ast.walk(setup) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and ":" in n.value and " = find_ros.ros." in n.value]
+    assert {s.split(" = ")[0] for s in specs} == {"perception_node", "sim_camera_node", "replay_node"}
+    for spec in specs:
+        module, attr = spec.split(" = ")[1].split(":")
+        mod = importlib.import_module(module)
+        run = getattr(mod, attr)
+        assert attr == "run" and callable(run) and run.__module__ == module
+        assert run.__code__ is importlib.import_module("find_ros.ros.shutdown").entry_point(mod.main).__code__

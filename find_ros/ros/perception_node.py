@@ -63,6 +63,7 @@ from find_ros.ros.params import validate_value
 from find_ros.ros.pose_buffer import PoseBuffer, stamp_s
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
 from find_ros.ros.references import instruction_from_msg
+from find_ros.ros.shutdown import entry_point
 from find_ros.srv import SetInstruction
 
 try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
@@ -715,12 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.teardown_done()
 
 
-def run() -> None:
-    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
-    from find_ros.ros.shutdown import exit_process
-
-    exit_process(main())
-
+run = entry_point(main)  # console script (setup.py) and python -m
 
 if __name__ == "__main__":
     run()

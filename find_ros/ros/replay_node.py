@@ -43,7 +43,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from find_ros.ros.shutdown import StopSignals, release_context
+from find_ros.ros.shutdown import StopSignals, entry_point, release_context
 from find_ros.ros.sim_camera_node import FrameTimer, ParameterValueError, RgbdPublisher, declare, spin_until_done
 
 try:
@@ -318,12 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.teardown_done()
 
 
-def run() -> None:
-    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
-    from find_ros.ros.shutdown import exit_process
-
-    exit_process(main())
-
+run = entry_point(main)  # console script (setup.py) and python -m
 
 if __name__ == "__main__":
     run()

@@ -18,7 +18,7 @@ Use with ``rclpy.init(..., signal_handler_options=SignalHandlerOptions.NO)`` (rc
     release_context()
     stop.teardown_done()
 
-and the entry point ends with ``exit_process(main())``.
+and the executable's entry point is ``run = entry_point(main)`` (``exit_process(main())``).
 
 No rclpy import at module level: :func:`stop_process` is used by tools that never start ROS themselves.
 """
@@ -33,7 +33,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-__all__ = ["StopSignals", "spin_until_stopped", "release_context", "exit_process", "stop_process", "stop_processes"]
+__all__ = ["StopSignals", "spin_until_stopped", "release_context", "exit_process", "entry_point", "stop_process",
+           "stop_processes"]
 
 
 class StopSignals:
@@ -130,6 +131,20 @@ def exit_process(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def entry_point(main: Callable[[], int]) -> Callable[[], None]:
+    """The console-script entry point of an executable whose ``main()`` returns its exit code after a complete
+    teardown: ``run = entry_point(main)`` in the node's module (``setup.py``: ``module:run``), and
+    ``if __name__ == "__main__": run()``. ``run()`` calls ``main()``, then :func:`exit_process` with its code."""
+
+    def run() -> None:
+        exit_process(main())
+
+    run.__doc__ = f"Console-script entry point: ``{main.__module__}.main()``, then exit_process (find_ros.ros.shutdown)."
+    run.__module__ = main.__module__
+    run.__qualname__ = "run"
+    return run
 
 
 def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> int:

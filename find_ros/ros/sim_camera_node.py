@@ -44,7 +44,7 @@ except ImportError as e:  # a partial checkout: report it as a missing module (p
     raise ModuleNotFoundError(f"find_ros.sim is not available: {e}", name="find_ros.sim") from e
 from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
 from find_ros.ros.tf import create_tf_publisher, tf_message, transform_stamped
-from find_ros.ros.shutdown import StopSignals, release_context, spin_until_stopped
+from find_ros.ros.shutdown import StopSignals, entry_point, release_context, spin_until_stopped
 
 __all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
 
@@ -357,12 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.teardown_done()
 
 
-def run() -> None:
-    """Console-script entry point: :func:`main`, then :func:`find_ros.ros.shutdown.exit_process`."""
-    from find_ros.ros.shutdown import exit_process
-
-    exit_process(main())
-
+run = entry_point(main)  # console script (setup.py) and python -m
 
 if __name__ == "__main__":
     run()
