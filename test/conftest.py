@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from find_ros.ros.dds import claim_domain_id, process_env, transport_env
+from find_ros.ros.dds import claim_domain_id, process_env, remove_zombie_segments, transport_env
 from find_ros.ros.shutdown import release_context
 
 
 @pytest.fixture(scope="session", autouse=True)
 def dds_environment():
     """The DDS transport of this process's participants (see the module docstring); undone after the session."""
+    remove_zombie_segments()  # what killed processes of earlier runs left in /dev/shm (64 MiB of RAM each)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in transport_env().items():
             if value is None:
@@ -41,6 +42,7 @@ def dds_environment():
             else:
                 mp.setenv(key, value)
         yield
+    remove_zombie_segments()  # and what this run's SIGKILLed children left
 
 
 @pytest.fixture

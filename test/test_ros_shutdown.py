@@ -27,6 +27,8 @@ def test_sigint_twice_to_the_process_group_exits_zero(name, gap_s, domain_id, tm
     assert r.started, f"{name} did not come up:\n{log[-3000:]}"
     assert r.exit_s is not None, f"{name} still running 20 s after SIGINT x2:\n{log[-3000:]}"
     assert r.returncode == 0 and not r.traceback, f"{name}: rc {r.returncode}\n{log[-3000:]}"
+    # its DDS participants were deleted: no 64 MiB shared-memory segment of it is left in /dev/shm
+    assert not r.leaked_segments, f"{name} left {r.leaked_segments} in /dev/shm\n{log[-3000:]}"
 
 
 def test_sigint_during_start_up_exits_zero(domain_id, tmp_path):

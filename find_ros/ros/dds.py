@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
 __all__ = ["TRANSPORTS", "DEFAULT_TRANSPORT", "PROFILE_FILE", "SAFE_DOMAIN_IDS", "DdsSetupError", "DomainLease",
-           "profile_path", "transport_env", "process_env", "select_for_this_process", "claim_domain_id"]
+           "profile_path", "transport_env", "process_env", "select_for_this_process", "claim_domain_id",
+           "SHM_DIR", "segment_names", "find_zombie_segments", "remove_zombie_segments"]
 
 TRANSPORTS = ("shm", "large_data", "default")
 DEFAULT_TRANSPORT = "shm"
@@ -99,6 +102,70 @@ def select_for_this_process(transport: str = DEFAULT_TRANSPORT) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+SHM_DIR = Path("/dev/shm")
+#: a participant's segment (``fastdds_<16 hex>``); ports (``fastdds_port<N>``) are shared and Fast DDS reclaims them
+_SEGMENT = re.compile(r"fastdds_[0-9a-f]{16}")
+
+
+def segment_names(directory: Path = SHM_DIR) -> set[str]:
+    """Names of the Fast DDS participant segments (``fastdds_<16 hex>``) in ``directory``, live or dead."""
+    try:
+        return {p.name for p in directory.iterdir() if _SEGMENT.fullmatch(p.name)}
+    except OSError:
+        return set()
+
+
+def find_zombie_segments(directory: Path = SHM_DIR, *, min_age_s: float = 5.0, remove: bool = False) -> list[str]:
+    """The shared-memory segments of Fast DDS participants whose process has died (deleted with ``remove``).
+
+    Each participant of the shm transport maps a segment ``fastdds_<id>`` (64 MiB with ``config/fastdds_shm.xml``,
+    memory on the tmpfs ``/dev/shm``) and holds an exclusive ``flock`` on ``fastdds_<id>_el`` while it lives. A
+    process killed (SIGKILL, a crash, ``os._exit`` with a participant still alive) leaves both files behind and
+    Fast DDS does not reclaim them: each costs its segment's RAM until the machine reboots. A lock file nobody
+    holds marks a dead owner (the check ``fastdds shm clean`` makes); lock files younger than ``min_age_s`` are
+    left alone, so a participant that is starting is never touched. Ports (``fastdds_port<N>``) are shared by
+    all participants and reclaimed by Fast DDS itself: never touched here."""
+    found: list[str] = []
+    try:
+        locks = sorted(directory.glob("fastdds_*_el"))
+    except OSError:
+        return found
+    now = time.time()
+    for lock in locks:
+        name = lock.name[:-3]
+        if not _SEGMENT.fullmatch(name):
+            continue
+        try:
+            if now - lock.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live participant holds it
+        try:
+            if remove:  # under the lock: no participant can be using the segment
+                for path in (directory / name, lock):
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        pass
+            found.append(name)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return found
+
+
+def remove_zombie_segments(directory: Path = SHM_DIR, *, min_age_s: float = 5.0) -> list[str]:
+    """Delete the segments :func:`find_zombie_segments` finds; returns their names."""
+    return find_zombie_segments(directory, min_age_s=min_age_s, remove=True)
 
 
 class DomainLease:

@@ -712,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown()
         if node is not None:
             node.destroy_node()
+        node = executor = None  # a LifecycleNode: release_context collects it, so its DDS participant goes too
         release_context()
         stop.teardown_done()
 

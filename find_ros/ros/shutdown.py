@@ -25,6 +25,7 @@ No rclpy import at module level: :func:`stop_process` is used by tools that neve
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import signal
 import subprocess
@@ -113,6 +114,11 @@ def release_context(context: Any = None) -> None:
     import rclpy
 
     context = context if context is not None else rclpy.get_default_context()
+    # rclpy's LifecycleNode sits in reference cycles that keep its rcl node, and with it the context's DDS
+    # participant, alive after destroy_node() until the garbage collector runs; a process that then ends with
+    # os._exit never deletes the participant, and its 64 MiB shared-memory segment stays in /dev/shm. Collect
+    # first (the caller has dropped its references to destroyed nodes).
+    gc.collect()
     context.try_shutdown()
     context.destroy()
 
@@ -136,9 +142,17 @@ def exit_process(code: int) -> None:
 def entry_point(main: Callable[[], int]) -> Callable[[], None]:
     """The console-script entry point of an executable whose ``main()`` returns its exit code after a complete
     teardown: ``run = entry_point(main)`` in the node's module (``setup.py``: ``module:run``), and
-    ``if __name__ == "__main__": run()``. ``run()`` calls ``main()``, then :func:`exit_process` with its code."""
+    ``if __name__ == "__main__": run()``. ``run()`` removes the shared-memory segments dead Fast DDS participants
+    left behind (:func:`find_ros.ros.dds.remove_zombie_segments`), calls ``main()``, then :func:`exit_process`
+    with its code."""
 
     def run() -> None:
+        from find_ros.ros.dds import remove_zombie_segments
+
+        removed = remove_zombie_segments()
+        if removed:
+            print(f"find_ros: removed {len(removed)} shared-memory segment(s) of dead Fast DDS participants from "
+                  f"/dev/shm ({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''})", file=sys.stderr)
         exit_process(main())
 
     run.__doc__ = f"Console-script entry point: ``{main.__module__}.main()``, then exit_process (find_ros.ros.shutdown)."

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from find_ros.ros.dds import DEFAULT_TRANSPORT, TRANSPORTS, claim_domain_id, process_env, select_for_this_process
+from find_ros.ros.dds import (DEFAULT_TRANSPORT, TRANSPORTS, claim_domain_id, find_zombie_segments, process_env,
+                              segment_names, select_for_this_process)
 from find_ros.ros.shutdown import release_context, stop_processes
 
 __all__ = ["Executable", "EXECUTABLES", "SignalResult", "signal_cycle", "pair_cycles", "inprocess_cycles", "cli"]
@@ -79,10 +80,13 @@ class SignalResult:
     """Seconds from the first signal to the process's exit (None: it did not exit within the bound: a hang)."""
     traceback: bool
     started: bool
+    leaked_segments: tuple[str, ...] = ()
+    """Shared-memory segments the process created and left behind in /dev/shm with no live owner."""
 
     @property
     def clean(self) -> bool:
-        return self.started and self.returncode == 0 and not self.traceback and self.exit_s is not None
+        return (self.started and self.returncode == 0 and not self.traceback and self.exit_s is not None
+                and not self.leaked_segments)
 
 
 def _read(path: Path) -> str:
@@ -99,6 +103,7 @@ def signal_cycle(exe: Executable, *, gap_s: float, domain_id: int, run_dir: Path
     log = run_dir / "output.log"
     env = process_env(domain_id=domain_id, transport=transport, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                       RCUTILS_LOGGING_BUFFERED_STREAM="0")
+    before = segment_names()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, *exe.argv], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=run_dir, start_new_session=True)
@@ -108,6 +113,7 @@ def signal_cycle(exe: Executable, *, gap_s: float, domain_id: int, run_dir: Path
         while exe.ready not in _read(ready_path) and proc.poll() is None and time.monotonic() < end:
             time.sleep(0.05)
         started = exe.ready in _read(ready_path) and proc.poll() is None
+        created = segment_names() - before  # the process's own participants (and any another process made now)
         if not started:
             return SignalResult(exe.name, gap_s, proc.poll(), None, "Traceback" in _read(log), False)
         t0 = time.monotonic()
@@ -126,8 +132,9 @@ def signal_cycle(exe: Executable, *, gap_s: float, domain_id: int, run_dir: Path
                 exit_s = time.monotonic() - t0
             except subprocess.TimeoutExpired:
                 pass
+        leaked = tuple(sorted(created & set(find_zombie_segments(min_age_s=0.0)))) if exit_s is not None else ()
         return SignalResult(exe.name, gap_s, proc.poll(), None if exit_s is None else round(exit_s, 3),
-                            "Traceback" in _read(log), True)
+                            "Traceback" in _read(log), True, leaked)
     finally:
         if proc.poll() is None:
             try:
@@ -277,11 +284,13 @@ def cli(argv: list[str] | None = None) -> int:
                                      run_dir=root / f"sig{len(rows)}", transport=args.transport)
                     rows.append(r)
                     print(f"signals {name:30s} gap {gap:4.2f} s -> rc {r.returncode} in {r.exit_s} s"
-                          f"{' TRACEBACK' if r.traceback else ''}{'' if r.started else ' (did not start)'}",
+                          f"{' TRACEBACK' if r.traceback else ''}{'' if r.started else ' (did not start)'}"
+                          f"{f' LEAKED {len(r.leaked_segments)} shm segment(s)' if r.leaked_segments else ''}",
                           flush=True)
             report["signals"] = {
                 name: {"cycles": len(rs), "clean": sum(r.clean for r in rs),
                        "hangs": sum(r.started and r.exit_s is None for r in rs),
+                       "leaked_segments": sum(len(r.leaked_segments) for r in rs),
                        "exit_s_max": max((r.exit_s for r in rs if r.exit_s is not None), default=None),
                        "exit_s_median": sorted(r.exit_s for r in rs if r.exit_s is not None)[len(rs) // 2]
                        if all(r.exit_s is not None for r in rs) else None}
