@@ -109,7 +109,10 @@ def test_best_effort_and_reliable_cameras_feed_the_default_node(ros, procs, came
     proc = spawn(procs, NODE_ARGS)
     qos = qos_profile_sensor_data if camera_qos == "sensor_data" else SENSOR_QOS
     cam = Camera(ros, procs, proc, qos)
-    assert cam.t.spin_until(lambda: cam.node_subscription_reliability() is not None, 60), cam.t.log_text()[-2000:]
+    # discovery reports each of the node's subscriptions on its own: wait until the graph shows all of them
+    topics = [topic for _, _, topic in CAMERA_TOPICS]
+    assert cam.t.spin_until(lambda: all(cam.node_subscription_reliability(t) is not None for t in topics), 60), \
+        cam.t.log_text()[-2000:]
     assert cam.node_subscription_reliability() == ReliabilityPolicy.BEST_EFFORT
     for _, _, topic in CAMERA_TOPICS:
         assert cam.node_subscription_reliability(topic) == ReliabilityPolicy.BEST_EFFORT, topic
