@@ -47,7 +47,8 @@ def test_sigint_during_start_up_exits_zero(domain_id, tmp_path):
 def test_node_pairs_and_in_process_contexts_start_and_stop_without_hanging(domain_id, tmp_path):
     """A few cycles of the stress benchmark's pair and in-process parts (the benchmark runs 100 + 100)."""
     pairs = pair_cycles(3, domain_id=domain_id, run_dir=tmp_path / "pairs")
-    assert pairs["hangs"] == 0 and pairs["bad_exit"] == 0 and pairs["no_frames"] == 0, pairs
+    assert pairs["hangs"] == 0 and pairs["bad_exit"] == 0 and pairs["no_frames"] == 0, \
+        {**pairs, "hung_logs": "\n".join(pairs["hung_logs"])}
     inproc = inprocess_cycles(5, domain_id=domain_id, run_dir=tmp_path / "inprocess")
     assert inproc["no_frames"] == 0, inproc
 

@@ -166,8 +166,11 @@ def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> int:
     return stop_processes([proc], timeout_s=timeout_s)[0]
 
 
-def stop_processes(procs: Iterable[subprocess.Popen], *, timeout_s: float = 10.0) -> list[int]:
-    """Stop several processes at once (SIGINT to all, then wait, then SIGKILL the ones left); their return codes."""
+def stop_processes(procs: Iterable[subprocess.Popen], *, timeout_s: float = 10.0,
+                   before_kill: int | None = None) -> list[int]:
+    """Stop several processes at once (SIGINT to all, then wait, then SIGKILL the ones left); their return codes.
+    ``before_kill``: a signal sent to a process that is still running at the deadline, one second before its
+    SIGKILL (SIGUSR1 with ``faulthandler.register`` in the child: its stacks land in its log)."""
     procs = list(procs)
     for p in procs:
         if p.poll() is None:
@@ -180,6 +183,13 @@ def stop_processes(procs: Iterable[subprocess.Popen], *, timeout_s: float = 10.0
         try:
             p.wait(timeout=max(end - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
+            if before_kill is not None:
+                try:
+                    p.send_signal(before_kill)
+                    p.wait(timeout=1.0)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
     return [p.returncode for p in procs]

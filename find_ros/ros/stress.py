@@ -145,14 +145,15 @@ def signal_cycle(exe: Executable, *, gap_s: float, domain_id: int, run_dir: Path
 
 
 _PAIR_NODE = r'''
-import sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # a process that does not exit: its stacks, before SIGKILL
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from find_ros.ros.qos import SENSOR_QOS
-from find_ros.ros.shutdown import StopSignals, spin_until_stopped
+from find_ros.ros.shutdown import StopSignals, exit_process, release_context, spin_until_stopped
 stop = StopSignals.install()
 role, rate = sys.argv[1], float(sys.argv[2])
 rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
@@ -180,8 +181,10 @@ try:
 finally:
     ex.shutdown()
     node.destroy_node()
-    rclpy.try_shutdown()
+    node = ex = None
+    release_context()
     stop.teardown_done()
+exit_process(0)  # as the find_ros executables end (shutdown.entry_point): no interpreter finalisation
 '''
 
 
@@ -198,9 +201,10 @@ def pair_cycles(n: int, *, domain_id: int, run_dir: Path, transport: str = DEFAU
     run_dir.mkdir(parents=True, exist_ok=True)
     hangs = no_frames = bad_exit = 0
     cycle_s = []
+    hung_logs: list[str] = []
     for i in range(n):
         t0 = time.monotonic()
-        sub_log, pub_log = run_dir / "sub.log", run_dir / "pub.log"
+        sub_log, pub_log = run_dir / f"sub{i}.log", run_dir / f"pub{i}.log"
         sub = _spawn_pair_node("sub", env, sub_log)
         pub = _spawn_pair_node("pub", env, pub_log)
         end = t0 + bound_s
@@ -208,14 +212,17 @@ def pair_cycles(n: int, *, domain_id: int, run_dir: Path, transport: str = DEFAU
             time.sleep(0.02)
         if f"got {frames}" not in _read(sub_log):
             no_frames += 1
-        codes = stop_processes([pub, sub], timeout_s=bound_s)
+        codes = stop_processes([pub, sub], timeout_s=bound_s, before_kill=signal.SIGUSR1)
         if any(c == -signal.SIGKILL for c in codes):
             hangs += 1
+            hung_logs.append(f"cycle {i}: rc pub {codes[0]} sub {codes[1]}\n--- pub\n{_read(pub_log)[-3000:]}"
+                             f"\n--- sub\n{_read(sub_log)[-3000:]}")
         elif any(c != 0 for c in codes) or "Traceback" in _read(sub_log) + _read(pub_log):
             bad_exit += 1
         cycle_s.append(time.monotonic() - t0)
     return {"cycles": n, "hangs": hangs, "no_frames": no_frames, "bad_exit": bad_exit,
-            "cycle_s_median": round(sorted(cycle_s)[len(cycle_s) // 2], 3) if cycle_s else None}
+            "cycle_s_median": round(sorted(cycle_s)[len(cycle_s) // 2], 3) if cycle_s else None,
+            "hung_logs": hung_logs}
 
 
 def inprocess_cycles(n: int, *, domain_id: int, run_dir: Path, transport: str = DEFAULT_TRANSPORT,
