@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from find_ros.sim.datasets import quat_to_matrix
 from find_ros.sim.bag.config import (COLOR_ENCODINGS, COMPRESSED_TYPE, DEPTH_ENCODINGS, IMAGE_TYPE, BagError,
                                      MalformedMessage)
 
@@ -104,13 +105,7 @@ def pose_to_matrix(position: Any, orientation: Any) -> np.ndarray:
     n = float(np.linalg.norm(q))
     if not (np.all(np.isfinite(t)) and math.isfinite(n)) or n < 1e-9:
         raise MalformedMessage("pose", f"pose with position {t.tolist()} and quaternion {q.tolist()} is unusable")
-    x, y, z, w = q / n
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = t
-    return T
+    return quat_to_matrix(t, q / n)
 
 
 def matrix_to_pose(T: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
