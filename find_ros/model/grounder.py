@@ -128,6 +128,14 @@ class FindGrounder:
         pix = out.pixel_sem[0].float().cpu().numpy().astype(np.float32, copy=False)
         return FrameGrounding(entities=ents, pixel_embeddings=pix)
 
+    @torch.no_grad()
+    def segment_proposals(self, rgb: np.ndarray) -> np.ndarray:
+        """(Q, h, w) float32 mask logits of FIND's segmentation proposals for ``rgb`` (task ``segment``, no prompt;
+        h, w = the model's mask resolution); the instruction in force is untouched. What a click selects from
+        (:func:`find_ros.grounding.click.mask_at_click`)."""
+        out = self.model(self.model.encode_image(self.prepare(rgb)), None, task="segment")
+        return out.object_masks[0].float().cpu().numpy().astype(np.float32, copy=False)
+
     # ------------------------------------------------------------------ query embeddings
 
     @torch.no_grad()
