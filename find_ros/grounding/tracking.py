@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from find_ros.voxel_keys import in_key_range, pack_keys, unpack_keys
+
 if TYPE_CHECKING:  # pragma: no cover
     from find_ros.grounding.pipeline import PipelineConfig
 
@@ -96,10 +98,6 @@ class _Track:
     shape: "ShapeMemory | None" = None
 
 
-_OFF = 1 << 20
-"""Voxel index offset of the packed keys (21 bits per axis: +-1e6 voxels, 10 km at 1 cm)."""
-
-
 class ShapeMemory:
     """A bounded set of world voxels seen on one object, with hit counts (detections that hit each voxel).
 
@@ -137,15 +135,14 @@ class ShapeMemory:
         vox = np.floor(p / self.voxel_m)
         if self._origin is None:
             self._origin = vox[0].copy()
-        idx = vox - self._origin + _OFF
-        ok = np.all((idx >= 0) & (idx < (1 << 21)), axis=1)
+        rel = vox - self._origin
+        ok = in_key_range(rel)
         if not ok.all():
             self.dropped_points += int((~ok).sum())
-            idx = idx[ok]
-            if not len(idx):
+            rel = rel[ok]
+            if not len(rel):
                 return
-        idx = idx.astype(np.int64)
-        keys = np.unique((idx[:, 0] << 42) | (idx[:, 1] << 21) | idx[:, 2])  # one hit per voxel per view
+        keys = np.unique(pack_keys(rel))  # one hit per voxel per view
         allk = np.concatenate([self._keys, keys])
         w = np.concatenate([self._hits, np.ones(len(keys), np.int64)])
         uniq, inv = np.unique(allk, return_inverse=True)
@@ -163,7 +160,7 @@ class ShapeMemory:
         k = self._keys
         if self._origin is None:
             return np.empty((0, 3))
-        idx = np.stack([(k >> 42) & 0x1FFFFF, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF], axis=1) - _OFF + self._origin
+        idx = unpack_keys(k) + self._origin
         return (idx + 0.5) * self.voxel_m
 
     def box(self) -> tuple[np.ndarray, np.ndarray] | None:
