@@ -188,7 +188,7 @@ def test_a_frame_larger_than_the_storage_keeps_its_nearest_blocks(caplog):
     ff = FeatureField(config=FieldConfig(voxel_size=0.02, embedding_dim=4, max_blocks=1))
     assert ff.capacity_blocks == 65
     depth = np.linspace(0.5, 4.0, H * W, dtype=np.float32).reshape(H, W)  # touches far more than 65 blocks
-    with caplog.at_level(logging.WARNING, logger="find_ros.field.field"):
+    with caplog.at_level(logging.WARNING, logger="find_ros.field.grid"):
         st = ff.integrate(depth, K, _pose())
         ff.integrate(depth, K, _pose())
     assert st.active_blocks <= 1 and ff.active_blocks <= 1

@@ -25,7 +25,9 @@ import numpy as np
 import open3d as o3d
 import open3d.core as o3c
 
-from find_ros.field.field import FeatureField, FieldConfig
+from find_ros.field.config import FieldConfig
+from find_ros.field.grid import FeatureField
+from find_ros.voxel_keys import pack_keys
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tum_fr3_teddy"
 
@@ -65,8 +67,7 @@ def _numpy_scatter_mean(frames, voxel: float, emb: np.ndarray) -> list[float]:
         z = fr.depth[v, u]
         pc = np.stack([(u - fr.K[0, 2]) * z / fr.K[0, 0], (v - fr.K[1, 2]) * z / fr.K[1, 1], z], 1)
         pw = pc @ fr.T_world_cam[:3, :3].T + fr.T_world_cam[:3, 3]
-        g = np.floor(pw / voxel).astype(np.int64) + (1 << 20)
-        k = (g[:, 0] << 42) | (g[:, 1] << 21) | g[:, 2]
+        k = pack_keys(np.floor(pw / voxel))
         e = emb[v * emb.shape[0] // H, u * emb.shape[1] // W]
         allk, inv = np.unique(np.concatenate([keys, k]), return_inverse=True)
         ns = np.zeros((allk.size, emb.shape[-1]), np.float32)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from find_ros.field.consistency import depth_consistency
-from find_ros.field.field import FeatureField, FieldConfig
+from find_ros.field.config import FieldConfig
+from find_ros.field.grid import FeatureField
 
 LOG = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from find_ros.field.field import FeatureField, FieldInputError
+from find_ros.field.config import FieldInputError
+from find_ros.field.grid import FeatureField
 
 
 def render_depth(xyz: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from find_ros.field.field import FeatureField, FieldConfig
+from find_ros.field.config import FieldConfig
+from find_ros.field.grid import FeatureField
 
 __all__ = ["evaluate_scene", "main", "parse_seeds"]
 

@@ -1,0 +1,120 @@
+"""Feature field settings (:class:`FieldConfig`), its errors, and the storage size a configuration takes."""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class FieldInputError(ValueError):
+    """An integrate/query input has the wrong shape, dtype or value."""
+
+
+class FieldSaveError(OSError):
+    """Saving a field failed; the previous file at the target path is untouched."""
+
+
+@dataclass
+class FieldConfig:
+    """Feature field settings.
+
+    voxel_size: voxel edge in metres.
+    block_resolution: voxels per block edge (blocks hold block_resolution**3 voxels).
+    embedding_dim: length D of the per-voxel embedding.
+    max_blocks: cap on active blocks; above it blocks are evicted (see ``eviction``). The field's storage grows with
+        the blocks written, up to ``capacity_blocks(...)`` = int(1.25 * cap) + 64 blocks (room for one frame's new
+        blocks before eviction runs).
+    memory_mb: optional budget (MiB, 2**20 bytes) for the voxel storage; None = no budget. When given, the block
+        cap is the largest whose capacity (int(1.25 * cap) + 64 blocks of ``block_bytes``) fits in the budget, and
+        the smaller of that and ``max_blocks`` wins (see :meth:`block_cap`). A budget too small for a cap of one
+        block raises :class:`FieldInputError`.
+    depth_max / depth_min: depth readings outside [depth_min, depth_max] metres are ignored.
+    trunc_voxels: TSDF truncation distance in voxels.
+    use_tsdf: keep a TSDF (and its weight); when off only surface voxels are allocated/updated.
+    surface_voxels: a voxel takes colour/embedding from a pixel when |measured depth - voxel depth| <= this many voxels.
+    eviction: "farthest" erases the blocks farthest from the current camera centre; "oldest" erases the blocks
+        least recently seen in a frame.
+    device: open3d device string for the voxel block grid (CPU:0 only is exercised).
+    """
+
+    voxel_size: float = 0.05
+    block_resolution: int = 8
+    embedding_dim: int = 64
+    max_blocks: int = 20000
+    memory_mb: float | None = None
+    depth_max: float = 5.0
+    depth_min: float = 0.1
+    trunc_voxels: float = 4.0
+    use_tsdf: bool = True
+    surface_voxels: float = 0.75
+    eviction: str = "farthest"
+    device: str = "CPU:0"
+
+    def __post_init__(self) -> None:
+        if self.voxel_size <= 0:
+            raise FieldInputError(f"voxel_size must be > 0, got {self.voxel_size}")
+        if self.block_resolution < 1 or self.embedding_dim < 1 or self.max_blocks < 1:
+            raise FieldInputError(
+                f"block_resolution/embedding_dim/max_blocks must be >= 1, got "
+                f"{self.block_resolution}/{self.embedding_dim}/{self.max_blocks}")
+        if not 0 <= self.depth_min < self.depth_max:
+            raise FieldInputError(f"need 0 <= depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
+        if self.eviction not in ("farthest", "oldest"):
+            raise FieldInputError(f"eviction must be 'farthest' or 'oldest', got {self.eviction!r}")
+        if self.memory_mb is not None:
+            m = self.memory_mb
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not math.isfinite(m) or m <= 0:
+                raise FieldInputError(f"memory_mb must be a finite number > 0 (MiB) or None, got {m!r}")
+            if self._budget_cap() < 1:
+                raise FieldInputError(
+                    f"memory_mb={m:g} MiB holds {self._budget_blocks()} blocks of {self.block_bytes} bytes "
+                    f"(D={self.embedding_dim}, {self.block_resolution}^3 voxels); a cap of one block needs "
+                    f"{_capacity_for(1)} blocks = {_capacity_for(1) * self.block_bytes / 2**20:.2f} MiB")
+
+    @property
+    def bytes_per_voxel(self) -> int:
+        """Stored bytes per voxel: obs 4, colour 12, embedding 2 D (float16), seen 4, tsdf + weight 8."""
+        return 4 + 12 + 2 * self.embedding_dim + 4 + (8 if self.use_tsdf else 0)
+
+    @property
+    def block_bytes(self) -> int:
+        """Stored bytes per block: block_resolution**3 voxels of ``bytes_per_voxel``."""
+        return self.block_resolution ** 3 * self.bytes_per_voxel
+
+    def _budget_blocks(self) -> int:
+        return int(self.memory_mb * 2**20 // self.block_bytes)
+
+    def _budget_cap(self) -> int:
+        """Largest cap whose capacity fits in ``memory_mb`` (0 when none does)."""
+        n = self._budget_blocks()
+        cap = max(0, int((n - 64) / 1.25))
+        while cap > 0 and _capacity_for(cap) > n:  # float rounding of the 1.25 factor
+            cap -= 1
+        while _capacity_for(cap + 1) <= n:
+            cap += 1
+        return cap
+
+    @property
+    def block_cap(self) -> int:
+        """Active blocks kept: ``max_blocks``, or the budget's cap when ``memory_mb`` is given and it is smaller."""
+        return self.max_blocks if self.memory_mb is None else min(self.max_blocks, self._budget_cap())
+
+    @property
+    def capacity_blocks(self) -> int:
+        """Most blocks the storage ever holds: int(1.25 * block_cap) + 64."""
+        return _capacity_for(self.block_cap)
+
+
+def _capacity_for(cap: int) -> int:
+    """Storage blocks for a block cap: a frame's new blocks must fit before eviction brings it back to the cap."""
+    return int(cap * 1.25) + 64
+
+
+def check_pose(T: np.ndarray, name: str) -> np.ndarray:
+    """``T`` as a finite (4,4) float64 matrix, else :class:`FieldInputError` naming ``name``."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        raise FieldInputError(f"{name} must be a finite (4,4) matrix, got shape {T.shape}")
+    return T

@@ -1,0 +1,88 @@
+"""Projective fusion of one depth frame into the voxels of its blocks: TSDF, and colour and embedding averages
+on the surface voxels. Pure numpy over the field's flat attribute arrays (see :class:`FeatureField`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from find_ros.field.config import FieldConfig
+
+
+def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.ndarray, local: np.ndarray,
+               depth: np.ndarray, K: np.ndarray, T_cw: np.ndarray, pe: np.ndarray | None, color: np.ndarray | None,
+               *, config: FieldConfig, frame: int) -> None:
+    """Update, in place, the voxels of blocks ``buf`` (storage slots; integer coordinates ``block_keys``) of
+    ``store`` (name -> flat (slots * R^3, C) arrays) from one depth frame (metres, 0 = no reading) seen from
+    the world -> camera transform ``T_cw``; ``local`` (R^3, 3) are voxel offsets in a block (metres).
+
+    The TSDF (when ``config.use_tsdf``) averages over the truncation band; colour and embedding average over
+    voxels within ``surface_voxels`` of the measured surface (embedding from ``pe`` at the pixel's place in
+    its grid, else from ``color``, else left as is); ``seen`` of each touched block becomes ``frame + 1``.
+    """
+    cfg = config
+    H, W = depth.shape
+    r3 = local.shape[0]
+    idx = (buf[:, None] * r3 + np.arange(r3, dtype=np.int64)[None, :]).ravel()
+    keys = block_keys.astype(np.float64)
+    origin = keys * (cfg.block_resolution * cfg.voxel_size)
+    R = T_cw[:3, :3]
+    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul)
+    pc = ((origin @ R.T + T_cw[:3, 3]).astype(np.float32)[:, None, :]
+          + (local @ R.T.astype(np.float32))[None, :, :]).reshape(-1, 3)
+    z = pc[:, 2]
+    zs = np.where(z > 1e-6, z, 1.0)
+    u = np.floor(pc[:, 0] * (K[0, 0] / zs) + K[0, 2] + 0.5).astype(np.int64)  # nearest pixel
+    v = np.floor(pc[:, 1] * (K[1, 1] / zs) + K[1, 2] + 0.5).astype(np.int64)
+    ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    idx, z, u, v = idx[ok], z[ok], u[ok], v[ok]
+    d = depth[v, u]
+    sdf = d - z
+    valid = d > 0
+    vs = cfg.voxel_size
+    band = _fuse_tsdf(store, idx, sdf, valid, trunc=cfg.trunc_voxels * vs) if cfg.use_tsdf else None
+    surf = valid & (np.abs(sdf) <= cfg.surface_voxels * vs)
+    si, su, sv = idx[surf], u[surf], v[surf]
+    if si.size == 0:
+        return
+    obs = store["obs"]
+    o_old = obs[si, 0:1]
+    inv = 1.0 / (o_old + 1.0)
+    if color is not None:
+        col = store["color"]
+        col[si] = (col[si] * o_old + color[sv, su].astype(np.float32)) * inv
+    emb = store["embedding"]
+    if pe is not None:
+        h, w_ = pe.shape[:2]
+        eu = np.minimum((su * w_) // W, w_ - 1)
+        ev = np.minimum((sv * h) // H, h - 1)
+        e_new = pe[ev, eu]
+    elif color is not None:
+        e_new = color_feature(color[sv, su], cfg.embedding_dim)
+    else:
+        e_new = None
+    if e_new is not None:
+        emb[si] = ((emb[si].astype(np.float32) * o_old + e_new) * inv).astype(np.float16)
+    obs[si, 0] = o_old[:, 0] + 1.0
+    store["seen"][idx[band if cfg.use_tsdf else surf] // r3 * r3, 0] = float(frame + 1)
+
+
+def _fuse_tsdf(store: dict[str, np.ndarray], idx: np.ndarray, sdf: np.ndarray, valid: np.ndarray, *,
+               trunc: float) -> np.ndarray:
+    """Running TSDF average over the voxels ``idx`` within the truncation band; returns the band mask."""
+    band = valid & (sdf >= -trunc)
+    bi = idx[band]
+    tsdf_new = np.minimum(sdf[band] / trunc, 1.0).astype(np.float32)
+    tsdf = store["tsdf"]
+    w = store["weight"]
+    w_old = w[bi, 0]
+    tsdf[bi, 0] = (tsdf[bi, 0] * w_old + tsdf_new) / (w_old + 1.0)
+    w[bi, 0] = w_old + 1.0
+    return band
+
+
+def color_feature(rgb: np.ndarray, embedding_dim: int) -> np.ndarray:
+    """Fallback embedding when no model is given: centred, unit-norm RGB padded with zeros to D."""
+    f = np.zeros((rgb.shape[0], embedding_dim), np.float32)
+    c = rgb.astype(np.float32) / 255.0 - 0.5
+    n = min(3, embedding_dim)
+    f[:, :n] = c[:, :n]
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-6)
