@@ -10,10 +10,10 @@ from find_ros.model.data import (
     ObjectInfo,
     ShardDataset,
     SimFindDataset,
-    _referring,
-    _relation_matrix,
     build_shards,
     is_heldout_pair,
+    referring_phrases,
+    relation_matrix,
     vocabulary,
 )
 
@@ -136,10 +136,10 @@ def test_referring_phrases_single_out_targets():
         2: (np.array([2.0, 0.0, 0.0]), np.array([2.2, 0.2, 0.2])),
         3: (np.array([1.0, 0.0, 0.0]), np.array([1.2, 0.2, 0.2])),
     }
-    rel = _relation_matrix(objs, boxes)
+    rel = relation_matrix(objs, boxes)
     assert rel["left of"][0, 2] and rel["right of"][1, 2] and not rel["left of"][1, 2]
     for seed in range(10):
-        refs = {r.object_id: r for r in _referring(objs, rel, np.random.default_rng(seed))}
+        refs = {r.object_id: r for r in referring_phrases(objs, rel, np.random.default_rng(seed))}
         assert set(refs) == {1, 2, 3}
         assert refs[1].relation is not None and refs[2].relation is not None
         assert refs[1].phrase != refs[2].phrase
