@@ -7,6 +7,10 @@
     ros2 launch find_ros perception.launch.py params_file:=my.yaml autostart:=false   # under a lifecycle manager
     ros2 launch find_ros perception.launch.py --show-args
 
+Clicks teach stored references: RViz's Publish Point (/clicked_point) and rqt_image_view clicks on find/overlay
+(find/overlay_mouse_left) are remapped to the node's find/clicked_point and find/clicked_pixel
+(clicked_point_topic:=, clicked_pixel_topic:=).
+
 Node parameters as launch arguments (autostart, grounder, model_path, device, camera_pose_source, world_frame,
 field_enable, field_voxel_size, score_threshold, sensor_reliability; ``find_ros.ros.launch_args``) default to the
 empty string, "not given": then the params file's value applies (``config/perception.yaml`` unless
@@ -38,6 +42,14 @@ INPUT_REMAPS = (
     ("odom_topic", "camera/odom", "camera odometry (with camera_pose_source:=odom)"),
 )
 
+# (launch argument, topic the node subscribes, default source, description): clicks that teach stored references
+CLICK_REMAPS = (
+    ("clicked_point_topic", "find/clicked_point", "/clicked_point",
+     "3D clicks (geometry_msgs/PointStamped in the world frame; RViz's Publish Point tool) -> stored references"),
+    ("clicked_pixel_topic", "find/clicked_pixel", "find/overlay_mouse_left",
+     "pixel clicks on the colour image (PointStamped x=u, y=v; rqt_image_view on find/overlay) -> stored references"),
+)
+
 
 def _perception_node(context):
     """The node, with the launch arguments given non-empty as parameters after the params file."""
@@ -54,7 +66,8 @@ def _perception_node(context):
         output="screen",
         emulate_tty=True,
         parameters=parameters,
-        remappings=[(topic, LaunchConfiguration(name)) for name, topic, _ in INPUT_REMAPS],
+        remappings=[(topic, LaunchConfiguration(name)) for name, topic, _ in INPUT_REMAPS]
+        + [(topic, LaunchConfiguration(name)) for name, topic, _, _ in CLICK_REMAPS],
     )]
 
 
@@ -73,6 +86,8 @@ def generate_launch_description():
     args += [DeclareLaunchArgument(name, default_value="", description=argument_description(name))
              for name in PARAMETER_ARGUMENTS]
     args += [DeclareLaunchArgument(name, default_value=topic, description=desc) for name, topic, desc in INPUT_REMAPS]
+    args += [DeclareLaunchArgument(name, default_value=source, description=desc)
+             for name, _, source, desc in CLICK_REMAPS]
     return LaunchDescription([
         *args,
         # large images between processes: shared memory with a 64 MiB segment + UDP, no TCP (find_ros.ros.dds)

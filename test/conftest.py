@@ -3,7 +3,8 @@
 Every ROS test goes through these fixtures, so that a test cannot leave anything behind for the next one:
 
 - ``dds_environment`` (session, autouse): the only change to this process's environment, made with a
-  ``MonkeyPatch`` and undone at the end: the shipped shared-memory Fast DDS profile (``config/fastdds_shm.xml``)
+  ``MonkeyPatch`` and undone at the end: a private ``ROS_HOME`` (node defaults such as the reference directory
+  live there, not in the user's ~/.ros) and the shipped shared-memory Fast DDS profile (``config/fastdds_shm.xml``)
   instead of ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``, whose TCP transport can deadlock when a participant is
   destroyed during a pending read (libfastdds 3.2.2; eProsima/Fast-DDS PR #6066). Tests never assign
   ``os.environ``; child processes get their environment from :func:`find_ros.ros.dds.process_env`.
@@ -32,10 +33,13 @@ from find_ros.ros.shutdown import release_context
 
 
 @pytest.fixture(scope="session", autouse=True)
-def dds_environment():
-    """The DDS transport of this process's participants (see the module docstring); undone after the session."""
+def dds_environment(tmp_path_factory):
+    """The DDS transport of this process's participants (see the module docstring) and a private ``ROS_HOME`` (the
+    nodes' default reference directory and ROS log directory live under it, never in the user's ~/.ros); undone
+    after the session."""
     remove_zombie_segments()  # what killed processes of earlier runs left in /dev/shm (64 MiB of RAM each)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_HOME", str(tmp_path_factory.mktemp("ros_home")))
         for key, value in transport_env().items():
             if value is None:
                 mp.delenv(key, raising=False)

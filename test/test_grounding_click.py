@@ -90,12 +90,12 @@ def test_reference_crop_grows_the_box_and_clips():
     rgb = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
     mask = np.zeros((48, 64), bool)
     mask[10:30, 20:40] = True
-    crop, cm = reference_crop(rgb, mask, margin=0.1)
-    assert crop.shape == (24, 24, 3) and cm.shape == (24, 24) and cm.sum() == mask.sum()
+    crop, cm, box = reference_crop(rgb, mask, margin=0.1)
+    assert crop.shape == (24, 24, 3) and cm.shape == (24, 24) and cm.sum() == mask.sum() and box == (18, 8, 42, 32)
     np.testing.assert_array_equal(crop, rgb[8:32, 18:42])
     corner = np.zeros((48, 64), bool)
     corner[0, 0] = True
-    crop, cm = reference_crop(rgb, corner, min_side=16)
+    crop, cm, _ = reference_crop(rgb, corner, min_side=16)
     assert crop.shape[:2] == (9, 9) and cm[0, 0]  # grown to 16 then clipped at the image edge
     with pytest.raises(ClickError):
         reference_crop(rgb, np.zeros((48, 64), bool))

@@ -189,6 +189,11 @@ def test_perception_launch_arguments_remaps_and_parameters():
         assert PARAMS_BY_NAME[name].description in description
     assert args["params_file"][0] == "<share>/config/perception.yaml" and args["namespace"][0] == ""
     assert all(args[n][0] == t for n, t, _ in remaps)
+    # clicks -> stored references: RViz's Publish Point and rqt_image_view's clicks on find/overlay by default
+    clicks = {n: (t, src) for n, t, src, _ in env["CLICK_REMAPS"]}
+    assert clicks == {"clicked_point_topic": ("find/clicked_point", "/clicked_point"),
+                      "clicked_pixel_topic": ("find/clicked_pixel", "find/overlay_mouse_left")}
+    assert all(args[n][0] == src for n, (_, src) in clicks.items())
 
     # the node is built in an OpaqueFunction once the arguments are known: the params file first, then only the
     # overrides node_parameter_overrides() computes from the given arguments (a later entry wins in launch_ros)

@@ -128,10 +128,10 @@ def mask_at_click(proposal_logits: np.ndarray, u: int, v: int, *, shape: tuple[i
 
 
 def reference_crop(rgb: np.ndarray, mask: np.ndarray, *, margin: float = 0.15,
-                   min_side: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """The reference image and mask of an object: the mask's bounding box grown by ``margin`` of its size on each
-    side (at least ``min_side`` pixels wide and high, clipped to the image). Raises :class:`ClickError` for an
-    empty mask or one that does not match the image."""
+                   min_side: int = 16) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """The reference image and mask of an object and the crop's box ``(x0, y0, x1, y1)`` in ``rgb``: the mask's
+    bounding box grown by ``margin`` of its size on each side (at least ``min_side`` pixels wide and high, clipped
+    to the image). Raises :class:`ClickError` for an empty mask or one that does not match the image."""
     if mask.shape != rgb.shape[:2]:
         raise ClickError("size_mismatch", f"mask {mask.shape} does not match the image {rgb.shape[:2]}")
     ys, xs = np.nonzero(mask)
@@ -143,4 +143,4 @@ def reference_crop(rgb: np.ndarray, mask: np.ndarray, *, margin: float = 0.15,
     grow_x = max(int(round((x1 - x0) * margin)), (min_side - (x1 - x0) + 1) // 2, 0)
     y0, y1 = max(y0 - grow_y, 0), min(y1 + grow_y, H)
     x0, x1 = max(x0 - grow_x, 0), min(x1 + grow_x, W)
-    return np.ascontiguousarray(rgb[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1])
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1]), (x0, y0, x1, y1)

@@ -191,6 +191,9 @@ class StoredReference:
     """How it was made: ``"point"`` (3D click), ``"pixel"`` (image click) or ``"image"`` (image given directly)."""
     created: float = dataclasses.field(default_factory=time.time)
     """Unix time (s) at which the reference was made."""
+    box: tuple[int, int, int, int] | None = None
+    """Where the crop lies in the source image, ``(x0, y0, x1, y1)`` pixels (end exclusive); None when the crop is
+    an image given directly."""
 
     def __post_init__(self) -> None:
         def bad(field: str, value: Any, why: str) -> InvalidStoredReference:
@@ -254,6 +257,15 @@ class StoredReference:
         if not math.isfinite(created):
             raise bad("created", created, "must be finite")
         object.__setattr__(self, "created", created)
+        if self.box is not None:
+            try:
+                b = tuple(int(v) for v in self.box)
+            except (TypeError, ValueError):
+                raise bad("box", self.box, f"must be 4 integers (x0, y0, x1, y1), got {self.box!r}") from None
+            if len(b) != 4 or b[0] < 0 or b[1] < 0 or b[2] - b[0] != crop.shape[1] or b[3] - b[1] != crop.shape[0]:
+                raise bad("box", self.box, f"must be (x0, y0, x1, y1) >= 0 spanning the {crop.shape[1]}x"
+                                           f"{crop.shape[0]} crop, got {self.box!r}")
+            object.__setattr__(self, "box", b)
 
     def to_reference(self) -> Reference:
         """The crop + mask as an instruction :class:`~find_ros.instruction.Reference`."""
@@ -337,6 +349,7 @@ def _meta(ref: StoredReference, sequence: int) -> dict[str, Any]:
         "sequence": sequence,
         "has_mask": ref.mask is not None,
         "crop_size": [int(ref.crop.shape[1]), int(ref.crop.shape[0])],
+        "box": None if ref.box is None else list(ref.box),
     }
 
 
@@ -380,6 +393,7 @@ def _read_entry(path: Path) -> tuple[StoredReference, int]:
             name=meta["name"], crop=crop, mask=mask, source_frame=meta["source_frame"], stamp_ns=meta["stamp_ns"],
             camera_pose=meta.get("camera_pose"), world_position=meta.get("world_position"),
             score=math.nan if score is None else score, origin=meta["origin"], created=meta.get("created", 0.0),
+            box=meta.get("box"),
         )
     except KeyError as e:
         raise _CorruptEntry(f"{meta_path} lacks the field {e.args[0]!r}") from None

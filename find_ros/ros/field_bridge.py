@@ -38,7 +38,7 @@ from find_ros.instruction import Instruction, InstructionError, parse_instructio
 from find_ros.ros import conversions as conv
 from find_ros.ros.params import PARAMS_BY_NAME
 from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
-from find_ros.ros.references import instruction_from_msg
+from find_ros.ros.references import instruction_from_msg, references_from_msgs
 from find_ros.srv import FieldFile, QueryField
 
 LOG = logging.getLogger(__name__)
@@ -128,10 +128,12 @@ class FieldBridge:
     """One feature field with its fusion worker, publishers, timer and services on ``node``."""
 
     def __init__(self, *, node: Any, params: dict[str, Any],
-                 instruction: Callable[[], Instruction | None] = lambda: None) -> None:
+                 instruction: Callable[[], Instruction | None] = lambda: None,
+                 resolve: Callable[..., Any] | None = None) -> None:
         self._node = node
         self._p = params
         self._instruction = instruction
+        self._resolve = resolve  # "<name>" -> stored references (ReferenceBridge.resolve), None = names not known
         self.field: FeatureField | None = None
         self.embedder: FieldEmbedder | None = None
         self._lock = threading.Lock()  # guards self.field
@@ -156,9 +158,10 @@ class FieldBridge:
         self.errors = 0
 
     @classmethod
-    def create(cls, node: Any, params: dict[str, Any],
-               instruction: Callable[[], Instruction | None] = lambda: None) -> "FieldBridge | None":
-        return cls(node=node, params=params, instruction=instruction) if params.get("field_enable") else None
+    def create(cls, node: Any, params: dict[str, Any], instruction: Callable[[], Instruction | None] = lambda: None,
+               resolve: Callable[..., Any] | None = None) -> "FieldBridge | None":
+        return cls(node=node, params=params, instruction=instruction, resolve=resolve) \
+            if params.get("field_enable") else None
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self, grounder: Any) -> None:
@@ -317,14 +320,19 @@ class FieldBridge:
     # ------------------------------------------------------------------ services
     def _request_instruction(self, req) -> Instruction:
         """The query's instruction: ``req.instruction`` (validated like the node's, :mod:`find_ros.ros.references`)
-        when its text is set, else ``req.text``."""
+        when its text is set, else ``req.text``; ``<name>`` placeholders name stored references like the node's."""
         ins = req.instruction
         if ins.text.strip():
             max_px = self._p.get("max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default)
+            if self._resolve is not None:
+                refs = references_from_msgs(ins.reference_images, ins.reference_masks, max_pixels=max_px)
+                return self._resolve(ins.text, refs, id=ins.id or "field-query").instruction
             return instruction_from_msg(ins.text, ins.reference_images, ins.reference_masks,
                                         id=ins.id or "field-query", max_pixels=max_px)
         if not req.text.strip():
             raise InstructionError("empty query: give text or instruction.text")
+        if self._resolve is not None:
+            return self._resolve(req.text, (), id="field-query").instruction
         return parse_instruction(req.text, [], id="field-query")
 
     @_never_raises

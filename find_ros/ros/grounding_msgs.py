@@ -53,14 +53,20 @@ def entity_msg(e: Any, *, header: Header, world_frame: str) -> GroundedEntity:
     return g
 
 
-def grounding_msg(header: Header, instruction: Any, result: Any, *, grounder: str,
-                  world_frame: str) -> tuple[Grounding, GroundedEntity | None]:
+def grounding_msg(header: Header, instruction: Any, result: Any, *, grounder: str, world_frame: str,
+                  resolved: Any = None) -> tuple[Grounding, GroundedEntity | None]:
     """The ``Grounding`` of ``result`` (``processing_ms`` left 0 for the caller) and its target: the found entity
-    with a pose and the highest score (the first of equals), None when there is none."""
+    with a pose and the highest score (the first of equals), None when there is none. With ``resolved`` (a
+    :class:`~find_ros.grounding.reference_store.ResolvedInstruction`) each entity carries the stored reference names
+    it mentions and its phrase as written (``"the <mug>"``)."""
     out = Grounding(header=header, instruction_id=instruction.id, instruction_text=instruction.text, grounder=grounder)
     best, best_score = None, -1.0
     for e in result.entities:
         g = entity_msg(e, header=header, world_frame=world_frame)
+        i = int(e.entity_index)
+        if resolved is not None and i < len(resolved.entity_names):
+            g.reference_names = list(resolved.entity_names[i])
+            g.phrase = resolved.entity_phrases[i]
         if g.pose_valid and e.score > best_score:
             best, best_score = g, float(e.score)
         out.entities.append(g)

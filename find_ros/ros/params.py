@@ -149,6 +149,29 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("field_path", str, "",
               "Default file of find/field/save (atomic replace) and find/field/load when the request's path is "
               "empty (empty: such requests are refused)."),
+    ParamSpec("reference_dir", str, "",
+              "Directory of the stored references taught by clicks or find/reference/add (one sub-directory per "
+              "name: crop.png, mask.png, meta.json; written atomically, loaded at activate). Empty = "
+              "$ROS_HOME/find_ros/references (ROS_HOME defaults to ~/.ros)."),
+    ParamSpec("reference_persist", bool, True,
+              "Keep stored references in reference_dir (they survive a restart); false = memory only."),
+    ParamSpec("reference_max_count", int, 64, "Most stored references; find/reference/add refuses more.",
+              range=(1, 10000)),
+    ParamSpec("click_min_score", float, 0.5,
+              "A click becomes a reference only when FIND's best segmentation proposal under it has at least this "
+              "mask probability there (a click on the floor or a wall scores near 0).", range=(0.0, 1.0)),
+    ParamSpec("click_surface_tolerance_m", float, 0.1,
+              "A 3D click must lie within this distance (along the optical axis) of the depth the camera measures "
+              "at its pixel, i.e. on the surface the camera sees.", range=(0.001, 10.0)),
+    ParamSpec("click_mask_depth_tolerance_m", float, 0.35,
+              "Pixels of the clicked proposal whose depth differs from the click's by more than this are not the "
+              "clicked object.", range=(0.01, 100.0)),
+    ParamSpec("click_max_age_s", float, 2.0,
+              "A click's stamp must be within this many seconds of the frame it is resolved in (the newest frame "
+              "for 3D clicks, the frame with the nearest stamp for pixel clicks; a zero stamp means 'now').",
+              range=(0.01, 3600.0)),
+    ParamSpec("click_overlay_frames", int, 30,
+              "Frames of find/overlay that mark a new reference's click and mask.", range=(0, 10000)),
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}

@@ -62,7 +62,8 @@ from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, decla
 from find_ros.ros.params import validate_value
 from find_ros.ros.pose_buffer import PoseBuffer, stamp_s
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
-from find_ros.ros.references import instruction_from_msg
+from find_ros.ros.reference_bridge import ReferenceBridge
+from find_ros.ros.references import references_from_msgs
 from find_ros.ros.shutdown import entry_point
 from find_ros.srv import SetInstruction
 
@@ -131,6 +132,8 @@ class PerceptionNode(LifecycleNode):
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._field: Any = None  # field hook: FieldBridge when field_enable
+        self._refs: ReferenceBridge | None = None  # stored references: clicks, find/reference/* services
+        self._resolved: Any = None  # the instruction in force with its stored-reference names (ResolvedInstruction)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ logging and counting
@@ -162,6 +165,8 @@ class PerceptionNode(LifecycleNode):
         fb = self._field
         if fb is not None:  # field hook
             d.update(fb.counters())
+        if self._refs is not None:
+            d.update(self._refs.counters())
         return d
 
     def _on_set_parameters(self, params) -> Any:
@@ -211,11 +216,13 @@ class PerceptionNode(LifecycleNode):
             "markers": mk(MarkerArray, "find/markers", OUTPUT_QOS),
             "status": mk(String, "find/status", OUTPUT_QOS),
         }
+        self._refs = ReferenceBridge(node=self, params=self._p)
         # field hook: the 3D feature field (find_ros/ros/field_bridge.py), only when field_enable
         try:
             from find_ros.ros.field_bridge import FieldBridge
 
-            self._field = FieldBridge.create(self, self._p, instruction=lambda: self._instruction)
+            self._field = FieldBridge.create(self, self._p, instruction=lambda: self._instruction,
+                                             resolve=self._refs.resolve)
         except Exception as e:
             self.get_logger().error(f"configure failed: feature field: {e}")
             self._destroy_publishers()
@@ -237,8 +244,15 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
         self._seen.clear()
-        self._instruction = None
+        self._instruction = self._resolved = None
         self._poses.clear()
+        try:  # stored references: loaded from reference_dir; clicks segment with the grounder's proposals
+            self._refs.activate(segment=getattr(self._grounder, "segment_proposals", None),
+                                model_lock=self._pipeline_lock)
+        except Exception as e:
+            self.get_logger().error(f"activate failed: stored references: {e}")
+            self._grounder = self._pipeline = None
+            return TransitionCallbackReturn.FAILURE
         self._create_inputs()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
@@ -252,6 +266,7 @@ class PerceptionNode(LifecycleNode):
                 self._teardown_active()  # field hook
                 return TransitionCallbackReturn.FAILURE  # field hook
         ret = super().on_activate(state)  # enables the lifecycle publishers
+        self._refs.publish()  # the latched reference list and markers
         kind = (f"the FIND model from {self._model}" if self._p["grounder"] == "find"
                 else "the HSV colour BASELINE (not FIND)")
         self.get_logger().info(f"active: grounding with {kind} ({self._grounder.name}); "
@@ -366,6 +381,8 @@ class PerceptionNode(LifecycleNode):
         self._worker = None
         if self._field is not None:  # field hook
             self._field.deactivate()
+        if self._refs is not None:
+            self._refs.deactivate()
         for t in self._tmrs:
             self.destroy_timer(t)
         for s in self._subs:
@@ -378,7 +395,7 @@ class PerceptionNode(LifecycleNode):
         with self._pipeline_lock:
             had_model = self._grounder is not None
             self._pipeline = self._grounder = None
-            self._instruction = None
+            self._instruction = self._resolved = None
         if had_model and "torch" in sys.modules:
             import torch
 
@@ -395,6 +412,9 @@ class PerceptionNode(LifecycleNode):
         if self._field is not None:  # field hook
             self._field.destroy()
             self._field = None
+        if self._refs is not None:
+            self._refs.destroy()
+            self._refs = None
         for p in self._pubs.values():
             self.destroy_lifecycle_publisher(p)
         self._pubs = {}
@@ -553,7 +573,7 @@ class PerceptionNode(LifecycleNode):
         with self._pipeline_lock:
             if self._pipeline is not None:
                 self._pipeline.clear_instruction()
-            self._instruction = None
+            self._instruction = self._resolved = None
         resp.success, resp.message = True, "instruction cleared"
         self.get_logger().info("instruction cleared")
         return resp
@@ -561,14 +581,18 @@ class PerceptionNode(LifecycleNode):
     def _set_instruction_from(self, text: str, images: list, masks: list, iid: str) -> tuple[bool, str, str]:
         """Convert, parse and embed an instruction; returns (accepted, message, id in force)."""
         try:
-            instruction = instruction_from_msg(text, images, masks, id=iid or f"ins-{uuid.uuid4().hex[:8]}",
-                                               max_pixels=self._p.get("max_image_pixels",
-                                                                      PARAMS_BY_NAME["max_image_pixels"].default))
+            refs = references_from_msgs(images, masks, max_pixels=self._p.get(
+                "max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default))
+            if self._refs is None:
+                raise InstructionError("node is not active")
+            # "<name>" placeholders -> stored references (find_ros.grounding.reference_store)
+            resolved = self._refs.resolve(text, refs, id=iid or f"ins-{uuid.uuid4().hex[:8]}")
+            instruction = resolved.instruction
             with self._pipeline_lock:
                 if self._pipeline is None:
                     raise InstructionError("node is not active")
                 self._pipeline.set_instruction(instruction)
-                self._instruction = instruction
+                self._instruction, self._resolved = instruction, resolved
         except (InstructionError, conv.ConversionError) as e:
             self._count("instructions_rejected")
             preview = text if len(text) <= 60 else text[:57] + "..."
@@ -582,7 +606,8 @@ class PerceptionNode(LifecycleNode):
         self._count("instructions")
         self.get_logger().info(
             f"instruction {instruction.id}: {instruction.text!r} -> entities "
-            f"{[e.phrase for e in instruction.entities]} ({len(instruction.references)} reference image(s))")
+            f"{list(resolved.entity_phrases)} ({len(instruction.references)} reference image(s)"
+            + (f", stored: {', '.join(resolved.names)})" if resolved.names else ")"))
         return True, "accepted", instruction.id
 
     # ------------------------------------------------------------------ worker
@@ -633,13 +658,18 @@ class PerceptionNode(LifecycleNode):
             return
         rgb, depth_m, K = self._check_frame(color, depth, info)
         T_world_cam = self._lookup_pose(color)
+        refs = self._refs
+        if refs is not None:  # clicks are resolved in recent frames
+            refs.remember(color.header, rgb, depth_m, K, T_world_cam)
         with self._pipeline_lock:
             if self._pipeline is None:
                 return
-            instruction = self._instruction
+            instruction, resolved = self._instruction, self._resolved
             if instruction is None:
                 if self._field is not None:  # field hook: no instruction: the field thread embeds the frame
                     self._field.feed(rgb, depth_m, K, T_world_cam)  # field hook
+                if refs is not None and refs.flashing() and self._p["publish_overlay"]:  # show a new reference
+                    self._pubs["overlay"].publish(build.overlay_msg(refs.decorate(rgb.copy()), color.header))
                 self._count("idle")
                 self._warn("no_instruction", "no instruction yet: publish text on find/instruction_text "
                                              "(std_msgs/String) or an InterleavedInstruction on find/instruction",
@@ -647,16 +677,18 @@ class PerceptionNode(LifecycleNode):
                 return
             result = self._pipeline.process(rgb, depth_m, K, T_world_cam)
             overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
+        if overlay is not None and refs is not None and refs.flashing():
+            refs.decorate(overlay)
         if self._field is not None:  # field hook: fuse with the grounder's own pixel embeddings (its thread)
             self._field.feed(rgb, depth_m, K, T_world_cam, result.pixel_embeddings)  # field hook
-        self._publish(color.header, instruction, result, overlay, t_receipt)
+        self._publish(color.header, instruction, result, overlay, t_receipt, resolved)
         self._count("processed")
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, header, instruction, result, overlay, t_receipt: float) -> None:
+    def _publish(self, header, instruction, result, overlay, t_receipt: float, resolved=None) -> None:
         out, best = build.grounding_msg(header, instruction, result,
                                         grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
-                                        world_frame=self._p["world_frame"])
+                                        world_frame=self._p["world_frame"], resolved=resolved)
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
         self._pubs["grounding"].publish(out)
         self._pubs["mask"].publish(build.label_mask_msg(result.label_mask, header))
@@ -669,6 +701,8 @@ class PerceptionNode(LifecycleNode):
             self._pubs["target_pose_world"].publish(target_world)
         if self._p["publish_markers"]:  # world frame when the camera pose is known (find_ros.ros.markers)
             self._pubs["markers"].publish(marker_array(out.entities, header))
+        if resolved is not None and resolved.names and self._refs is not None:  # last known reference positions
+            self._refs.observe(resolved, out.entities)
 
     def _publish_status(self) -> None:
         if "status" in self._pubs:
