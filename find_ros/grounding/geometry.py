@@ -29,6 +29,9 @@ import logging
 import cv2
 import numpy as np
 
+# GeometryError and the quaternion maths are the package's one implementation (find_ros.geometry), re-exported here
+from find_ros.geometry import GeometryError, matrix_from_quaternion, pose_to_matrix, quaternion_from_matrix
+
 __all__ = [
     "GeometryError",
     "MAX_POSE_POINTS",
@@ -54,10 +57,6 @@ _MAD_FLOOR_M = 0.01
 """Smallest robust standard deviation (m) used per axis, so a perfectly flat patch keeps its points."""
 
 
-class GeometryError(ValueError):
-    """Inputs of the geometry functions with the wrong shape, type or values; the message names them."""
-
-
 @dataclasses.dataclass
 class TargetPose:
     """A target's 3D pose with the orientation convention of the module docstring."""
@@ -78,10 +77,7 @@ class TargetPose:
 
     def matrix(self) -> np.ndarray:
         """(4, 4) homogeneous transform target frame -> ``frame``."""
-        T = np.eye(4)
-        T[:3, :3] = matrix_from_quaternion(self.orientation_xyzw)
-        T[:3, 3] = self.position
-        return T
+        return pose_to_matrix(self.position, self.orientation_xyzw)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -186,47 +182,6 @@ def facing_rotation(to_viewer: np.ndarray, up: np.ndarray) -> np.ndarray:
     z = _normalise(z)
     y = np.cross(z, x)
     return np.stack([x, y, z], axis=1)
-
-
-def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
-    """(4,) unit quaternion (x, y, z, w) with w >= 0 of a (3, 3) rotation matrix (or the rotation of a (4, 4))."""
-    R = np.asarray(R, dtype=np.float64)
-    if R.shape == (4, 4):
-        R = R[:3, :3]
-    if R.shape != (3, 3):
-        raise GeometryError(f"rotation must be (3, 3) or (4, 4), got {R.shape}")
-    m = R
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    # Shepperd's method: pick the largest of (w, x, y, z) for numerical stability
-    cands = np.array([tr, m[0, 0], m[1, 1], m[2, 2]])
-    i = int(np.argmax(cands))
-    if i == 0:
-        s = 2.0 * np.sqrt(max(1.0 + tr, 1e-300))
-        q = np.array([(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s])
-    elif i == 1:
-        s = 2.0 * np.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 1e-300))
-        q = np.array([0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s])
-    elif i == 2:
-        s = 2.0 * np.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 1e-300))
-        q = np.array([(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s])
-    else:
-        s = 2.0 * np.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 1e-300))
-        q = np.array([(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s])
-    q = q / np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def matrix_from_quaternion(q_xyzw: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix of a quaternion (x, y, z, w); the quaternion is normalised first."""
-    q = np.asarray(q_xyzw, dtype=np.float64)
-    if q.shape != (4,) or not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-12:
-        raise GeometryError(f"quaternion must be 4 finite numbers (x, y, z, w), not all zero, got {q.tolist()}")
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 # ---------------------------------------------------------------------------------------------- poses

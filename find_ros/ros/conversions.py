@@ -1,4 +1,4 @@
-"""ROS message <-> numpy conversions: Image, CameraInfo, Pose, PointCloud2.
+"""ROS message <-> numpy conversions: Image, CameraInfo, Pose, PointCloud2, Time stamps.
 
 Typed module functions in the style of cv_bridge / sensor_msgs_py. Neither is installable on this machine, so
 the image and cloud readers are our own; ``cv_bridge`` (in :func:`image_to_numpy`) and ``sensor_msgs_py``
@@ -11,9 +11,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
+
+from find_ros import geometry
+from find_ros.geometry import GeometryError
+from find_ros.stamps import ns_to_sec_nanosec, stamp_to_ns, stamp_to_s
 
 try:  # ROS 2 cv_bridge (not installable here; the PyPI "cv-bridge" is a ROS 1 port and fails on numpy 2)
     from cv_bridge import CvBridge as _CvBridge
@@ -29,7 +34,7 @@ except Exception:  # noqa: BLE001
 __all__ = [
     "ConversionError", "SUPPORTED_IMAGE_ENCODINGS", "RGB_ENCODINGS", "DEPTH_ENCODINGS", "check_image", "image_to_numpy", "numpy_to_image", "image_to_rgb",
     "image_to_depth_m", "camera_info_to_K", "camera_info_from_K", "pose_to_matrix", "matrix_to_pose",
-    "points_to_cloud2", "cloud2_to_numpy",
+    "points_to_cloud2", "cloud2_to_numpy", "stamp_to_ns", "stamp_to_s", "stamp_from_ns",
 ]
 
 
@@ -231,64 +236,34 @@ def camera_info_from_K(K: np.ndarray, width: int, height: int, *, header: Header
     return msg
 
 
-def _quat_to_R(x: float, y: float, z: float, w: float) -> np.ndarray:
-    n = math.sqrt(x * x + y * y + z * z + w * w)
-    if not math.isfinite(n) or n < 1e-9:
-        raise ConversionError(f"orientation quaternion ({x}, {y}, {z}, {w}) has zero or non-finite norm")
-    x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def _R_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w) with w >= 0 from a rotation matrix (Shepperd's method)."""
-    t = R[0, 0] + R[1, 1] + R[2, 2]
-    if t > 0:
-        s = 2.0 * math.sqrt(t + 1.0)
-        q = ((R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s)
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = (0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s)
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = ((R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = ((R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s)
-    q = np.asarray(q, dtype=np.float64)
-    q /= np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
-
-
 def pose_to_matrix(pose: Pose) -> np.ndarray:
-    """4x4 float64 homogeneous transform from a geometry_msgs/Pose (quaternion normalised)."""
+    """4x4 float64 homogeneous transform from a geometry_msgs/Pose (quaternion normalised; :mod:`find_ros.geometry`).
+
+    :class:`ConversionError` for a zero or non-finite quaternion or a non-finite position."""
     o, p = pose.orientation, pose.position
-    T = np.eye(4)
-    T[:3, :3] = _quat_to_R(o.x, o.y, o.z, o.w)
-    T[:3, 3] = (p.x, p.y, p.z)
-    if not np.all(np.isfinite(T)):
-        raise ConversionError(f"pose has non-finite position ({p.x}, {p.y}, {p.z})")
-    return T
+    try:
+        return geometry.pose_to_matrix((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
+    except GeometryError as e:
+        raise ConversionError(f"pose: {e}") from e
 
 
 def matrix_to_pose(T: np.ndarray) -> Pose:
-    """geometry_msgs/Pose from a 4x4 rigid transform (rotation block must be orthonormal within 1e-3)."""
-    T = np.asarray(T, dtype=np.float64)
-    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
-        raise ConversionError(f"expected a finite 4x4 transform, got shape {T.shape}")
-    R = T[:3, :3]
-    err = float(np.abs(R @ R.T - np.eye(3)).max())
-    if err > 1e-3 or np.linalg.det(R) < 0:
-        raise ConversionError(f"rotation block is not a proper rotation (|R R^T - I| = {err:.3g}, "
-                              f"det = {np.linalg.det(R):.3g})")
-    x, y, z, w = _R_to_quat(R)
-    return Pose(position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-                orientation=Quaternion(x=x, y=y, z=z, w=w))
+    """geometry_msgs/Pose (w >= 0) from a 4x4 rigid transform (rotation block orthonormal within 1e-3).
+
+    :class:`ConversionError` for another shape, non-finite values or a rotation block that is not a rotation."""
+    try:
+        t, q = geometry.matrix_to_pose(T)
+    except GeometryError as e:
+        raise ConversionError(str(e)) from e
+    return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def stamp_from_ns(ns: int) -> Time:
+    """``builtin_interfaces/Time`` of ``ns`` nanoseconds; the inverse of :func:`stamp_to_ns` (both, and
+    :func:`stamp_to_s`, from :mod:`find_ros.stamps`)."""
+    sec, nanosec = ns_to_sec_nanosec(ns)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 # PointField datatype -> numpy dtype

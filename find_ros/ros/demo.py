@@ -26,6 +26,7 @@ import numpy as np
 
 from find_ros.ros.dds import DEFAULT_TRANSPORT, claim_domain_id, process_env, select_for_this_process
 from find_ros.ros.shutdown import StopSignals, release_context, stop_process, stop_processes
+from find_ros.stamps import stamp_to_ns
 
 __all__ = ["cli", "run_demo", "DemoError", "DemoInterrupted"]
 
@@ -38,10 +39,6 @@ class DemoError(RuntimeError):
 
 class DemoInterrupted(DemoError):
     """A stop signal (SIGINT / SIGTERM) ended the demo early; its processes were stopped."""
-
-
-def _stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def _percentile(x: list[float], q: float) -> float | None:
@@ -109,19 +106,19 @@ class _Driver:
         from find_ros.ros.conversions import image_to_rgb
 
         self.camera_frames += 1
-        self._put(self.color, _stamp_ns(msg.header), image_to_rgb(msg).copy(), keep=4)
+        self._put(self.color, stamp_to_ns(msg.header.stamp), image_to_rgb(msg).copy(), keep=4)
 
     def _on_gt_instance(self, msg) -> None:
         from find_ros.ros.conversions import image_to_numpy
 
-        self._put(self.gt_instance, _stamp_ns(msg.header), image_to_numpy(msg).astype(np.int32), keep=60)
-        self._match(_stamp_ns(msg.header))
+        self._put(self.gt_instance, stamp_to_ns(msg.header.stamp), image_to_numpy(msg).astype(np.int32), keep=60)
+        self._match(stamp_to_ns(msg.header.stamp))
 
     def _on_mask(self, msg) -> None:
         from find_ros.ros.conversions import image_to_numpy
 
-        self._put(self.masks, _stamp_ns(msg.header), image_to_numpy(msg).copy(), keep=60)
-        self._match(_stamp_ns(msg.header))
+        self._put(self.masks, stamp_to_ns(msg.header.stamp), image_to_numpy(msg).copy(), keep=60)
+        self._match(stamp_to_ns(msg.header.stamp))
 
     def _on_overlay(self, msg) -> None:
         from find_ros.ros.conversions import image_to_rgb
@@ -133,10 +130,10 @@ class _Driver:
         now = time.time_ns()
         t = int(info["received_timestamp"]) if info and 0 < int(info.get("received_timestamp", 0)) <= now else now
         self.received += 1
-        self.latency.append((t - _stamp_ns(msg.header)) / 1e6)
+        self.latency.append((t - stamp_to_ns(msg.header.stamp)) / 1e6)
         self.processing_ms.append(float(msg.processing_ms))
-        self._put(self.groundings, _stamp_ns(msg.header), msg, keep=60)
-        self._match(_stamp_ns(msg.header))
+        self._put(self.groundings, stamp_to_ns(msg.header.stamp), msg, keep=60)
+        self._match(stamp_to_ns(msg.header.stamp))
 
     @staticmethod
     def _put(d: collections.OrderedDict, key: int, value: Any, *, keep: int) -> None:

@@ -78,10 +78,10 @@ def run_bag(bag_path: str | Path, instructions: list[Instruction], out: str | Pa
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from find_ros.msg import InterleavedInstruction
+    from find_ros.ros.conversions import stamp_from_ns
     from find_ros.ros.dds import claim_domain_id
     from find_ros.ros.params import ParameterError, validate_all, validate_value, PARAMS_BY_NAME
     from find_ros.ros.perception_node import PerceptionNode
-    from find_ros.ros.replay_node import stamp_msg
     from find_ros.ros.shutdown import release_context
     from find_ros.ros.sim_camera_node import RgbdPublisher
     from find_ros.srv import SetInstruction
@@ -222,7 +222,7 @@ def run_bag(bag_path: str | Path, instructions: list[Instruction], out: str | Pa
                 apply(pending.pop(0))
             before = counters()
             t_pub = time.monotonic()
-            camera.publish(stamp=stamp_msg(frame.stamp_ns), color=frame.color, depth_m=frame.depth, K=frame.K,
+            camera.publish(stamp=stamp_from_ns(frame.stamp_ns), color=frame.color, depth_m=frame.depth, K=frame.K,
                            T_world_cam=frame.T_world_cam)
             frames_published += 1
             recorder.last_stamp_ns = max(recorder.last_stamp_ns, frame.stamp_ns)

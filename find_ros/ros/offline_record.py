@@ -10,6 +10,7 @@ from typing import Any
 
 from find_ros.ros.offline_plan import RunError
 from find_ros.sim.bag import default_typestore
+from find_ros.stamps import stamp_to_ns
 
 __all__ = ["OUTPUT_TOPICS", "FIELD_TOPIC", "find_ros_msg_dir", "output_typestore", "qos_record", "OutputRecorder"]
 
@@ -102,7 +103,7 @@ class OutputRecorder:
         header = getattr(msg, "header", None)
         if header is None and getattr(msg, "markers", None):
             header = msg.markers[0].header
-        stamp = 0 if header is None else int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        stamp = 0 if header is None else stamp_to_ns(header.stamp)
         if stamp not in self.frame_stamps:
             stamp = self.last_stamp_ns
         self.writer.write(self._conns[topic], stamp, serialize_message(msg))

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from find_ros.stamps import stamp_to_s
+
 __all__ = ["PoseBuffer", "stamp_s", "POSE_BUFFER", "POSE_WAIT_S", "POSE_STREAM_ALIVE_S"]
 
 POSE_BUFFER = 64
@@ -28,8 +30,8 @@ POSE_STREAM_ALIVE_S = 1.0
 
 
 def stamp_s(header: Any) -> float:
-    """A ``std_msgs/Header``'s stamp in seconds."""
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
+    """A ``std_msgs/Header``'s stamp in seconds (:func:`find_ros.stamps.stamp_to_s` of ``header.stamp``)."""
+    return stamp_to_s(header.stamp)
 
 
 class PoseBuffer:

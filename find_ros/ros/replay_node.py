@@ -38,11 +38,11 @@ import time
 from typing import Any, Iterator
 
 import rclpy
-from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
+from find_ros.ros.conversions import stamp_from_ns as stamp_msg  # re-exported: Time of ns nanoseconds
 from find_ros.ros.shutdown import StopSignals, entry_point, release_context
 from find_ros.ros.sim_camera_node import FrameTimer, ParameterValueError, RgbdPublisher, declare, spin_until_done
 
@@ -92,11 +92,6 @@ def bag_config(p: dict[str, Any]) -> BagConfig:
         return BagConfig(**kw)
     except BagConfigError as e:
         raise ParameterValueError(f"parameter {BAG_PREFIX}{e}") from None
-
-
-def stamp_msg(ns: int) -> Time:
-    """``builtin_interfaces/Time`` of ``ns`` nanoseconds."""
-    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
 def set_publisher_reliability(node: Node, holder: Any, attrs: tuple[str, ...], reliability: str) -> None:

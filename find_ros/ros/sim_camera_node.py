@@ -132,7 +132,7 @@ class RgbdPublisher:
             if self.odom is not None:
                 odom = Odometry(header=wh, child_frame_id=self.frame_id)
                 odom.pose.pose = pose
-                t = stamp.sec + stamp.nanosec * 1e-9
+                t = conv.stamp_to_s(stamp)
                 if self._last_T is not None and t > self._last_T[0]:
                     # body-frame linear velocity by finite difference (angular left 0: not needed by consumers)
                     dt = t - self._last_T[0]

@@ -11,6 +11,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from find_ros.geometry import pose_to_matrix as quat_to_matrix  # (4, 4) from translation (3,) and (qx, qy, qz, qw)
+
 LOG = logging.getLogger(__name__)
 
 TUM_INTRINSICS: dict[str, tuple[float, float, float, float]] = {
@@ -49,17 +51,6 @@ class RGBDFrame:
 
 def _K(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-
-
-def quat_to_matrix(t, q) -> np.ndarray:
-    """(4, 4) from translation (3,) and unit quaternion (qx, qy, qz, qw)."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = t
-    return T
 
 
 class FrameSequence(Sequence):

@@ -4,15 +4,17 @@ naming the encoding, sizes or values at fault."""
 from __future__ import annotations
 
 import collections
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from find_ros.sim.datasets import quat_to_matrix
+# matrix_to_pose is re-exported: ((x, y, z), (qx, qy, qz, qw)) of a rigid 4x4, qw >= 0 (find_ros.geometry)
+from find_ros.geometry import GeometryError, matrix_to_pose
+from find_ros.geometry import pose_to_matrix as _pose_to_matrix
 from find_ros.sim.bag.config import (COLOR_ENCODINGS, COMPRESSED_TYPE, DEPTH_ENCODINGS, IMAGE_TYPE, BagError,
                                      MalformedMessage)
+from find_ros.stamps import stamp_to_ns
 
 __all__ = ["stamp_ns", "image_array", "decode_color", "decode_depth", "decode_camera_info", "pose_to_matrix",
            "matrix_to_pose", "frame_name", "TfTree", "default_typestore", "resolve_bag_path"]
@@ -25,8 +27,8 @@ _LAYOUT: dict[str, tuple[np.dtype, int]] = {
 
 
 def stamp_ns(header: Any) -> int:
-    """Nanoseconds of a (rosbags) ``std_msgs/Header`` stamp."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    """Nanoseconds of a (rosbags) ``std_msgs/Header`` stamp (:func:`find_ros.stamps.stamp_to_ns`)."""
+    return stamp_to_ns(header.stamp)
 
 
 def image_array(msg: Any, encodings: tuple[str, ...], what: str) -> np.ndarray:
@@ -100,35 +102,13 @@ def decode_camera_info(msg: Any) -> tuple[np.ndarray, int, int]:
 def pose_to_matrix(position: Any, orientation: Any) -> np.ndarray:
     """(4, 4) from a position (x, y, z attributes) and quaternion (x, y, z, w attributes), normalised;
     :class:`MalformedMessage` (kind ``pose``) when non-finite or of zero norm."""
-    t = np.array([position.x, position.y, position.z], dtype=np.float64)
-    q = np.array([orientation.x, orientation.y, orientation.z, orientation.w], dtype=np.float64)
-    n = float(np.linalg.norm(q))
-    if not (np.all(np.isfinite(t)) and math.isfinite(n)) or n < 1e-9:
-        raise MalformedMessage("pose", f"pose with position {t.tolist()} and quaternion {q.tolist()} is unusable")
-    return quat_to_matrix(t, q / n)
-
-
-def matrix_to_pose(T: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float, float]]:
-    """``((x, y, z), (qx, qy, qz, qw))`` of a 4x4 rigid transform (qw >= 0)."""
-    T = np.asarray(T, dtype=np.float64)
-    R = T[:3, :3]
-    tr = R[0, 0] + R[1, 1] + R[2, 2]
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = ((R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s)
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        q = (0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s)
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        q = ((R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s)
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        q = ((R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s)
-    qa = np.asarray(q) / np.linalg.norm(q)
-    if qa[3] < 0:
-        qa = -qa
-    return (float(T[0, 3]), float(T[1, 3]), float(T[2, 3])), tuple(float(v) for v in qa)  # type: ignore[return-value]
+    t = (position.x, position.y, position.z)
+    q = (orientation.x, orientation.y, orientation.z, orientation.w)
+    try:
+        return _pose_to_matrix(t, q)
+    except GeometryError:
+        raise MalformedMessage("pose", f"pose with position {np.asarray(t, dtype=np.float64).tolist()} and quaternion "
+                                       f"{np.asarray(q, dtype=np.float64).tolist()} is unusable") from None
 
 
 def frame_name(name: str) -> str:

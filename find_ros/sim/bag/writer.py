@@ -8,6 +8,7 @@ import numpy as np
 
 from find_ros.sim.bag.config import CAMERA_INFO_TYPE, IMAGE_TYPE, POSE_TYPES, TF_TYPE, BagConfig, topic_name
 from find_ros.sim.bag.decode import default_typestore, matrix_to_pose
+from find_ros.stamps import ns_to_sec_nanosec
 
 __all__ = ["RgbdBagWriter"]
 
@@ -63,7 +64,8 @@ class RgbdBagWriter:
         return self.typestore.types[name](**kw)
 
     def _header(self, stamp: int, frame_id: str) -> Any:
-        t = self._msg("builtin_interfaces/msg/Time", sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+        sec, nanosec = ns_to_sec_nanosec(stamp)
+        t = self._msg("builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
         return self._msg("std_msgs/msg/Header", stamp=t, frame_id=frame_id)
 
     def image_msg(self, arr: np.ndarray, encoding: str, *, stamp: int, frame_id: str | None = None) -> Any:
@@ -91,7 +93,8 @@ class RgbdBagWriter:
         log = int(stamp_ns if log_ns is None else log_ns)
         stamp = int(stamp_ns)
         if T_world_cam is not None and self.pose is not None:
-            (x, y, z), (qx, qy, qz, qw) = matrix_to_pose(T_world_cam)
+            position, orientation = matrix_to_pose(T_world_cam)
+            (x, y, z), (qx, qy, qz, qw) = position.tolist(), orientation.tolist()
             pose = self._msg("geometry_msgs/msg/Pose",
                              position=self._msg("geometry_msgs/msg/Point", x=x, y=y, z=z),
                              orientation=self._msg("geometry_msgs/msg/Quaternion", x=qx, y=qy, z=qz, w=qw))
