@@ -97,3 +97,16 @@ def test_a_flat_extent_still_draws():
     e.extent = Vector3(x=0.0, y=0.3, z=0.0)
     (box,) = _by_ns(marker_array([e], _header()).markers, TARGETS_NS)
     assert min(box.scale.x, box.scale.y, box.scale.z) > 0
+
+
+def test_markers_and_overlay_share_one_palette():
+    from find_ros.grounding import pipeline
+    from find_ros.ros.markers import MARKER_COLOURS
+
+    assert MARKER_COLOURS is pipeline.ENTITY_COLOURS
+    # the overlay's 8-bit colours, as they were written out before the palette had one definition
+    assert pipeline._PALETTE == ((242, 64, 51), (51, 153, 242), (77, 217, 89), (242, 204, 51), (191, 89, 230),
+                                 (51, 217, 217))
+    e = _entity(index=7, world=True)
+    (box,) = _by_ns(marker_array([e], _header()).markers, TARGETS_NS)
+    assert (box.color.r, box.color.g, box.color.b) == pytest.approx(MARKER_COLOURS[7 % len(MARKER_COLOURS)])

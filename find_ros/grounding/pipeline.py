@@ -22,11 +22,15 @@ from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
 from find_ros.instruction import Instruction
 
 __all__ = ["ConfigError", "FrameError", "PipelineConfig", "TrackedEntity", "FrameResult", "VideoGrounder",
-           "mean_embedding"]
+           "mean_embedding", "ENTITY_COLOURS"]
 
 log = logging.getLogger(__name__)
 
-_PALETTE = ((242, 64, 51), (51, 153, 242), (77, 217, 89), (242, 204, 51), (191, 89, 230), (51, 217, 217))
+ENTITY_COLOURS: tuple[tuple[float, float, float], ...] = (
+    (0.95, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.35), (0.95, 0.8, 0.2), (0.75, 0.35, 0.9), (0.2, 0.85, 0.85))
+"""RGB (0..1) of each entity by entity index (cycled): the overlay's tint, boxes and labels, and the RViz markers
+(:data:`find_ros.ros.markers.MARKER_COLOURS`)."""
+_PALETTE = tuple(tuple(int(c * 255 + 0.5) for c in rgb) for rgb in ENTITY_COLOURS)  # 8-bit RGB for the overlay
 
 
 class ConfigError(ValueError):

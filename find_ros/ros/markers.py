@@ -19,15 +19,16 @@ from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from find_ros.grounding.pipeline import ENTITY_COLOURS
 from find_ros.msg import GroundedEntity
 from find_ros.ros import conversions as conv
 
 __all__ = ["MARKER_COLOURS", "TARGETS_NS", "LABELS_NS", "MIN_SCALE_M", "LABEL_GAP_M", "LABEL_HEIGHT_M",
            "marker_frame", "label_text", "entity_markers", "marker_array"]
 
-MARKER_COLOURS: tuple[tuple[float, float, float], ...] = (
-    (0.95, 0.25, 0.2), (0.2, 0.6, 0.95), (0.3, 0.85, 0.35), (0.95, 0.8, 0.2), (0.75, 0.35, 0.9), (0.2, 0.85, 0.85))
-"""RGB of the boxes, by entity index (cycled)."""
+MARKER_COLOURS = ENTITY_COLOURS
+"""RGB of the boxes, by entity index (cycled): the overlay's colours
+(:data:`find_ros.grounding.pipeline.ENTITY_COLOURS`)."""
 TARGETS_NS = "find/targets"
 """Namespace of the boxes (marker id = entity index)."""
 LABELS_NS = "find/labels"
