@@ -2,7 +2,7 @@
 
 ``find-ros demo`` (sim camera + perception node + scripted instructions), ``train`` / ``eval``
 (FIND model), ``field`` (3D feature field tools), ``bench`` (benchmarks), ``run`` (the perception node over a
-recorded rosbag2, outputs recorded into a new one). A subcommand whose module
+recorded rosbag2, outputs recorded into a new one), ``reference-eval`` (clicks -> stored references, measured). A subcommand whose module
 is not part of this install says so and returns 2.
 """
 from __future__ import annotations
@@ -19,12 +19,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "field": ("find_ros.field.cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
     "bench": ("find_ros.bench", "cli", "speed benchmarks"),
     "run": ("find_ros.ros.offline", "cli", "perception node over a recorded rosbag2; outputs to a new rosbag2 + summary"),
+    "reference-eval": ("find_ros.ros.reference_eval", "main",
+                       "click-to-reference evaluation over DDS: sim clicks -> stored references -> 'the <name>'"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: find-ros <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<6} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     lines.append("\n'find-ros <command> --help' shows a command's options.")
     return "\n".join(lines)
 

@@ -232,3 +232,15 @@ def test_references_survive_a_restart_and_baseline_refuses_clicks(ros, tmp_path,
     assert (conv.image_to_numpy(m.mask) > 0).sum() == 60 * 60
     r = again.call(again.add, req)
     assert not r.success and "[DuplicateReferenceName]" in r.message
+
+
+def test_reference_evaluation_runs_and_measures_one_scene():
+    """`find-ros reference-eval` on one scene (field off, 4 later views): every sizeable object clicked, the masks
+    overlap the objects, 'the <name>' grounds them, and every bad click is refused with nothing stored."""
+    from find_ros.ros.reference_eval import EvalConfig, run
+
+    report = run(EvalConfig(seeds=(603,), n_views=12, ground_views=(3, 6, 9), field=False))
+    s = report["summary"]
+    assert s["objects"] >= 3 and s["point_click_mean_iou"] >= 0.7 and s["ground_mean_iou"] >= 0.5, s
+    assert all(b["refused"] and b["stored_nothing"] and b["kind_named"] for b in report["bad_clicks"]), \
+        report["bad_clicks"]

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import Point, Pose, PoseStamped
+from geometry_msgs.msg import Pose, PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -60,7 +60,9 @@ from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.markers import marker_array
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
 from find_ros.ros.params import validate_value
-from find_ros.ros.pose_buffer import PoseBuffer, stamp_s
+from find_ros.ros.pose_buffer import PoseBuffer
+from find_ros.ros.tf import transform_to_matrix
+from find_ros.stamps import stamp_to_s
 from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
 from find_ros.ros.reference_bridge import ReferenceBridge
 from find_ros.ros.references import references_from_msgs
@@ -471,11 +473,11 @@ class PerceptionNode(LifecycleNode):
             self._mf_relays[stream].signalMessage(msg)
         elif self._sync is not None:
             before = self._sync.discarded
-            self._sync.add(stream, stamp_s(msg.header), msg)
+            self._sync.add(stream, stamp_to_s(msg.header.stamp), msg)
             if self._sync.discarded > before:
                 self._count("out_of_order")
-                self._warn("out_of_order", f"{stream} message stamped {stamp_s(msg.header):.3f} is not newer than "
-                                           "the last matched frame set: dropped (clock jump or replay restart?)")
+                self._warn("out_of_order", f"{stream} message stamped {stamp_to_s(msg.header.stamp):.3f} is not "
+                                           "newer than the last matched frame set: dropped (clock jump or replay restart?)")
 
     def _is_future(self, stream: str, msg: Any) -> bool:
         """Drop (counted, logged) a message stamped more than max_stamp_age_s ahead of the node clock.
@@ -485,7 +487,7 @@ class PerceptionNode(LifecycleNode):
         max_age = self._p["max_stamp_age_s"]
         if max_age <= 0:
             return False
-        ahead = stamp_s(msg.header) - self.get_clock().now().nanoseconds * 1e-9
+        ahead = stamp_to_s(msg.header.stamp) - self.get_clock().now().nanoseconds * 1e-9
         if ahead <= max_age:
             return False
         self._count("future")
@@ -498,7 +500,7 @@ class PerceptionNode(LifecycleNode):
         max_age = self._p["max_stamp_age_s"]
         if max_age <= 0:
             return False
-        age = self.get_clock().now().nanoseconds * 1e-9 - stamp_s(color.header)
+        age = self.get_clock().now().nanoseconds * 1e-9 - stamp_to_s(color.header.stamp)
         if age <= max_age:
             return False
         self._count("stale")
@@ -533,13 +535,13 @@ class PerceptionNode(LifecycleNode):
         if header.frame_id and header.frame_id != self._p["world_frame"]:
             self._warn("pose_frame", f"camera pose is in frame {header.frame_id!r} but world_frame is "
                                      f"{self._p['world_frame']!r}; using it as the world frame")
-        self._poses.add(stamp_s(header), T)
+        self._poses.add(stamp_to_s(header.stamp), T)
 
     def _lookup_pose(self, color: Image) -> np.ndarray | None:
         src = self._p["camera_pose_source"]
         if src == "none":
             return None
-        t = stamp_s(color.header)
+        t = stamp_to_s(color.header.stamp)
         if src == "tf":  # pragma: no cover - tf2_ros is not installable here
             try:
                 tr = self._tf_buffer.lookup_transform(self._p["world_frame"], color.header.frame_id,
@@ -547,8 +549,7 @@ class PerceptionNode(LifecycleNode):
             except Exception as e:
                 self._warn("pose_missing", f"no tf {self._p['world_frame']} -> {color.header.frame_id}: {e}")
                 return None
-            q, v = tr.transform.rotation, tr.transform.translation
-            return conv.pose_to_matrix(Pose(position=Point(x=v.x, y=v.y, z=v.z), orientation=q))
+            return transform_to_matrix(tr)
         T = self._poses.lookup(t, slop_s=self._p["sync_slop_s"])
         if T is None:
             self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "

@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
-from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PointStamped, Pose, Quaternion, Vector3
 from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
@@ -44,7 +43,7 @@ from find_ros.ros import conversions as conv
 from find_ros.ros.qos import LATCHED_QOS
 from find_ros.ros.references import references_from_msgs
 from find_ros.srv import AddReference, ListReferences, RemoveReference
-from find_ros.stamps import stamp_to_ns
+from find_ros.stamps import NS_PER_S, stamp_to_ns
 
 __all__ = ["ReferenceBridge", "CLICKED_POINT_TOPIC", "CLICKED_PIXEL_TOPIC", "REFERENCES_TOPIC",
            "REFERENCE_MARKERS_TOPIC", "ADD_SERVICE", "LIST_SERVICE", "REMOVE_SERVICE", "FRAMES_KEPT"]
@@ -60,7 +59,6 @@ LIST_SERVICE = "find/reference/list"
 REMOVE_SERVICE = "find/reference/remove"
 FRAMES_KEPT = 8
 """Recent frames kept for clicks (a pixel click picks the one with the nearest stamp): about 2 MB each at 640x480."""
-_NS = 1_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +94,6 @@ def _answer(fn):
             return resp
 
     return wrapper
-
-
-def _stamp(ns: int) -> Time:
-    return Time(sec=int(ns // _NS), nanosec=int(ns % _NS))
 
 
 class ReferenceBridge:
@@ -266,7 +260,7 @@ class ReferenceBridge:
         if stamp_ns == 0:
             return frames[-1]
         frame = min(frames, key=lambda f: abs(f.stamp_ns - stamp_ns)) if nearest else frames[-1]
-        dt = (stamp_ns - frame.stamp_ns) / _NS
+        dt = (stamp_ns - frame.stamp_ns) / NS_PER_S
         max_age = float(self._p["click_max_age_s"])
         if dt > max_age:
             raise ClickError("future_stamp", f"click stamp is {dt:.2f} s after the newest frame (click_max_age_s "
@@ -394,7 +388,7 @@ class ReferenceBridge:
         thumb, tmask = r.thumbnail(max_side=128)
         m = StoredReferenceMsg(name=r.name, thumbnail=conv.numpy_to_image(thumb, "rgb8"),
                                mask=conv.numpy_to_image(np.where(tmask, 255, 0).astype(np.uint8), "mono8"),
-                               source_frame=r.source_frame, stamp=_stamp(r.stamp_ns),
+                               source_frame=r.source_frame, stamp=conv.stamp_from_ns(r.stamp_ns),
                                score=float(r.score) if math.isfinite(r.score) else float("nan"), origin=r.origin)
         if r.box is not None:
             x0, y0, x1, y1 = r.box
