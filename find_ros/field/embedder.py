@@ -36,7 +36,8 @@ class FieldEmbedder:
         self.grounder = grounder
         self.name = str(getattr(grounder, "name", type(grounder).__name__))
         self._cache: list[tuple[Instruction, np.ndarray]] = []  # last few (instruction, embedding), newest last
-        self.dim = int(self.embed_text("object").shape[1])
+        dim = getattr(grounder, "embedding_dim", None)  # FindGrounder says it; others are probed once
+        self.dim = int(dim) if dim is not None else int(self.embed_text("object").shape[1])
 
     def pixel_embeddings(self, rgb: np.ndarray) -> np.ndarray:
         """(h, w, D) float32 unit-norm pixel embeddings of an (H, W, 3) uint8 frame, no instruction needed."""

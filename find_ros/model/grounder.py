@@ -50,6 +50,11 @@ class FindGrounder:
         ``()`` when every word is known or no instruction is set."""
         self._warned: set[tuple[str, ...]] = set()
 
+    @property
+    def embedding_dim(self) -> int:
+        """D of :meth:`embed_instruction`'s and the pixel embeddings' semantic space (the model's ``sem_dim``)."""
+        return int(self.model.config.interface.sem_dim)
+
     @classmethod
     def from_pretrained(cls, path: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu") -> "FindGrounder":
         return cls(model=FindModel.from_pretrained(path, device=device), device=device)
