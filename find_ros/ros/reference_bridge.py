@@ -185,9 +185,8 @@ class ReferenceBridge:
     def resolve(self, text: str, references: Sequence[Reference] = (), *, id: str = "") -> ResolvedInstruction:
         """``text`` with its ``<name>`` placeholders replaced by stored references (see
         :func:`~find_ros.grounding.reference_store.resolve_named_references`)."""
-        if self.store is None:
-            self.store = ReferenceStore(directory=None)
-        return resolve_named_references(text, self.store, references, id=id)
+        store = self.store if self.store is not None else ReferenceStore(directory=None)  # inactive: no names
+        return resolve_named_references(text, store, references, id=id)
 
     def observe(self, resolved: ResolvedInstruction | None, entities: Sequence[Any]) -> None:
         """Record the world position of each found ``GroundedEntity`` that names exactly one stored reference."""
