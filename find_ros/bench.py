@@ -5,11 +5,13 @@ reset before a stage (Linux ``/proc/self/clear_refs``) and read after it. Ratios
 a reference timed in the same run, because absolute figures on shared machines drift:
 
 - conversions: ``find_ros.ros.conversions`` vs a plain ``np.frombuffer(...).copy()`` / ``tobytes()``;
-- model: the FIND model's own forward pass vs the whole node path (conversion in, pipeline, overlay,
-  conversion out) -> node overhead;
+- model: the FIND model's own forward pass at 3 sizes, and at 640x480 with the node's ``torch_threads``
+  (``model_forward_640x480``), the reference of the node's processing time;
 - field: our embedding fusion vs open3d's own TSDF + colour integration, and vs a naive numpy
   scatter-mean;
-- end to end: stamp -> publish latency through real DDS between processes (``find-ros demo`` graph).
+- end to end: stamp -> publish latency through real DDS between processes (``find-ros demo`` graph), the
+  node's processing time per frame and its per-stage breakdown (``stage_ms``: rolling medians the running node
+  publishes on ``find/status``), and ``ratios.node_processing_vs_model_forward``.
 
 A stage whose layer is missing from the install is reported with ``"error"`` instead of figures.
 ``--soak-minutes M`` runs the demo graph for M minutes and reports RSS and latency drift.
@@ -151,9 +153,7 @@ class _Bench:
     def model(self, model_dir: str | None) -> None:
         import torch
 
-        from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
         from find_ros.instruction import parse_instruction
-        from find_ros.ros import conversions as conv
 
         g = self._grounder(model_dir)
         ins = parse_instruction("the red cube, the blue sphere")
@@ -168,35 +168,24 @@ class _Bench:
                 rows.append({"width": w, "height": h, **self.t(lambda: g.ground(rgb))})
         out["ground_per_frame"] = rows
         self.scaling["model_vs_image_size"] = rows
-        # the model's own forward pass (preprocessed tensor in, raw outputs) vs the whole node path
+        # the model's own forward pass (preprocessed tensor in, raw outputs) at the node's torch thread count: the
+        # reference the e2e stage's node processing time is compared with (ratios.node_processing_vs_model_forward)
+        from find_ros.ros.params import PARAMS_BY_NAME
+
         forward = getattr(g, "forward_only", None)
         rgb = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-        depth = np.full((480, 640), 1.5, np.float32)
-        K = np.array([[525.0, 0, 320], [0, 525.0, 240], [0, 0, 1]])
-        vg = VideoGrounder(g, config=PipelineConfig())
-        vg.set_instruction(ins)
-        msg_rgb, msg_d = conv.numpy_to_image(rgb, "rgb8"), conv.numpy_to_image((depth * 1000).astype(np.uint16), "16UC1")
-
-        def node_path() -> None:
-            frame = conv.image_to_rgb(msg_rgb)
-            d = conv.image_to_depth_m(msg_d)
-            res = vg.process(frame, d, K, np.eye(4))
-            conv.numpy_to_image(np.ascontiguousarray(res.label_mask), "mono8")
-            conv.numpy_to_image(res.overlay(frame), "rgb8")
-
-        with torch.inference_mode():
-            out["node_path_640x480"] = self.t(node_path)
-            if forward is not None:
-                prepared = g.prepare(rgb)
-                out["model_forward_640x480"] = self.t(lambda: forward(prepared))
-            out["ground_640x480"] = rows[1]
+        out["ground_640x480"] = rows[1]
+        if forward is not None:
+            threads = int(PARAMS_BY_NAME["torch_threads"].default) or torch.get_num_threads()
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                with torch.inference_mode():
+                    prepared = g.prepare(rgb)
+                    out["model_forward_640x480"] = {**self.t(lambda: forward(prepared)), "torch_threads": threads}
+            finally:
+                torch.set_num_threads(before)
         self.stages["model"] = out
-        ref = out.get("model_forward_640x480") or rows[1]
-        self.ratios["node_path_vs_model_forward"] = _ratio(out["node_path_640x480"], ref)
-        self.ratios["node_overhead_fraction"] = (None if self.ratios["node_path_vs_model_forward"] is None
-                                                 else round(self.ratios["node_path_vs_model_forward"] - 1.0, 3))
-        self.ratios["node_overhead_reference"] = ("model_forward_640x480" if "model_forward_640x480" in out
-                                                  else "ground_640x480 (grounder.ground incl. pre/post-processing)")
 
     def geometry(self) -> None:
         from find_ros.grounding.geometry import target_pose_from_mask
@@ -240,12 +229,21 @@ class _Bench:
 
         with tempfile.TemporaryDirectory() as d:
             rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder)
-        self.stages[f"e2e_{grounder}"] = {
+        stage_ms = dict(rep.get("node_counters", {}).get("stage_ms") or {})
+        e2e = self.stages[f"e2e_{grounder}"] = {
             "rate_hz": rate_hz, "resolution": "640x480", "seconds": seconds,
             "latency_ms": rep["latency_ms"], "node_processing_ms": rep["node_processing_ms"],
+            # the running node's own per-stage medians (find/status stage_ms, last 200 frames of this run)
+            "stage_ms": stage_ms,
             "frames_in": rep["frames_in"], "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
             "node_rss_mb_last": (rep["samples"][-1]["node_rss_mb"] if rep["samples"] else None),
         }
+        ref = self.stages.get("model", {}).get("model_forward_640x480") if grounder == "find" else None
+        proc = (e2e["node_processing_ms"] or {}).get("median")
+        self.ratios["node_processing_vs_model_forward"] = (
+            round(proc / ref["median_ms"], 3) if proc and ref and ref.get("median_ms") else None)
+        fwd = stage_ms.get("model_forward")
+        self.ratios["node_processing_vs_node_model_forward"] = round(proc / fwd, 3) if proc and fwd else None
 
 
 def fifths(series: list[float]) -> list[float]:

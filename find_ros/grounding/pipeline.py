@@ -1,4 +1,4 @@
-"""Video grounding: a :class:`~find_ros.grounding.base.Grounder` + tracks + 3D target poses, per frame.
+"""Video grounding: a :class:`~find_ros.grounder.Grounder` + tracks + 3D target poses, per frame.
 
 :class:`VideoGrounder` embeds an instruction once (through the grounder), then for every RGB-D frame:
 grounds it, measures each entity's mean pixel embedding inside its mask, computes the camera-frame and
@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import time
 
 import cv2
 import numpy as np
 
-from find_ros.grounding.base import FrameGrounding, Grounder, GrounderError
+from find_ros.grounder import FrameGrounding, Grounder, GrounderError
 from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
 from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
 from find_ros.instruction import Instruction
@@ -206,6 +207,9 @@ class VideoGrounder:
         self._instruction: Instruction | None = None
         self.frames = 0
         """Frames processed under the current instruction."""
+        self.last_timings: dict[str, float] = {}
+        """Milliseconds of the last :meth:`process`: ``ground`` (the grounder's call) and ``pose_tracking`` (the
+        rest: masks -> target poses, embeddings, tracking and shape memory, label image)."""
 
     @property
     def config(self) -> PipelineConfig:
@@ -262,7 +266,9 @@ class VideoGrounder:
             raise GrounderError("VideoGrounder: no instruction set (call set_instruction first)")
         self._check(rgb, depth_m, K, T_world_cam)
         cfg = self._config
+        t0 = time.perf_counter()
         fg: FrameGrounding = self.grounder.ground(rgb)
+        t1 = time.perf_counter()
         if len(fg.entities) != len(self._trackers):
             raise GrounderError(f"grounder {getattr(self.grounder, 'name', '?')} returned {len(fg.entities)} "
                                 f"entity results for an instruction with {len(self._trackers)} entities")
@@ -303,4 +309,5 @@ class VideoGrounder:
                 track_id=st.track_id, lost=st.lost, pose_cam=pose_cam if found else None,
                 pose_world=pose_world if found else None, found=found))
         self.frames += 1
+        self.last_timings = {"ground": (t1 - t0) * 1e3, "pose_tracking": (time.perf_counter() - t1) * 1e3}
         return FrameResult(entities=out, label_mask=label, pixel_embeddings=emb)

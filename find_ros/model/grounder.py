@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from find_ros.grounding.base import EntityResult, FrameGrounding, GrounderError, mask_box
+from find_ros.grounder import EntityResult, FrameGrounding, GrounderError, mask_box
 from find_ros.instruction import Instruction
 from find_ros.model.find import FindModel, _entity_instruction
 from find_ros.model.sampler import PromptBatch
@@ -49,6 +50,9 @@ class FindGrounder:
         """Words of the current instruction outside the model's vocabulary (lower-case, each once, in order);
         ``()`` when every word is known or no instruction is set."""
         self._warned: set[tuple[str, ...]] = set()
+        self.last_timings: dict[str, float] = {}
+        """Milliseconds of the last :meth:`ground`: ``model_prepare`` (resize, tensor), ``model_forward`` (the model
+        itself: :meth:`forward_only`) and ``model_post`` (mask upsampling, scores, pixel embeddings to numpy)."""
 
     @property
     def embedding_dim(self) -> int:
@@ -121,7 +125,11 @@ class FindGrounder:
         if self._prompts is None or self._instruction is None:
             raise GrounderError("no instruction set (call set_instruction first)")
         H, W = rgb.shape[:2] if isinstance(rgb, np.ndarray) and rgb.ndim == 3 else (0, 0)
-        out = self.forward_only(self.prepare(rgb))
+        t0 = time.perf_counter()
+        x = self.prepare(rgb)
+        t1 = time.perf_counter()
+        out = self.forward_only(x)
+        t2 = time.perf_counter()
         E = len(self._instruction.entities)
         logits = out.entity_masks[0, :E].float().cpu().numpy()
         # bilinear upsampling with half-pixel centres (= F.interpolate(align_corners=False)); cv2 is ~8x faster
@@ -131,6 +139,9 @@ class FindGrounder:
         ents = [EntityResult(phrase=e.phrase, entity_index=i, score=float(scores[i]), mask=masks[i],
                              box=mask_box(masks[i])) for i, e in enumerate(self._instruction.entities)]
         pix = out.pixel_sem[0].float().cpu().numpy().astype(np.float32, copy=False)
+        t3 = time.perf_counter()
+        self.last_timings = {"model_prepare": (t1 - t0) * 1e3, "model_forward": (t2 - t1) * 1e3,
+                             "model_post": (t3 - t2) * 1e3}
         return FrameGrounding(entities=ents, pixel_embeddings=pix)
 
     @torch.no_grad()

@@ -67,6 +67,7 @@ from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
 from find_ros.ros.reference_bridge import ReferenceBridge
 from find_ros.ros.references import references_from_msgs
 from find_ros.ros.shutdown import entry_point
+from find_ros.ros.stage_timer import StageTimer
 from find_ros.srv import SetInstruction
 
 try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
@@ -131,6 +132,7 @@ class PerceptionNode(LifecycleNode):
         self._poses = PoseBuffer()  # camera poses by stamp (camera/pose, camera/odom)
         self._seen: set[str] = set()
         self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
+        self._stages = StageTimer(window=200)  # find/status stage_ms: rolling medians of the frame path's stages
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
         self._field: Any = None  # field hook: FieldBridge when field_enable
@@ -164,6 +166,7 @@ class PerceptionNode(LifecycleNode):
         d["instruction_id"] = getattr(self._instruction, "id", "")
         # words of the instruction in force that the model does not know (FIND grounder; logged when set)
         d["unknown_words"] = list(getattr(self._grounder, "unknown_words", ()))
+        d["stage_ms"] = self._stages.medians()  # per-stage medians over the last 200 frames (see _process)
         fb = self._field
         if fb is not None:  # field hook
             d.update(fb.counters())
@@ -245,6 +248,7 @@ class PerceptionNode(LifecycleNode):
             self._grounder = self._pipeline = None
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
+        self._stages.reset()
         self._seen.clear()
         self._instruction = self._resolved = None
         self._poses.clear()
@@ -655,13 +659,19 @@ class PerceptionNode(LifecycleNode):
         return rgb, depth_m, K
 
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
+        st = self._stages  # per-stage wall time (find/status stage_ms)
+        t_start = time.perf_counter()
+        st.record("queue_wait", (time.monotonic() - t_receipt) * 1e3)
         if self._is_stale(color):  # it may have aged while it waited for the worker
             return
-        rgb, depth_m, K = self._check_frame(color, depth, info)
-        T_world_cam = self._lookup_pose(color)
+        with st.stage("convert_in"):
+            rgb, depth_m, K = self._check_frame(color, depth, info)
+        with st.stage("pose_lookup"):
+            T_world_cam = self._lookup_pose(color)
         refs = self._refs
         if refs is not None:  # clicks are resolved in recent frames
-            refs.remember(color.header, rgb, depth_m, K, T_world_cam)
+            with st.stage("ref_remember"):
+                refs.remember(color.header, rgb, depth_m, K, T_world_cam)
         with self._pipeline_lock:
             if self._pipeline is None:
                 return
@@ -677,33 +687,48 @@ class PerceptionNode(LifecycleNode):
                            level="info")
                 return
             result = self._pipeline.process(rgb, depth_m, K, T_world_cam)
-            overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
+            st.record_many(getattr(self._grounder, "last_timings", None) or
+                           {"ground": self._pipeline.last_timings.get("ground", 0.0)})
+            st.record("pose_tracking", self._pipeline.last_timings.get("pose_tracking", 0.0))
+            with st.stage("overlay"):
+                overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
         if overlay is not None and refs is not None and refs.flashing():
             refs.decorate(overlay)
         if self._field is not None:  # field hook: fuse with the grounder's own pixel embeddings (its thread)
-            self._field.feed(rgb, depth_m, K, T_world_cam, result.pixel_embeddings)  # field hook
+            with st.stage("field_handoff"):
+                self._field.feed(rgb, depth_m, K, T_world_cam, result.pixel_embeddings)  # field hook
         self._publish(color.header, instruction, result, overlay, t_receipt, resolved)
         self._count("processed")
+        st.record("total", (time.perf_counter() - t_start) * 1e3)
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, header, instruction, result, overlay, t_receipt: float, resolved=None) -> None:
+        st = self._stages
+        t0 = time.perf_counter()
         out, best = build.grounding_msg(header, instruction, result,
                                         grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
                                         world_frame=self._p["world_frame"], resolved=resolved)
-        out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
-        self._pubs["grounding"].publish(out)
-        self._pubs["mask"].publish(build.label_mask_msg(result.label_mask, header))
+        msgs = [("mask", build.label_mask_msg(result.label_mask, header))]
         if overlay is not None:
-            self._pubs["overlay"].publish(build.overlay_msg(overlay, header))
+            msgs.append(("overlay", build.overlay_msg(overlay, header)))
         target, target_world = build.target_pose_msgs(header, best)
         if target is not None:
-            self._pubs["target_pose"].publish(target)
+            msgs.append(("target_pose", target))
         if target_world is not None:
-            self._pubs["target_pose_world"].publish(target_world)
+            msgs.append(("target_pose_world", target_world))
         if self._p["publish_markers"]:  # world frame when the camera pose is known (find_ros.ros.markers)
-            self._pubs["markers"].publish(marker_array(out.entities, header))
+            msgs.append(("markers", marker_array(out.entities, header)))
+        t1 = time.perf_counter()
+        st.record("build_msgs", (t1 - t0) * 1e3)
+        out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
+        self._pubs["grounding"].publish(out)
+        for name, msg in msgs:
+            self._pubs[name].publish(msg)
+        t2 = time.perf_counter()
+        st.record("publish", (t2 - t1) * 1e3)
         if resolved is not None and resolved.names and self._refs is not None:  # last known reference positions
             self._refs.observe(resolved, out.entities)
+            st.record("ref_observe", (time.perf_counter() - t2) * 1e3)
 
     def _publish_status(self) -> None:
         if "status" in self._pubs:
