@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from find_ros.grounding.base import Grounder, GrounderError, QueryEmbedder
+from find_ros.grounder import Grounder, GrounderError, QueryEmbedder
 from find_ros.grounding.baseline import (COLOUR_NAMES, HsvBaselineGrounder, colour_labels, colour_membership,
                                          colour_words)
 from find_ros.instruction import Reference, parse_instruction

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from find_ros.grounding.base import GrounderError
+from find_ros.grounder import GrounderError
 from find_ros.grounding.baseline import HsvBaselineGrounder
 from find_ros.grounding.pipeline import ConfigError, FrameError, PipelineConfig, VideoGrounder, mean_embedding
 from find_ros.grounding.tracking import Detection, EntityTracker, box_iou

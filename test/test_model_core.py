@@ -243,7 +243,7 @@ def test_config_json_round_trip_and_errors():
 
 
 def test_grounder_masks_at_input_resolution_and_instruction_cache(model):
-    from find_ros.grounding.base import FrameGrounding, Grounder, GrounderError, QueryEmbedder
+    from find_ros.grounder import FrameGrounding, Grounder, GrounderError, QueryEmbedder
     from find_ros.model.grounder import FindGrounder
 
     g = FindGrounder(model=model)

@@ -137,7 +137,7 @@ def test_colcon_build_installs_a_usable_package(tmp_path):
 
     check = textwrap.dedent(
         """
-        import json, find_ros, find_ros.instruction, find_ros.grounding.base
+        import json, find_ros, find_ros.instruction, find_ros.grounder
         from find_ros.msg import Grounding
         from find_ros.srv import QueryField
         from find_ros.model.grounder import DEFAULT_MODEL_DIR

@@ -1,7 +1,7 @@
 """Pixel and query embeddings for the feature field, taken from a grounder (no ROS imports).
 
 The field stores the grounder's own per-pixel embeddings so that a query embedded by the same grounder
-(:class:`find_ros.grounding.base.QueryEmbedder`) compares with them by dot product:
+(:class:`find_ros.grounder.QueryEmbedder`) compares with them by dot product:
 
 - :class:`~find_ros.grounding.baseline.HsvBaselineGrounder`: ``pixel_embeddings(rgb)`` (soft colour
   memberships, D = 12, 1/4 resolution) and ``embed_instruction``;

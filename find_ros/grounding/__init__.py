@@ -1,6 +1,8 @@
-"""Video grounding (no ROS): the :class:`Grounder` protocol, the HSV colour baseline, tracking and 3D target poses.
+"""Video grounding (no ROS): the HSV colour baseline, tracking and 3D target poses.
 
-- :mod:`find_ros.grounding.base`: the ``Grounder`` / ``QueryEmbedder`` protocols and per-frame results;
+The ``Grounder`` / ``QueryEmbedder`` protocols and per-frame results that grounders return live in
+:mod:`find_ros.grounder`, below both this package and :mod:`find_ros.model` (whose ``FindGrounder`` implements them).
+
 - :mod:`find_ros.grounding.baseline`: ``HsvBaselineGrounder``, a colour-word BASELINE (not FIND);
 - :mod:`find_ros.grounding.geometry`: mask + depth + intrinsics -> ``TargetPose`` (camera and world frames);
 - :mod:`find_ros.grounding.tracking`: per-entity tracks (stable ids, smoothing, lost / re-acquired);

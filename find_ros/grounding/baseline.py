@@ -23,7 +23,7 @@ import re
 import cv2
 import numpy as np
 
-from find_ros.grounding.base import EntityResult, FrameGrounding, GrounderError, mask_box
+from find_ros.grounder import EntityResult, FrameGrounding, GrounderError, mask_box
 from find_ros.instruction import Entity, Instruction, InstructionError
 
 __all__ = ["ColourRange", "COLOUR_RANGES", "COLOUR_NAMES", "HsvBaselineGrounder", "colour_words",

@@ -3,6 +3,9 @@
 A grounder is given an instruction once (:meth:`Grounder.set_instruction`, where it embeds the
 instruction and caches it) and then grounds every frame against it (:meth:`Grounder.ground`).
 The FIND model and the HSV colour baseline both implement it.
+
+A top-level module (like :mod:`find_ros.instruction`) so that :mod:`find_ros.model` (``FindGrounder``) and
+:mod:`find_ros.grounding` (the baseline, ``VideoGrounder``) both import it and neither imports the other.
 """
 from __future__ import annotations
 
