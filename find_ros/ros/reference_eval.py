@@ -101,6 +101,7 @@ def run(cfg: EvalConfig) -> dict:
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
+    from std_srvs.srv import Trigger
 
     from find_ros.msg import Grounding, InterleavedInstruction
     from find_ros.ros import conversions as conv
@@ -151,6 +152,7 @@ def run(cfg: EvalConfig) -> dict:
                    "set": feeder.create_client(SetInstruction, "find/set_instruction")}
         if cfg.field:
             clients["query"] = feeder.create_client(QueryField, "find/field/query")
+            clients["clear"] = feeder.create_client(Trigger, "find/field/clear")
 
         def spin_until(cond, timeout_s: float) -> bool:
             end = time.monotonic() + timeout_s
@@ -199,7 +201,10 @@ def run(cfg: EvalConfig) -> dict:
             poses = orbit_trajectory(scene, cfg.n_views)
             views = {i: renderer.render(poses[i], index=i) for i in sorted({0, *cfg.ground_views})}
             f0 = views[0]
-            call("set", SetInstruction.Request(instruction=InterleavedInstruction(text="")))  # no-op if refused
+            if cfg.field:  # every scene is built around the same origin: start from an empty field
+                r = call("clear", Trigger.Request())
+                if not r.success:
+                    raise RuntimeError(f"find/field/clear: {r.message}")
             publish(f0, wait_output=False)
             publish(f0, wait_output=False)  # the pose of the newest frame is in the buffer by now
             ids, areas = np.unique(f0.instance, return_counts=True)
@@ -276,11 +281,15 @@ def run(cfg: EvalConfig) -> dict:
                     ob = scene.object(o["id"])
                     lo, hi = np.asarray(ob.box_min) - cfg.goal_margin_m, np.asarray(ob.box_max) + cfg.goal_margin_m
                     ok = bool(q.success and q.goals)
+                    gv = None
                     if ok:
                         gp = q.goals[0].pose.position
                         gv = np.array([gp.x, gp.y, gp.z])
                         ok = bool(np.all(gv >= lo) and np.all(gv <= hi))
                     o["field_goal_on_object"] = ok
+                    o["field_message"] = q.message
+                    o["field_goal"] = [round(float(v), 3) for v in gv] if q.success and q.goals else None
+                    o["box"] = [np.round(lo, 3).tolist(), np.round(hi, 3).tolist()]
                     goals_ok += ok
                     goals_n += 1
             report["scenes"].append(scene_rep)
