@@ -198,7 +198,7 @@ class _Bench:
         self.stages["mask_to_pose"] = self.t(lambda: target_pose_from_mask(mask, depth, K))
 
     def field(self) -> None:
-        from find_ros.field import bench as fb
+        from find_ros.tools import field_bench as fb
 
         reset_peak_rss()
         res = fb.run(frames=20 if self.quick else 60, query_voxels=200_000 if self.quick else 500_000)

@@ -15,8 +15,8 @@ __all__ = ["main", "SUBCOMMANDS"]
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("find_ros.ros.demo", "cli", "sim camera -> perception node with scripted instructions; writes a report"),
     "train": ("find_ros.model.train", "cli", "train the FIND interface on simulated or recorded data"),
-    "eval": ("find_ros.model.evaluate", "cli", "evaluate a FIND model (grounding / retrieval metrics)"),
-    "field": ("find_ros.field.cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
+    "eval": ("find_ros.tools.model_eval", "cli", "evaluate a FIND model (grounding / retrieval metrics)"),
+    "field": ("find_ros.tools.field_cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
     "bench": ("find_ros.bench", "cli", "speed benchmarks"),
     "run": ("find_ros.ros.offline", "cli", "perception node over a recorded rosbag2; outputs to a new rosbag2 + summary"),
     "reference-eval": ("find_ros.ros.reference_eval", "main",

@@ -1,4 +1,4 @@
-"""Field memory run (find_ros.field.bench.run_memory): a short sim walk-through under a block cap evicts blocks,
+"""Field memory run (find_ros.tools.field_bench.run_memory): a short sim walk-through under a block cap evicts blocks,
 never exceeds the cap and reports RSS windows (no timing or RSS assertions: the figures belong to the benchmark)."""
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("find_ros.sim")
 
-from find_ros.field import bench  # noqa: E402
+from find_ros.tools import field_bench as bench  # noqa: E402
 
 
 def test_memory_run_evicts_under_the_cap_and_reports_rss():

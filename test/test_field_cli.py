@@ -7,7 +7,7 @@ import pytest
 
 from find_ros.field import FeatureField, FieldConfig
 from find_ros.field.field import FieldInputError
-from find_ros.field.cli import cli
+from find_ros.tools.field_cli import cli
 from find_ros.field.consistency import depth_consistency
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "tum_fr3_teddy"

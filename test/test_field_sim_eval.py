@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from find_ros.field.embedder import FieldEmbedder
-from find_ros.field.sim_eval import evaluate_scene, main, parse_seeds
+from find_ros.tools.field_eval import evaluate_scene, main, parse_seeds
 from find_ros.grounding.baseline import HsvBaselineGrounder
 
 

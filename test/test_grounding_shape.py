@@ -4,7 +4,7 @@ import pytest
 
 from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
 from find_ros.grounding.baseline import HsvBaselineGrounder
-from find_ros.grounding.sim_eval import EvalConfig, main as sim_eval_main, pick_target, run as sim_eval_run
+from find_ros.tools.grounding_eval import EvalConfig, main as sim_eval_main, pick_target, run as sim_eval_run
 from find_ros.grounding.tracking import Detection, EntityTracker, ShapeMemory
 from find_ros.instruction import parse_instruction
 

@@ -309,7 +309,7 @@ def test_broadcast_one_instruction_over_frames(model, images):
 
 def test_core_imports_without_rclpy():
     code = ("import sys; sys.modules['rclpy'] = None\n"
-            "import find_ros.model.find, find_ros.model.grounder, find_ros.model.losses, find_ros.model.speed\n"
+            "import find_ros.model.find, find_ros.model.grounder, find_ros.model.losses, find_ros.tools.model_speed\n"
             "bad = [m for m in sys.modules if m.startswith(('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs'))]\n"
             "assert not [m for m in bad if sys.modules[m] is not None], bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -17,7 +17,7 @@ except ImportError as exc:
 
 pytestmark = pytest.mark.skipif(not READY, reason=WHY)
 
-from find_ros.model.evaluate import METRIC_KEYS, EvalError, cli, evaluate  # noqa: E402
+from find_ros.tools.model_eval import METRIC_KEYS, EvalError, cli, evaluate  # noqa: E402
 
 SHIPPED = Path(__file__).parents[1] / "find_ros" / "models" / "find-sim-tiny"
 

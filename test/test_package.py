@@ -1,6 +1,7 @@
 """The package as a user installs it: layering, interfaces, and a real colcon build."""
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -70,6 +71,119 @@ def test_blocker_really_blocks_rclpy():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "blocked for this test: rclpy" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The import graph between find_ros's sub-packages, read from the source with ast (so an import inside a function,
+# a try or an if counts as much as one at the top, and nothing is executed). A node is a sub-package (find_ros/model/)
+# or a top-level module (find_ros/instruction.py -> "instruction").
+# ---------------------------------------------------------------------------------------------------------------
+
+LAYERS = ("model", "sim", "field", "grounding", "ros")
+#: (importer, imported) pairs that must not appear: the model and the grounding pipeline meet only in
+#: find_ros/grounder.py (the Grounder protocol), the field does not load the model, and the tools sit above
+#: every layer (find_ros/tools/: evaluations, benchmarks, command-line tools)
+FORBIDDEN_EDGES = {("model", "grounding"), ("grounding", "model"), ("field", "model")} | {(layer, "tools")
+                                                                                        for layer in LAYERS}
+
+
+def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Every dotted name an import in ``source`` (the text of ``module``) can load, wherever the import stands.
+
+    Relative imports are resolved; ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (c may be a module);
+    ``importlib.import_module("x")`` and ``__import__("x")`` with a literal name count too."""
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
+            name = ".".join(p for p in (base, node.module) if p)
+            names.add(name)
+            names.update(f"{name}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__"):
+                names.add(node.args[0].value)
+    return names
+
+
+def _subpackage_import_graph(root: Path) -> dict[tuple[str, str], list[str]]:
+    """(importer node, imported node) -> 'file imports name' lines, for the find_ros tree under ``root``."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for path in sorted((root / "find_ros").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts  # ("find_ros", "model", "grounder")
+        is_package = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_package else parts)
+        if module == "find_ros":
+            continue
+        src = parts[1]
+        for name in _imported_names(path.read_text(), module, is_package):
+            target = name.split(".")
+            if target[0] == "find_ros" and len(target) > 1 and target[1] != src:
+                edges.setdefault((src, target[1]), []).append(f"{path.relative_to(root)} imports {name}")
+    return edges
+
+
+def _find_cycle(edges) -> list[str] | None:
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_layer_import_graph_has_no_forbidden_edge_and_no_cycle():
+    edges = _subpackage_import_graph(ROOT)
+    bad = {f"{a} -> {b}": lines for (a, b), lines in edges.items() if (a, b) in FORBIDDEN_EDGES}
+    assert not bad, json.dumps(bad, indent=1)
+    assert _find_cycle(edges) is None, _find_cycle(edges)
+    # the graph is really read: the tools import the layers they measure, the nodes import the model
+    assert {("tools", "model"), ("tools", "grounding"), ("tools", "field"), ("ros", "model")} <= set(edges)
+
+
+def test_import_graph_reader_sees_lazy_relative_and_dynamic_imports(tmp_path):
+    """The graph test above would be worthless if imports inside functions or relative ones slipped through."""
+    pkg = tmp_path / "find_ros" / "model"
+    pkg.mkdir(parents=True)
+    (tmp_path / "find_ros" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("from .. import tools\n")
+    (pkg / "x.py").write_text(textwrap.dedent(
+        """
+        import importlib
+        def f():
+            from find_ros.grounding.pipeline import VideoGrounder
+            try:
+                from ..field import grid
+            except ImportError:
+                pass
+            return importlib.import_module("find_ros.sim.scene")
+        """))
+    edges = _subpackage_import_graph(tmp_path)
+    assert set(edges) == {("model", "tools"), ("model", "grounding"), ("model", "field"), ("model", "sim")}
+    assert _find_cycle({("a", "b"), ("b", "c"), ("c", "a")}) == ["a", "b", "c", "a"]
+    assert _find_cycle({("a", "b"), ("b", "c")}) is None
 
 
 def test_interfaces_and_sources_merge_into_one_package():

@@ -9,7 +9,6 @@ The ``Grounder`` / ``QueryEmbedder`` protocols and per-frame results that ground
 - :mod:`find_ros.grounding.pipeline`: ``VideoGrounder``, all of the above per RGB-D frame;
 - :mod:`find_ros.grounding.reference_store`: ``ReferenceStore``, named click-made references kept on disk, and
   ``resolve_named_references`` (``"the <mug>"`` in instruction text);
-- :mod:`find_ros.grounding.sim_eval`: the pipeline against simulator ground truth (a script).
 
 Submodules are imported on demand (``from find_ros.grounding.pipeline import VideoGrounder``).
 """

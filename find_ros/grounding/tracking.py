@@ -108,7 +108,7 @@ class ShapeMemory:
     never starved by the sides already seen). ``box`` is the full box of the voxels hit by at least two
     detections (thin parts such as chair legs count, a single frame's mask leak does not; a leak repeated
     in two frames does widen it: trimming percentiles was measured to lose thin parts and cost more, see
-    ``find_ros.grounding.sim_eval``), or, before ten such voxels exist, the 1..99th percentile box of all of
+    ``find_ros.tools.grounding_eval``), or, before ten such voxels exist, the 1..99th percentile box of all of
     them; ``centre`` is its centre (both ``None`` when empty).
     """
 

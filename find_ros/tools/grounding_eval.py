@@ -1,6 +1,6 @@
 """Video grounding against simulator ground truth: target position error, track ids, lost / re-acquired.
 
-``python -m find_ros.grounding.sim_eval --grounder hsv-baseline|find [--model DIR] --seed S --frames 300
+``python -m find_ros.tools.grounding_eval --grounder hsv-baseline|find [--model DIR] --seed S --frames 300
 [--trajectory walk|orbit] --json F``
 
 Renders a :mod:`find_ros.sim` scene with >= 6 objects along a trajectory, grounds an instruction naming one
@@ -188,7 +188,7 @@ def run(cfg: EvalConfig, pipeline_config: PipelineConfig | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m find_ros.grounding.sim_eval", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m find_ros.tools.grounding_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--grounder", choices=("hsv-baseline", "find"), default="hsv-baseline")
     ap.add_argument("--model", default=None, help="FIND model directory (grounder find)")
     ap.add_argument("--seed", type=int, default=0, nargs="+", help="scene seed(s)")

@@ -1,4 +1,4 @@
-"""Render timing: ``python -m find_ros.sim.bench [--width 640 --height 480 --frames 60 --threads N]``.
+"""Render timing: ``python -m find_ros.tools.sim_bench [--width 640 --height 480 --frames 60 --threads N]``.
 
 Prints median and p90 ms per frame for the full ``SimRenderer.render`` and for the bare ``cast_rays`` call.
 """
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import open3d as o3d
 
-from .render import SimRenderer
-from .scene import Scene
-from .trajectory import orbit_trajectory, walkthrough_trajectory
+from find_ros.sim.render import SimRenderer
+from find_ros.sim.scene import Scene
+from find_ros.sim.trajectory import orbit_trajectory, walkthrough_trajectory
 
 
 def _times(fn, items) -> np.ndarray:

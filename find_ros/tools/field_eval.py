@@ -1,6 +1,6 @@
 """Field queries against simulator ground truth: does a text query for each object rank a goal on it first?
 
-``python -m find_ros.field.sim_eval [--model DIR | --embed hsv] --seeds 0-19 [--frames 60] [--voxel 0.05]
+``python -m find_ros.tools.field_eval [--model DIR | --embed hsv] --seeds 0-19 [--frames 60] [--voxel 0.05]
 [--json F]``
 
 Per scene (``Scene.generate(seed)``, >= 6 objects): fuse an orbit of ``frames`` rendered RGB-D frames with the
@@ -114,7 +114,7 @@ def _embedder(model: str | None, embed: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m find_ros.field.sim_eval", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m find_ros.tools.field_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="FIND model directory (default: the shipped model)")
     ap.add_argument("--embed", choices=("find", "hsv"), default="find")
     ap.add_argument("--seeds", default="0-19", help="scene seeds: 0-19, 3,5,8")

@@ -1,6 +1,6 @@
 """Benchmark: ``FindGrounder.ground`` ms/frame (median) at 640x480, instruction cached.
 
-``python -m find_ros.model.speed [--checkpoint DIR] [--threads 2] [--frames 50]`` — without a checkpoint
+``python -m find_ros.tools.model_speed [--checkpoint DIR] [--threads 2] [--frames 50]`` — without a checkpoint
 the default tiny config with random weights (same cost as the trained one); ``--vision-kind convnext
 --height 240 --width 320`` measures the tiny conv architecture at that input before any training.
 """

@@ -1,10 +1,10 @@
 """Feature field benchmark (issue 4): fusion ms/frame vs open3d TSDF+colour and a numpy scatter-mean; query ms.
 
-Run: python -m find_ros.field.bench [--data DIR] [--frames N]. Prints measured medians and returns them as a dict.
+Run: python -m find_ros.tools.field_bench [--data DIR] [--frames N]. Prints measured medians and returns them as a dict.
 Embeddings are random unit vectors at 1/8 resolution (80x60x64), the size FIND's pixel embeddings have.
 
 Memory (issue 3, "RSS stays flat while voxels are evicted"):
-python -m find_ros.field.bench --rss [--minutes 10] [--width 320 --height 240] [--max-blocks 400] fuses a sim
+python -m find_ros.tools.field_bench --rss [--minutes 10] [--width 320 --height 240] [--max-blocks 400] fuses a sim
 walk-through (find_ros.sim walkthrough_trajectory + SimRenderer, looping) for M minutes with a block cap small
 enough to force eviction, samples the process RSS every few seconds and reports the mean RSS of the first and
 the last window (60 s each, or a third of the run when it is shorter than 3 minutes) and their ratio. The field's
@@ -33,7 +33,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / 
 
 
 def _frames(data: Path, n: int, stride: int):
-    from find_ros.field.cli import _open
+    from find_ros.tools.field_cli import _open
     return [f for f in _open("tum", str(data), stride=stride, max_frames=n) if f.T_world_cam is not None]
 
 
@@ -211,7 +211,7 @@ def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, ma
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m find_ros.field.bench")
+    ap = argparse.ArgumentParser(prog="python -m find_ros.tools.field_bench")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--voxel", type=float, default=0.05)
