@@ -6,8 +6,8 @@ through an in-process camera node, over the DDS of a private domain, and:
 
 1. **Clicks.** In the first view, for every object whose visible area is at least ``min_area`` pixels, a 3D click at
    the surface point under the object's deepest interior pixel (from the ground-truth instance mask and depth)
-   goes to ``find/reference/add`` (``SOURCE_POINT``, world frame); the stored reference's mask (thumbnail + box,
-   from the service answer) is compared with the object's instance mask (IoU at the thumbnail's resolution). The
+   goes to ``find/reference/add`` (``SOURCE_POINT``, world frame); the stored reference's mask (full resolution,
+   placed at its box) is compared with the object's instance mask. The
    same for a pixel click (``SOURCE_PIXEL``), whose reference is then removed.
 2. **"the <name>".** For each object clicked, ``find/set_instruction`` with ``"the <name>"``, then the later views
    ``ground_views`` (other viewpoints along the orbit): the mask IoU on ``find/mask`` against the object's instance
@@ -74,20 +74,15 @@ def _deepest_pixel(mask: np.ndarray) -> tuple[int, int]:
     return int(u), int(v)
 
 
-def _reference_iou(ref_msg, instance_mask: np.ndarray) -> float:
-    """IoU of a stored reference's mask (thumbnail, placed by its box) with an instance mask, at thumbnail scale."""
-    from find_ros.ros import conversions as conv
-
-    box = ref_msg.box
-    tm = conv.image_to_numpy(ref_msg.mask) > 0
-    gt_crop = instance_mask[box.y_offset:box.y_offset + box.height, box.x_offset:box.x_offset + box.width]
-    gt_small = cv2.resize(gt_crop.astype(np.uint8), (tm.shape[1], tm.shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-    # the parts of the object outside the crop are missed by the reference: count them at the same scale
-    sx, sy = tm.shape[1] / max(box.width, 1), tm.shape[0] / max(box.height, 1)
-    outside = (instance_mask.sum() - gt_crop.sum()) * sx * sy
-    inter = np.logical_and(tm, gt_small).sum()
-    union = np.logical_or(tm, gt_small).sum() + outside
-    return float(inter / union) if union else 0.0
+def _reference_iou(node, name: str, instance_mask: np.ndarray) -> float:
+    """IoU of the stored reference ``name`` (its full-resolution crop mask placed at its box in the source frame) with
+    an instance mask of that frame. Read from the store of the node this evaluation drives in-process (the service
+    answer carries a thumbnail only)."""
+    ref = node._refs.store.get(name)  # noqa: SLF001 - in-process evaluation of the node it drives
+    x0, y0, x1, y1 = ref.box
+    full = np.zeros(instance_mask.shape, bool)
+    full[y0:y1, x0:x1] = ref.mask if ref.mask is not None else True
+    return _iou(full, instance_mask)
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -225,13 +220,13 @@ def run(cfg: EvalConfig) -> dict:
                 r = call("add", req)
                 o = {"id": oid, "object": scene.object(oid).describe(), "area": area, "point_ok": bool(r.success),
                      "point_message": r.message}
-                o["point_iou"] = _reference_iou(r.reference, gt) if r.success else 0.0
+                o["point_iou"] = _reference_iou(node, name, gt) if r.success else 0.0
                 all_point.append(o["point_iou"])
                 req = AddReference.Request(name=name + "px", source=AddReference.Request.SOURCE_PIXEL)
                 req.pixel = PointStamped()
                 req.pixel.point.x, req.pixel.point.y = float(u), float(v)
                 r2 = call("add", req)
-                o["pixel_iou"] = _reference_iou(r2.reference, gt) if r2.success else 0.0
+                o["pixel_iou"] = _reference_iou(node, name + "px", gt) if r2.success else 0.0
                 all_pixel.append(o["pixel_iou"])
                 if r2.success:
                     call("remove", RemoveReference.Request(name=name + "px"))
