@@ -96,3 +96,18 @@ def test_pose_msg():
     p = build.pose_msg([1, 2, 3], [0, 0, 0.6, 0.8])
     assert (p.position.x, p.position.y, p.position.z) == (1.0, 2.0, 3.0)
     assert (p.orientation.z, p.orientation.w) == (0.6, 0.8)
+
+
+def test_frame_messages_in_publishing_order_with_optional_outputs():
+    res = _result([_entity(0, score=0.7, found=True), _entity(1, score=0.1, found=False)])
+    overlay = res.overlay(np.zeros((H, W, 3), np.uint8))
+    g, msgs = build.frame_messages(HDR, INS, res, grounder="find", world_frame="map", overlay=overlay)
+    assert [k for k, _ in msgs] == ["mask", "overlay", "target_pose", "target_pose_world", "markers"]
+    d = dict(msgs)
+    assert g.entities[0].found and d["target_pose"].pose == g.entities[0].pose
+    assert all(m.header == HDR for k, m in msgs if k not in ("markers", "target_pose_world"))
+    assert d["markers"].markers  # a cube and a label for the found entity
+    res = _result([_entity(0, score=0.2, found=False)])
+    _, msgs = build.frame_messages(HDR, parse_instruction("thing 0"), res, grounder="find", world_frame="map",
+                                   markers=False)
+    assert [k for k, _ in msgs] == ["mask"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ from std_srvs.srv import Trigger
 from find_ros.field import FeatureField, FieldConfig, FieldEmbedder, FieldInputError
 from find_ros.instruction import Instruction, InstructionError, parse_instruction
 from find_ros.ros import conversions as conv
+from find_ros.ros.latest_worker import LatestWorker
 from find_ros.ros.params import PARAMS_BY_NAME
 from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
 from find_ros.ros.references import instruction_from_msg, references_from_msgs
@@ -142,11 +142,7 @@ class FieldBridge:
                       "heatmap": node.create_lifecycle_publisher(PointCloud2, HEATMAP_TOPIC, LATCHED_QOS)}
         self._timer: Any = None
         self._srvs: list[Any] = []
-        self._cv = threading.Condition()
-        self._mailbox: tuple | None = None
-        self._busy = False
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._worker = LatestWorker(self._work, name="find_ros-field")  # one-slot mailbox: newest frame wins
         self._version = 0  # bumped by every change of the field (fusion, load, clear)
         self._published: tuple | None = None
         self.frames = 0
@@ -187,8 +183,6 @@ class FieldBridge:
                     f"reserved now, grows with the blocks fused up to {ff.capacity_bytes / 2**20:.0f} MB")
         self.embedder = embedder
         n = self._node
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="find_ros-field", daemon=True)
         self._worker.start()
         self._timer = n.create_timer(self._p["field_publish_period_s"], self.publish)
         self._published = None  # publish once after (re)activation
@@ -198,13 +192,7 @@ class FieldBridge:
                       n.create_service(Trigger, CLEAR_SERVICE, self._srv_clear)]
 
     def deactivate(self) -> None:
-        self._stop.set()
-        with self._cv:
-            self._mailbox = None
-            self._cv.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=10.0)
-        self._worker = None
+        self._worker.stop()
         if self._timer is not None:
             self._node.destroy_timer(self._timer)
         for s in self._srvs:
@@ -228,11 +216,8 @@ class FieldBridge:
                 f"frame without a camera pose: grounded but not fused into the field "
                 f"({self.skipped_no_pose} so far)", throttle_duration_sec=float(self._p.get("log_throttle_s", 5.0)))
             return
-        with self._cv:
-            if self._mailbox is not None:
-                self.dropped += 1
-            self._mailbox = (rgb, depth_m, K, T_world_cam, pixel_embeddings)
-            self._cv.notify_all()
+        if self._worker.put((rgb, depth_m, K, T_world_cam, pixel_embeddings)):
+            self.dropped += 1
 
     def counters(self) -> dict:
         """Field counters for the node's find/status JSON (cheap: no voxel scan)."""
@@ -242,34 +227,15 @@ class FieldBridge:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once the mailbox is empty and no frame is being fused (tests, shutdown)."""
-        end = time.monotonic() + timeout
-        with self._cv:
-            while self._mailbox is not None or self._busy:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(timeout=left)
-        return True
+        return self._worker.wait_idle(timeout)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._cv:
-                while self._mailbox is None and not self._stop.is_set():
-                    self._cv.wait(timeout=0.5)
-                item, self._mailbox = self._mailbox, None
-                self._busy = item is not None
-            if item is None:
-                continue
-            try:
-                self._fuse(*item)
-            except Exception as e:  # never let one frame kill the fusion thread
-                self.errors += 1
-                self._node.get_logger().error(f"field fusion failed, frame skipped: {type(e).__name__}: {e}",
-                                              throttle_duration_sec=float(self._p.get("log_throttle_s", 5.0)))
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+    def _work(self, item: tuple) -> None:
+        try:
+            self._fuse(*item)
+        except Exception as e:  # never let one frame kill the fusion thread
+            self.errors += 1
+            self._node.get_logger().error(f"field fusion failed, frame skipped: {type(e).__name__}: {e}",
+                                          throttle_duration_sec=float(self._p.get("log_throttle_s", 5.0)))
 
     def _fuse(self, rgb, depth_m, K, T, pe) -> None:
         emb = self.embedder

@@ -17,8 +17,10 @@ from std_msgs.msg import Header
 
 from find_ros.msg import GroundedEntity, Grounding
 from find_ros.ros import conversions as conv
+from find_ros.ros.markers import marker_array
 
-__all__ = ["pose_msg", "entity_msg", "grounding_msg", "label_mask_msg", "overlay_msg", "target_pose_msgs"]
+__all__ = ["pose_msg", "entity_msg", "grounding_msg", "label_mask_msg", "overlay_msg", "target_pose_msgs",
+           "frame_messages"]
 
 
 def pose_msg(position: Sequence[float] | np.ndarray, orientation_xyzw: Sequence[float] | np.ndarray) -> Pose:
@@ -88,3 +90,24 @@ def target_pose_msgs(header: Header, best: GroundedEntity | None) -> tuple[PoseS
     if best is None:
         return None, None
     return PoseStamped(header=header, pose=best.pose), best.world_pose if best.world_pose_valid else None
+
+
+def frame_messages(header: Header, instruction: Any, result: Any, *, grounder: str, world_frame: str,
+                   overlay: np.ndarray | None = None, resolved: Any = None,
+                   markers: bool = True) -> tuple[Grounding, list[tuple[str, Any]]]:
+    """Every message of one grounded frame: the ``Grounding`` (see :func:`grounding_msg`) and, in publishing order,
+    ``(output, message)`` for ``mask``, ``overlay`` (when given), ``target_pose`` / ``target_pose_world`` (when there
+    is a target) and ``markers`` (when ``markers``; :func:`find_ros.ros.markers.marker_array`)."""
+    out, best = grounding_msg(header, instruction, result, grounder=grounder, world_frame=world_frame,
+                              resolved=resolved)
+    msgs: list[tuple[str, Any]] = [("mask", label_mask_msg(result.label_mask, header))]
+    if overlay is not None:
+        msgs.append(("overlay", overlay_msg(overlay, header)))
+    target, target_world = target_pose_msgs(header, best)
+    if target is not None:
+        msgs.append(("target_pose", target))
+    if target_world is not None:
+        msgs.append(("target_pose_world", target_world))
+    if markers:  # world frame when the camera pose is known
+        msgs.append(("markers", marker_array(out.entities, header)))
+    return out, msgs

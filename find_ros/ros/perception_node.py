@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,8 +56,11 @@ from find_ros.msg import Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
 from find_ros.ros import grounding_msgs as build
 from find_ros.ros.counters import Counters, NodeCounters
-from find_ros.ros.markers import marker_array
-from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters, pipeline_kwargs
+from find_ros.ros.grounder_factory import build_grounder, build_pipeline
+from find_ros.ros import frame_checks as checks
+from find_ros.ros.frame_checks import FrameRejected
+from find_ros.ros.latest_worker import LatestWorker
+from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters
 from find_ros.ros.params import validate_value
 from find_ros.ros.pose_buffer import PoseBuffer
 from find_ros.ros.tf import transform_to_matrix
@@ -78,29 +80,6 @@ except ImportError:  # pragma: no cover - depends on the install
 __all__ = ["PerceptionNode", "main", "Counters"]
 
 _INSTRUCTION_QOS = 10
-
-
-class FrameRejected(ValueError):
-    """A frame set that cannot be grounded; ``kind`` keys the throttled warning."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _default_model_dir() -> Path:
-    """The FIND model shipped with the package (``find_ros/models/find``) unless the model says otherwise."""
-    try:
-        from find_ros.model import grounder as g
-
-        d = getattr(g, "DEFAULT_MODEL_DIR", None)
-        if d:
-            return Path(d)
-    except ImportError:
-        pass
-    import find_ros
-
-    return Path(find_ros.__file__).resolve().parent / "models" / "find"
 
 
 class PerceptionNode(LifecycleNode):
@@ -125,10 +104,7 @@ class PerceptionNode(LifecycleNode):
         self._pipeline: Any = None
         self._instruction: Any = None
         self._pipeline_lock = threading.Lock()
-        self._mail_cv = threading.Condition()
-        self._mailbox: tuple | None = None
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._worker = LatestWorker(self._work, name="find_ros-worker")  # one-slot mailbox: newest frame set wins
         self._poses = PoseBuffer()  # camera poses by stamp (camera/pose, camera/odom)
         self._seen: set[str] = set()
         self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
@@ -241,8 +217,9 @@ class PerceptionNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self._grounder = self._build_grounder()
-            self._pipeline = self._build_pipeline(self._grounder)
+            self._model = ""
+            self._grounder, self._model = build_grounder(self._p)
+            self._pipeline = build_pipeline(self._grounder, self._p)
         except Exception as e:  # a missing/corrupt model dir, an unavailable grounder
             self.get_logger().error(f"activate failed: {e}")
             self._grounder = self._pipeline = None
@@ -260,8 +237,6 @@ class PerceptionNode(LifecycleNode):
             self._grounder = self._pipeline = None
             return TransitionCallbackReturn.FAILURE
         self._create_inputs()
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="find_ros-worker", daemon=True)
         self._worker.start()
         self._tmrs.append(self.create_timer(self._p["status_period_s"], self._publish_status))
         if self._field is not None:  # field hook: the field's embeddings come from the grounder (D checked)
@@ -300,45 +275,6 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     # ------------------------------------------------------------------ building
-    def _build_grounder(self) -> Any:
-        """The grounder of the ``grounder`` parameter; sets ``_model`` to what it loaded (``find/status`` model)."""
-        name = self._p["grounder"]
-        self._model = ""
-        if name == "hsv-baseline":
-            from find_ros.grounding.baseline import HsvBaselineGrounder
-
-            self._model = HsvBaselineGrounder.name
-            return HsvBaselineGrounder()
-        try:
-            from find_ros.model.grounder import FindGrounder
-        except ImportError as e:
-            raise RuntimeError(f"grounder='find' is not available in this install ({e}); "
-                               "use grounder:=hsv-baseline") from e
-        path = Path(self._p["model_path"]) if self._p["model_path"] else _default_model_dir()
-        if not path.is_dir():
-            raise RuntimeError(f"grounder='find': model directory {str(path)!r} does not exist "
-                               "(set model_path to a directory written by save_pretrained)")
-        if int(self._p["torch_threads"]) > 0:
-            import torch
-
-            torch.set_num_threads(int(self._p["torch_threads"]))
-        try:
-            grounder = FindGrounder.from_pretrained(path, device=self._p["device"])
-            self._model = str(path.resolve())
-            return grounder
-        except Exception as e:
-            culprit = {"JSONDecodeError": "config.json", "UnicodeDecodeError": "config.json",
-                       "SafetensorError": "model.safetensors"}.get(type(e).__name__)
-            where = f" ({culprit} is corrupt)" if culprit else ""
-            raise RuntimeError(f"grounder='find': cannot load the model from {str(path)!r}{where}: "
-                               f"{type(e).__name__}: {e}") from e
-
-    def _build_pipeline(self, grounder: Any) -> Any:
-        from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
-
-        fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-        return VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(self._p, fields)))
-
     def _create_inputs(self) -> None:
         color_t, depth_t, info_t = "camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info"
         if _mf is not None:  # relays: only messages that passed the arrival checks reach the synchroniser
@@ -378,13 +314,7 @@ class PerceptionNode(LifecycleNode):
             Trigger, "find/clear_instruction", self._srv_clear_instruction, callback_group=group))
 
     def _teardown_active(self) -> None:
-        self._stop.set()
-        with self._mail_cv:
-            self._mailbox = None
-            self._mail_cv.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
-            self._worker.join(timeout=10.0)
-        self._worker = None
+        self._worker.stop()
         if self._field is not None:  # field hook
             self._field.deactivate()
         if self._refs is not None:
@@ -437,29 +367,10 @@ class PerceptionNode(LifecycleNode):
             self._count("invalid_input")
             self._warn("input_error", f"{stream} message dropped: {type(e).__name__}: {e}", level="error")
 
-    def _precheck(self, stream: str, msg: Any) -> None:
-        """Cheap header-only checks on arrival, so bad or huge messages never enter the synchroniser."""
-        max_px = self._p["max_image_pixels"]
-        if stream == "camera_info":
-            if int(msg.width) * int(msg.height) > max_px:
-                raise FrameRejected("camera_info", f"camera_info unusable: size {msg.width}x{msg.height} > "
-                                                   f"max_image_pixels={max_px}")
-            try:
-                conv.camera_info_to_K(msg)
-            except conv.ConversionError as e:
-                raise FrameRejected("camera_info", f"camera_info unusable: {e}") from e
-            return
-        encodings = conv.RGB_ENCODINGS if stream == "color" else conv.DEPTH_ENCODINGS
-        try:
-            conv.check_image(msg, encodings=encodings, max_pixels=max_px)
-        except conv.ConversionError as e:
-            what = "colour" if stream == "color" else stream
-            raise FrameRejected(f"{stream}_{e.kind}", f"{what} image dropped: {e}") from e
-
     def _take_input(self, stream: str, msg: Any) -> None:
         if stream == "color":
             self._count("frames_in")
-        self._precheck(stream, msg)
+        checks.precheck(stream, msg, max_pixels=self._p["max_image_pixels"])  # header only: cheap for any size
         if self._is_future(stream, msg):
             return
         self._seen.add(stream)
@@ -483,33 +394,27 @@ class PerceptionNode(LifecycleNode):
                 self._warn("out_of_order", f"{stream} message stamped {stamp_to_s(msg.header.stamp):.3f} is not "
                                            "newer than the last matched frame set: dropped (clock jump or replay restart?)")
 
-    def _is_future(self, stream: str, msg: Any) -> bool:
-        """Drop (counted, logged) a message stamped more than max_stamp_age_s ahead of the node clock.
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
-        Such a set would otherwise be matched and make every later, correctly stamped frame look out of order.
-        """
-        max_age = self._p["max_stamp_age_s"]
-        if max_age <= 0:
-            return False
-        ahead = stamp_to_s(msg.header.stamp) - self.get_clock().now().nanoseconds * 1e-9
-        if ahead <= max_age:
+    def _is_future(self, stream: str, msg: Any) -> bool:
+        """Drop (counted, logged) a message stamped more than max_stamp_age_s ahead of the node clock."""
+        ahead = checks.seconds_ahead(stamp_to_s(msg.header.stamp), self._now_s(), self._p["max_stamp_age_s"])
+        if ahead is None:
             return False
         self._count("future")
         self._warn("future_stamp", f"{stream} message stamped {ahead:.2f} s in the future (> max_stamp_age_s="
-                                   f"{max_age}): dropped; check clocks / use_sim_time")
+                                   f"{self._p['max_stamp_age_s']}): dropped; check clocks / use_sim_time")
         return True
 
     def _is_stale(self, color: Image) -> bool:
         """Drop (counted, logged) a colour frame older than max_stamp_age_s; 0 disables the check."""
-        max_age = self._p["max_stamp_age_s"]
-        if max_age <= 0:
-            return False
-        age = self.get_clock().now().nanoseconds * 1e-9 - stamp_to_s(color.header.stamp)
-        if age <= max_age:
+        age = checks.seconds_stale(stamp_to_s(color.header.stamp), self._now_s(), self._p["max_stamp_age_s"])
+        if age is None:
             return False
         self._count("stale")
-        self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={max_age}): dropped; "
-                                  "check clocks / use_sim_time")
+        self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={self._p['max_stamp_age_s']}): "
+                                  "dropped; check clocks / use_sim_time")
         return True
 
     def _on_synced(self, matched: dict) -> None:
@@ -517,11 +422,8 @@ class PerceptionNode(LifecycleNode):
 
     def _on_frame_set(self, color: Image, depth: Image, info: CameraInfo) -> None:
         self._count("frame_sets")
-        with self._mail_cv:
-            if self._mailbox is not None:
-                self._count("dropped")
-            self._mailbox = (color, depth, info, time.monotonic())
-            self._mail_cv.notify()
+        if self._worker.put((color, depth, info, time.monotonic())):  # replaced a set the worker had not taken
+            self._count("dropped")
 
     def _on_pose(self, msg: PoseStamped) -> None:
         self._store_pose(msg.header, msg.pose)
@@ -616,47 +518,16 @@ class PerceptionNode(LifecycleNode):
         return True, "accepted", instruction.id
 
     # ------------------------------------------------------------------ worker
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._mail_cv:
-                while self._mailbox is None and not self._stop.is_set():
-                    self._mail_cv.wait(timeout=0.5)
-                item, self._mailbox = self._mailbox, None
-            if item is None:
-                continue
-            try:
-                self._process(*item)
-            except FrameRejected as e:
-                self._count("rejected")
-                self._warn(e.kind, str(e))
-            except Exception as e:  # never let one frame kill the worker
-                self._count("rejected")
-                self._warn("processing_error", f"frame dropped: {type(e).__name__}: {e}", level="error")
-
-    def _check_frame(self, color: Image, depth: Image, info: CameraInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _work(self, item: tuple) -> None:
+        """The worker thread's handler of one frame set: a bad frame is counted and logged, never raised."""
         try:
-            rgb = conv.image_to_rgb(color)
-        except conv.ConversionError as e:
-            raise FrameRejected("color_image", f"colour image dropped: {e}") from e
-        try:
-            depth_m = conv.image_to_depth_m(depth, depth_scale=self._p["depth_scale"])
-        except conv.ConversionError as e:
-            raise FrameRejected("depth_image", f"depth image dropped: {e}") from e
-        if depth_m.shape != rgb.shape[:2]:
-            raise FrameRejected("size_mismatch", f"depth is {depth_m.shape[1]}x{depth_m.shape[0]} but colour is "
-                                                 f"{rgb.shape[1]}x{rgb.shape[0]}: frame dropped (register depth "
-                                                 "to colour)")
-        if info.width and info.height and (info.width, info.height) != (rgb.shape[1], rgb.shape[0]):
-            raise FrameRejected("camera_info_size", f"camera_info is {info.width}x{info.height} but colour is "
-                                                    f"{rgb.shape[1]}x{rgb.shape[0]}: frame dropped")
-        try:
-            K = conv.camera_info_to_K(info)
-        except conv.ConversionError as e:
-            raise FrameRejected("camera_info", f"camera_info unusable: {e}") from e
-        if not np.any(depth_m > 0):
-            raise FrameRejected("depth_invalid", "depth image has no valid pixel (all NaN / zero / inf): "
-                                                 "frame dropped")
-        return rgb, depth_m, K
+            self._process(*item)
+        except FrameRejected as e:
+            self._count("rejected")
+            self._warn(e.kind, str(e))
+        except Exception as e:  # never let one frame kill the worker
+            self._count("rejected")
+            self._warn("processing_error", f"frame dropped: {type(e).__name__}: {e}", level="error")
 
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
         st = self._stages  # per-stage wall time (find/status stage_ms)
@@ -665,7 +536,7 @@ class PerceptionNode(LifecycleNode):
         if self._is_stale(color):  # it may have aged while it waited for the worker
             return
         with st.stage("convert_in"):
-            rgb, depth_m, K = self._check_frame(color, depth, info)
+            rgb, depth_m, K = checks.check_frame(color, depth, info, depth_scale=self._p["depth_scale"])
         with st.stage("pose_lookup"):
             T_world_cam = self._lookup_pose(color)
         refs = self._refs
@@ -705,19 +576,9 @@ class PerceptionNode(LifecycleNode):
     def _publish(self, header, instruction, result, overlay, t_receipt: float, resolved=None) -> None:
         st = self._stages
         t0 = time.perf_counter()
-        out, best = build.grounding_msg(header, instruction, result,
-                                        grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
-                                        world_frame=self._p["world_frame"], resolved=resolved)
-        msgs = [("mask", build.label_mask_msg(result.label_mask, header))]
-        if overlay is not None:
-            msgs.append(("overlay", build.overlay_msg(overlay, header)))
-        target, target_world = build.target_pose_msgs(header, best)
-        if target is not None:
-            msgs.append(("target_pose", target))
-        if target_world is not None:
-            msgs.append(("target_pose_world", target_world))
-        if self._p["publish_markers"]:  # world frame when the camera pose is known (find_ros.ros.markers)
-            msgs.append(("markers", marker_array(out.entities, header)))
+        out, msgs = build.frame_messages(header, instruction, result, overlay=overlay, resolved=resolved,
+                                         grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
+                                         world_frame=self._p["world_frame"], markers=self._p["publish_markers"])
         t1 = time.perf_counter()
         st.record("build_msgs", (t1 - t0) * 1e3)
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
