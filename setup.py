@@ -22,7 +22,7 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "find-ros = find_ros.cli:main",
+            "find-ros = find_ros.tools.cli:main",
             "perception_node = find_ros.ros.perception_node:run",
             "sim_camera_node = find_ros.ros.sim_camera_node:run",
             "replay_node = find_ros.ros.replay_node:run",

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from find_ros import bench
+from find_ros.tools import bench
 
 
 def test_time_stage_repeats_and_orders_percentiles():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from find_ros import cli
+from find_ros.tools import cli
 
 
 def test_help_lists_every_subcommand(capsys):

@@ -101,7 +101,7 @@ def test_find_ros_run_writes_an_output_bag_with_the_input_stamps(procs, tmp_path
     time; the summary counts frames and the malformed messages."""
     b = write_tum_bag(tmp_path / "in", malformed=True)
     out = tmp_path / "out"
-    proc = procs.spawn(["-m", "find_ros.cli", "run", "--bag", str(b.path), "--instruction", INSTRUCTION,
+    proc = procs.spawn(["-m", "find_ros.tools.cli", "run", "--bag", str(b.path), "--instruction", INSTRUCTION,
                         "--out", str(out), "--grounder", "hsv-baseline", "--field"], "run.log")
     try:
         rc = proc.wait(timeout=120)

@@ -24,7 +24,7 @@ def test_short_demo_writes_a_report(tmp_path, domain_id):
     out = tmp_path / "demo"
     # find-ros demo claims a free domain itself (lock file) for its graph; ROS_DOMAIN_ID is set all the same
     env = process_env(domain_id=domain_id, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--seconds", "6", "--rate", "10",
+    r = subprocess.run([sys.executable, "-m", "find_ros.tools.cli", "demo", "--seconds", "6", "--rate", "10",
                         "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     report = json.loads((out / "report.json").read_text())
@@ -46,10 +46,10 @@ def test_short_demo_writes_a_report(tmp_path, domain_id):
 
 
 def test_demo_help_and_bad_arguments():
-    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "find_ros.tools.cli", "demo", "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "--seconds" in r.stdout and "--grounder" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "find_ros.cli", "demo", "--grounder", "nope"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "find_ros.tools.cli", "demo", "--grounder", "nope"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "invalid choice" in r.stderr
 

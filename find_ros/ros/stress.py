@@ -65,7 +65,7 @@ EXECUTABLES: dict[str, Executable] = {e.name: e for e in (
                                    "-p", "loop_frames:=60"), "sim camera: seed"),
     Executable("replay_node", ("-m", "find_ros.ros.replay_node", "--ros-args", "-p", "format:=tum",
                                "-p", f"path:={TUM_DATA}", "-p", "loop:=true"), "replaying"),
-    Executable("find-ros demo", ("-m", "find_ros.cli", "demo", "--seconds", "60", "--rate", "10", "--grounder",
+    Executable("find-ros demo", ("-m", "find_ros.tools.cli", "demo", "--seconds", "60", "--rate", "10", "--grounder",
                                  "hsv-baseline", "--out", "demo"), "active: grounding",
                ready_file="demo/perception_node.log"),
 )}

@@ -2,6 +2,8 @@
 
 They import whichever layers they measure; no layer imports them (test/test_package.py reads the import graph).
 
+- :mod:`find_ros.tools.cli`: the ``find-ros`` console script (subcommand table, dispatched lazily);
+- :mod:`find_ros.tools.bench`: ``find-ros bench``, every stage next to a reference measured in the same run;
 - :mod:`find_ros.tools.model_eval`: ``find-ros eval``, grounding / retrieval metrics of a FIND model;
 - :mod:`find_ros.tools.model_speed`: FIND forward-pass timing (``python -m find_ros.tools.model_speed``);
 - :mod:`find_ros.tools.grounding_eval`: the video grounding pipeline against simulator ground truth;

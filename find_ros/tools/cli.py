@@ -1,4 +1,4 @@
-"""``find-ros``: one console script, subcommands dispatched lazily to the layer that owns them.
+"""``find-ros``: one console script, subcommands dispatched lazily to the module that implements them.
 
 ``find-ros demo`` (sim camera + perception node + scripted instructions), ``train`` / ``eval``
 (FIND model), ``field`` (3D feature field tools), ``bench`` (benchmarks), ``run`` (the perception node over a
@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("find_ros.model.train", "cli", "train the FIND interface on simulated or recorded data"),
     "eval": ("find_ros.tools.model_eval", "cli", "evaluate a FIND model (grounding / retrieval metrics)"),
     "field": ("find_ros.tools.field_cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
-    "bench": ("find_ros.bench", "cli", "speed benchmarks"),
+    "bench": ("find_ros.tools.bench", "cli", "speed benchmarks"),
     "run": ("find_ros.ros.offline", "cli", "perception node over a recorded rosbag2; outputs to a new rosbag2 + summary"),
     "reference-eval": ("find_ros.ros.reference_eval", "main",
                        "click-to-reference evaluation over DDS: sim clicks -> stored references -> 'the <name>'"),
