@@ -40,10 +40,8 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 import rclpy
-from geometry_msgs.msg import Pose, PoseStamped
-from nav_msgs.msg import Odometry
+from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
@@ -55,6 +53,7 @@ from find_ros.instruction import InstructionError
 from find_ros.msg import Grounding, InterleavedInstruction
 from find_ros.ros import conversions as conv
 from find_ros.ros import grounding_msgs as build
+from find_ros.ros.camera_inputs import CameraInputs
 from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.grounder_factory import build_grounder, build_pipeline
 from find_ros.ros import frame_checks as checks
@@ -62,20 +61,12 @@ from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.latest_worker import LatestWorker
 from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters
 from find_ros.ros.params import validate_value
-from find_ros.ros.pose_buffer import PoseBuffer
-from find_ros.ros.tf import transform_to_matrix
-from find_ros.stamps import stamp_to_s
-from find_ros.ros.qos import OUTPUT_QOS, sensor_subscription_qos
+from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
 from find_ros.ros.references import references_from_msgs
 from find_ros.ros.shutdown import entry_point
 from find_ros.ros.stage_timer import StageTimer
 from find_ros.srv import SetInstruction
-
-try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
-    import message_filters as _mf
-except ImportError:  # pragma: no cover - depends on the install
-    _mf = None
 
 __all__ = ["PerceptionNode", "main", "Counters"]
 
@@ -96,21 +87,15 @@ class PerceptionNode(LifecycleNode):
         self._subs: list[Any] = []
         self._srvs: list[Any] = []
         self._tmrs: list[Any] = []
-        self._sync: Any = None
-        self._mf_sync: Any = None
-        self._mf_relays: dict | None = None
+        self._inputs: CameraInputs | None = None  # camera subscriptions, arrival checks, matching, camera poses
         self._grounder: Any = None
         self._model = ""  # what the grounder loaded: the FIND model directory, or "hsv-baseline"
         self._pipeline: Any = None
         self._instruction: Any = None
         self._pipeline_lock = threading.Lock()
         self._worker = LatestWorker(self._work, name="find_ros-worker")  # one-slot mailbox: newest frame set wins
-        self._poses = PoseBuffer()  # camera poses by stamp (camera/pose, camera/odom)
-        self._seen: set[str] = set()
         self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
         self._stages = StageTimer(window=200)  # find/status stage_ms: rolling medians of the frame path's stages
-        self._tf_buffer: Any = None
-        self._tf_listener: Any = None
         self._field: Any = None  # field hook: FieldBridge when field_enable
         self._refs: ReferenceBridge | None = None  # stored references: clicks, find/reference/* services
         self._resolved: Any = None  # the instruction in force with its stored-reference names (ResolvedInstruction)
@@ -198,6 +183,8 @@ class PerceptionNode(LifecycleNode):
             "status": mk(String, "find/status", OUTPUT_QOS),
         }
         self._refs = ReferenceBridge(node=self, params=self._p)
+        self._inputs = CameraInputs(node=self, params=self._p, count=self._count, warn=self._warn,
+                                    on_frame_set=self._on_frame_set)
         # field hook: the 3D feature field (find_ros/ros/field_bridge.py), only when field_enable
         try:
             from find_ros.ros.field_bridge import FieldBridge
@@ -226,9 +213,7 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._counters.reset()
         self._stages.reset()
-        self._seen.clear()
         self._instruction = self._resolved = None
-        self._poses.clear()
         try:  # stored references: loaded from reference_dir; clicks segment with the grounder's proposals
             self._refs.activate(segment=getattr(self._grounder, "segment_proposals", None),
                                 model_lock=self._pipeline_lock)
@@ -276,33 +261,7 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ building
     def _create_inputs(self) -> None:
-        color_t, depth_t, info_t = "camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info"
-        if _mf is not None:  # relays: only messages that passed the arrival checks reach the synchroniser
-            self._mf_relays = {k: _mf.SimpleFilter() for k in ("color", "depth", "camera_info")}
-            self._mf_sync = _mf.ApproximateTimeSynchronizer(
-                [self._mf_relays[k] for k in ("color", "depth", "camera_info")], 2,
-                max(self._p["sync_slop_s"], 1e-6))
-            self._mf_sync.registerCallback(self._on_frame_set)
-        else:
-            from find_ros.ros.sync import ApproximateSync
-
-            self._sync = ApproximateSync(slop_s=self._p["sync_slop_s"], callback=self._on_synced)
-        # best effort by default: matches best-effort (SensorDataQoS) and reliable cameras (find_ros.ros.qos)
-        sensor_qos = sensor_subscription_qos(self._p["sensor_reliability"])
-        for stream, mtype, topic in (("color", Image, color_t), ("depth", Image, depth_t),
-                                     ("camera_info", CameraInfo, info_t)):
-            self._subs.append(self.create_subscription(
-                mtype, topic, lambda m, s=stream: self._on_input(s, m), sensor_qos))
-        src = self._p["camera_pose_source"]
-        if src == "pose":
-            self._subs.append(self.create_subscription(PoseStamped, "camera/pose", self._on_pose, sensor_qos))
-        elif src == "odom":
-            self._subs.append(self.create_subscription(Odometry, "camera/odom", self._on_odom, sensor_qos))
-        elif src == "tf":  # pragma: no cover - tf2_ros is not installable here
-            import tf2_ros
-
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        self._inputs.activate()  # camera, depth, camera_info and camera pose (find_ros.ros.camera_inputs)
         self._subs.append(self.create_subscription(
             InterleavedInstruction, "find/instruction", self._on_instruction, _INSTRUCTION_QOS))
         self._subs.append(self.create_subscription(
@@ -326,8 +285,8 @@ class PerceptionNode(LifecycleNode):
         for s in self._srvs:
             self.destroy_service(s)
         self._tmrs, self._subs, self._srvs = [], [], []
-        self._sync = self._mf_sync = self._mf_relays = None
-        self._tf_listener = self._tf_buffer = None
+        if self._inputs is not None:
+            self._inputs.deactivate()
         with self._pipeline_lock:
             had_model = self._grounder is not None
             self._pipeline = self._grounder = None
@@ -356,111 +315,11 @@ class PerceptionNode(LifecycleNode):
         self._pubs = {}
 
     # ------------------------------------------------------------------ inputs
-    def _on_input(self, stream: str, msg: Any) -> None:
-        """Subscription callback of colour / depth / camera_info: never raises (that would stop the executor)."""
-        try:
-            self._take_input(stream, msg)
-        except FrameRejected as e:
-            self._count("invalid_input")
-            self._warn(e.kind, str(e))
-        except Exception as e:  # noqa: BLE001 - whatever the message, the node keeps running
-            self._count("invalid_input")
-            self._warn("input_error", f"{stream} message dropped: {type(e).__name__}: {e}", level="error")
-
-    def _take_input(self, stream: str, msg: Any) -> None:
-        if stream == "color":
-            self._count("frames_in")
-        checks.precheck(stream, msg, max_pixels=self._p["max_image_pixels"])  # header only: cheap for any size
-        if self._is_future(stream, msg):
-            return
-        self._seen.add(stream)
-        if stream == "color":
-            missing = [s for s in ("depth", "camera_info") if s not in self._seen]
-            if "camera_info" in missing:
-                self._count("waiting_camera_info")
-            if missing:
-                self._warn(f"missing_{'_'.join(missing)}",
-                           f"colour frames arrive but no {' and no '.join(missing)} has been received yet "
-                           "(topics camera/depth/image_raw, camera/color/camera_info): frames wait")
-        if stream == "color" and self._is_stale(msg):
-            return
-        if self._mf_relays is not None:  # message_filters (a ROS install): its exceptions land in _on_input
-            self._mf_relays[stream].signalMessage(msg)
-        elif self._sync is not None:
-            before = self._sync.discarded
-            self._sync.add(stream, stamp_to_s(msg.header.stamp), msg)
-            if self._sync.discarded > before:
-                self._count("out_of_order")
-                self._warn("out_of_order", f"{stream} message stamped {stamp_to_s(msg.header.stamp):.3f} is not "
-                                           "newer than the last matched frame set: dropped (clock jump or replay restart?)")
-
-    def _now_s(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
-    def _is_future(self, stream: str, msg: Any) -> bool:
-        """Drop (counted, logged) a message stamped more than max_stamp_age_s ahead of the node clock."""
-        ahead = checks.seconds_ahead(stamp_to_s(msg.header.stamp), self._now_s(), self._p["max_stamp_age_s"])
-        if ahead is None:
-            return False
-        self._count("future")
-        self._warn("future_stamp", f"{stream} message stamped {ahead:.2f} s in the future (> max_stamp_age_s="
-                                   f"{self._p['max_stamp_age_s']}): dropped; check clocks / use_sim_time")
-        return True
-
-    def _is_stale(self, color: Image) -> bool:
-        """Drop (counted, logged) a colour frame older than max_stamp_age_s; 0 disables the check."""
-        age = checks.seconds_stale(stamp_to_s(color.header.stamp), self._now_s(), self._p["max_stamp_age_s"])
-        if age is None:
-            return False
-        self._count("stale")
-        self._warn("stale_frame", f"frame {age:.2f} s old (> max_stamp_age_s={self._p['max_stamp_age_s']}): "
-                                  "dropped; check clocks / use_sim_time")
-        return True
-
-    def _on_synced(self, matched: dict) -> None:
-        self._on_frame_set(matched["color"], matched["depth"], matched["camera_info"])
-
     def _on_frame_set(self, color: Image, depth: Image, info: CameraInfo) -> None:
+        """A matched colour + depth + camera_info set (CameraInputs): into the worker's one-slot mailbox."""
         self._count("frame_sets")
         if self._worker.put((color, depth, info, time.monotonic())):  # replaced a set the worker had not taken
             self._count("dropped")
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        self._store_pose(msg.header, msg.pose)
-
-    def _on_odom(self, msg: Odometry) -> None:
-        self._store_pose(msg.header, msg.pose.pose)
-
-    def _store_pose(self, header, pose: Pose) -> None:
-        try:
-            T = conv.pose_to_matrix(pose)
-        except conv.ConversionError as e:  # NaN position, zero quaternion: never raise in a callback
-            self._count("invalid_input")
-            self._warn("pose_invalid", f"camera pose dropped: {e}")
-            return
-        if header.frame_id and header.frame_id != self._p["world_frame"]:
-            self._warn("pose_frame", f"camera pose is in frame {header.frame_id!r} but world_frame is "
-                                     f"{self._p['world_frame']!r}; using it as the world frame")
-        self._poses.add(stamp_to_s(header.stamp), T)
-
-    def _lookup_pose(self, color: Image) -> np.ndarray | None:
-        src = self._p["camera_pose_source"]
-        if src == "none":
-            return None
-        t = stamp_to_s(color.header.stamp)
-        if src == "tf":  # pragma: no cover - tf2_ros is not installable here
-            try:
-                tr = self._tf_buffer.lookup_transform(self._p["world_frame"], color.header.frame_id,
-                                                      color.header.stamp)
-            except Exception as e:
-                self._warn("pose_missing", f"no tf {self._p['world_frame']} -> {color.header.frame_id}: {e}")
-                return None
-            return transform_to_matrix(tr)
-        T = self._poses.lookup(t, slop_s=self._p["sync_slop_s"])
-        if T is None:
-            self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "
-                                       f"frame at t={t:.3f}: grounded without world poses")
-        return T
 
     # ------------------------------------------------------------------ instructions
     def _on_instruction_text(self, msg: String) -> None:
@@ -533,12 +392,12 @@ class PerceptionNode(LifecycleNode):
         st = self._stages  # per-stage wall time (find/status stage_ms)
         t_start = time.perf_counter()
         st.record("queue_wait", (time.monotonic() - t_receipt) * 1e3)
-        if self._is_stale(color):  # it may have aged while it waited for the worker
+        if self._inputs.is_stale(color):  # it may have aged while it waited for the worker
             return
         with st.stage("convert_in"):
             rgb, depth_m, K = checks.check_frame(color, depth, info, depth_scale=self._p["depth_scale"])
         with st.stage("pose_lookup"):
-            T_world_cam = self._lookup_pose(color)
+            T_world_cam = self._inputs.lookup_pose(color)
         refs = self._refs
         if refs is not None:  # clicks are resolved in recent frames
             with st.stage("ref_remember"):
