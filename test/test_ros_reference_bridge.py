@@ -237,7 +237,7 @@ def test_references_survive_a_restart_and_baseline_refuses_clicks(ros, tmp_path,
 def test_reference_evaluation_runs_and_measures_one_scene():
     """`find-ros reference-eval` on one scene (field off, 4 later views): every sizeable object clicked, the masks
     overlap the objects, 'the <name>' grounds them, and every bad click is refused with nothing stored."""
-    from find_ros.ros.reference_eval import EvalConfig, run
+    from find_ros.tools.reference_eval import EvalConfig, run
 
     report = run(EvalConfig(seeds=(603,), n_views=12, ground_views=(3, 6, 9), field=False))
     s = report["summary"]

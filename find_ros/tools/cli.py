@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "field": ("find_ros.tools.field_cli", "cli", "3D feature field tools (fuse a dataset, query, export)"),
     "bench": ("find_ros.tools.bench", "cli", "speed benchmarks"),
     "run": ("find_ros.ros.offline", "cli", "perception node over a recorded rosbag2; outputs to a new rosbag2 + summary"),
-    "reference-eval": ("find_ros.ros.reference_eval", "main",
+    "reference-eval": ("find_ros.tools.reference_eval", "main",
                        "click-to-reference evaluation over DDS: sim clicks -> stored references -> 'the <name>'"),
 }
 
