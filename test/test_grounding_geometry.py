@@ -178,3 +178,54 @@ def test_facing_rotation_degenerate_cases_stay_rotations():
         R = facing_rotation(np.array(to_viewer, float), np.array(up, float))
         np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
         assert np.linalg.det(R) == pytest.approx(1.0)
+
+
+def _pose_on_the_whole_image(mask, d, K, *, erode_px=2, min_points=30, depth_edge_m=0.05):
+    """target_pose_from_mask as it was before it cropped to the mask's box (the reference for the crop)."""
+    import cv2
+
+    from find_ros.grounding import geometry as g
+
+    usable = np.isfinite(d) & (d > 0)
+    if depth_edge_m > 0:
+        usable &= ~depth_edges(d, depth_edge_m)
+    keep = mask & usable
+    if erode_px > 0:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode_px + 1, 2 * erode_px + 1))
+        eroded = cv2.erode(mask.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+        if int((eroded & usable).sum()) >= min_points:
+            keep = eroded & usable
+    if int(keep.sum()) < min_points:
+        return None
+    pts = backproject(d, K, keep)
+    centre, inl = g.robust_centre(pts)
+    if int(inl.sum()) < min_points:
+        return None
+    R = facing_rotation(-centre, g._CAM_UP)
+    lo, hi = np.percentile((pts[inl] - centre) @ R, [g._PCT_LO, g._PCT_HI], axis=0)
+    kept = pts[inl]
+    if len(kept) > g.MAX_POSE_POINTS:
+        kept = kept[np.linspace(0, len(kept) - 1, g.MAX_POSE_POINTS).astype(np.int64)]
+    return centre, hi - lo, int(inl.sum()), kept
+
+
+def test_pose_from_the_masks_box_equals_the_whole_image_computation_bit_for_bit():
+    rng = np.random.default_rng(3)
+    h, w = 120, 160
+    K = np.array([[201.3, 0.7, 79.37], [0, 199.9, 61.113], [0, 0, 1]])  # fractional centre, skew
+    for trial in range(40):
+        d = (1.0 + rng.random((h, w)) * 0.02).astype(np.float32)
+        d[rng.random((h, w)) < 0.05] = 0.0  # holes
+        d[:, int(rng.integers(0, w)):] += 0.5  # a depth step somewhere
+        mask = np.zeros((h, w), bool)
+        y0, x0 = int(rng.integers(0, h - 5)), int(rng.integers(0, w - 5))  # boxes touch the borders sometimes
+        mask[y0:y0 + int(rng.integers(3, 60)), x0:x0 + int(rng.integers(3, 80))] = True
+        if trial % 3 == 0:
+            mask[0, :] = True  # a row along the top edge
+        for erode_px, edge in ((2, 0.05), (0, 0.05), (3, 0.0)):
+            got = target_pose_from_mask(mask, d, K, erode_px=erode_px, min_points=10, depth_edge_m=edge)
+            ref = _pose_on_the_whole_image(mask, d, K, erode_px=erode_px, min_points=10, depth_edge_m=edge)
+            assert (got is None) == (ref is None)
+            if got is not None:
+                assert np.array_equal(got.position, ref[0]) and np.array_equal(got.extent, ref[1])
+                assert got.num_points == ref[2] and np.array_equal(got.points, ref[3])

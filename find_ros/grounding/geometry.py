@@ -214,8 +214,17 @@ def target_pose_from_mask(
     if erode_px < 0 or min_points < 1 or depth_edge_m < 0:
         raise GeometryError(f"erode_px={erode_px} must be >= 0, min_points={min_points} >= 1, "
                             f"depth_edge_m={depth_edge_m} >= 0")
-    if not m.any():
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
         return None
+    # work on the mask's box plus the 1-pixel ring depth_edges reads (same result as on the whole image, whose
+    # depth edges cost ~4 ms per mask at 640x480); K is shifted to the crop (exact: integer offsets)
+    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, d.shape[0])
+    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, d.shape[1])
+    d, m = d[y0:y1, x0:x1], m[y0:y1, x0:x1]
+    K = K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
     usable = _valid(d)
     if depth_edge_m > 0:
         usable &= ~depth_edges(d, depth_edge_m)

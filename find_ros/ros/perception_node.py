@@ -409,7 +409,7 @@ class PerceptionNode(LifecycleNode):
             if instruction is None:
                 if self._field is not None:  # field hook: no instruction: the field thread embeds the frame
                     self._field.feed(rgb, depth_m, K, T_world_cam)  # field hook
-                if refs is not None and refs.flashing() and self._p["publish_overlay"]:  # show a new reference
+                if refs is not None and refs.flashing() and self._wanted("overlay"):  # show a new reference
                     self._pubs["overlay"].publish(build.overlay_msg(refs.decorate(rgb.copy()), color.header))
                 self._count("idle")
                 self._warn("no_instruction", "no instruction yet: publish text on find/instruction_text "
@@ -421,7 +421,7 @@ class PerceptionNode(LifecycleNode):
                            {"ground": self._pipeline.last_timings.get("ground", 0.0)})
             st.record("pose_tracking", self._pipeline.last_timings.get("pose_tracking", 0.0))
             with st.stage("overlay"):
-                overlay = result.overlay(rgb) if self._p["publish_overlay"] else None
+                overlay = result.overlay(rgb) if self._wanted("overlay") else None
         if overlay is not None and refs is not None and refs.flashing():
             refs.decorate(overlay)
         if self._field is not None:  # field hook: fuse with the grounder's own pixel embeddings (its thread)
@@ -437,7 +437,7 @@ class PerceptionNode(LifecycleNode):
         t0 = time.perf_counter()
         out, msgs = build.frame_messages(header, instruction, result, overlay=overlay, resolved=resolved,
                                          grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
-                                         world_frame=self._p["world_frame"], markers=self._p["publish_markers"])
+                                         world_frame=self._p["world_frame"], markers=self._wanted("markers"))
         t1 = time.perf_counter()
         st.record("build_msgs", (t1 - t0) * 1e3)
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
@@ -449,6 +449,11 @@ class PerceptionNode(LifecycleNode):
         if resolved is not None and resolved.names and self._refs is not None:  # last known reference positions
             self._refs.observe(resolved, out.entities)
             st.record("ref_observe", (time.perf_counter() - t2) * 1e3)
+
+    def _wanted(self, output: str) -> bool:
+        """Build the overlay / markers only when enabled (publish_overlay, publish_markers) and subscribed."""
+        pub = self._pubs.get(output)
+        return bool(self._p[f"publish_{output}"]) and pub is not None and pub.get_subscription_count() > 0
 
     def _publish_status(self) -> None:
         if "status" in self._pubs:
