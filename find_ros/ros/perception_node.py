@@ -1,34 +1,27 @@
 """The perception node: RGB-D frames + an instruction in, grounding results, masks and target poses out.
 
-A ``rclpy`` lifecycle node (run it with ``python -m find_ros.ros.perception_node`` or the
-``perception_node`` executable):
+A ``rclpy`` lifecycle node (``python -m find_ros.ros.perception_node`` or the ``perception_node`` executable):
 
-- configure: declare and validate the parameters (:mod:`find_ros.ros.params`), create the publishers;
-- activate: build the grounder (``find`` or the ``hsv-baseline`` colour baseline) and the video
-  pipeline, subscribe, offer the instruction services, start the worker;
+- configure: declare and validate the parameters (:mod:`find_ros.ros.params`), create the publishers, the camera
+  side (:mod:`find_ros.ros.camera_inputs`), the instruction side (:mod:`find_ros.ros.instruction_input`), the
+  stored references (:mod:`find_ros.ros.reference_bridge`) and, with ``field_enable``, the feature field
+  (:mod:`find_ros.ros.field_bridge`);
+- activate: build the grounder (``find`` or the ``hsv-baseline`` colour baseline) and the video pipeline
+  (:mod:`find_ros.ros.grounder_factory`), subscribe, offer the services, start the worker;
 - deactivate: stop the worker, drop subscriptions and services, free the model;
 - cleanup / shutdown: drop the publishers too.
 
 With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed).
 
-Camera inputs are subscribed best effort, keep last 1, volatile (``sensor_reliability``,
-:func:`find_ros.ros.qos.sensor_subscription_qos`), so best-effort (``SensorDataQoS``) and reliable
-camera drivers both connect.
-
-Frame path: colour, depth and camera_info are matched by stamp (``message_filters`` when it is
-importable, else :class:`find_ros.ros.sync.ApproximateSync`); the matched set goes into a one-slot
-mailbox read by a single worker thread, so the newest frame wins and inference never queues behind
-the camera (a set replaced before the worker took it counts as dropped). The camera pose is looked
-up by stamp from ``camera/pose`` / ``camera/odom`` (or tf2). Every output copies the colour
-image's header. Camera messages are checked from their header on arrival (encoding, zero size,
-step, data length, ``max_image_pixels``; camera_info K) so bad or huge ones never enter the
-synchroniser; a colour frame stamped more than ``max_stamp_age_s`` before the node clock is stale,
-and any camera message stamped more than ``max_stamp_age_s`` after it is "from the future" (a clock
-mismatch that would otherwise make every later frame look out of order): both are dropped. Bad
-input (those, size mismatch, no valid depth, missing camera_info, NaN camera pose, bad instruction)
-is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped and the
-node keeps running (no subscription callback raises). Counters are published as JSON on
-``find/status``.
+Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp;
+the matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single
+worker thread, so the newest frame wins and inference never queues behind the camera (a set replaced before the
+worker took it counts as dropped). The worker converts and checks the set (:mod:`find_ros.ros.frame_checks`),
+looks the camera pose up by stamp, grounds it and publishes every output with the colour image's header
+(:func:`find_ros.ros.grounding_msgs.frame_messages`); the overlay and markers are built only when enabled and
+subscribed. Bad input is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped
+and the node keeps running (no callback raises). Counters, and the frame path's per-stage medians (``stage_ms``,
+:class:`find_ros.ros.stage_timer.StageTimer`), are published as JSON on ``find/status``.
 """
 from __future__ import annotations
 
@@ -37,23 +30,19 @@ import json
 import sys
 import threading
 import time
-import uuid
 from typing import Any
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
-from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from find_ros.instruction import InstructionError
-from find_ros.msg import Grounding, InterleavedInstruction
-from find_ros.ros import conversions as conv
+from find_ros.msg import Grounding
 from find_ros.ros import grounding_msgs as build
 from find_ros.ros.camera_inputs import CameraInputs
+from find_ros.ros.instruction_input import InstructionInput
 from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.grounder_factory import build_grounder, build_pipeline
 from find_ros.ros import frame_checks as checks
@@ -63,15 +52,10 @@ from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, decla
 from find_ros.ros.params import validate_value
 from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
-from find_ros.ros.references import references_from_msgs
-from find_ros.ros.shutdown import entry_point
+from find_ros.ros.shutdown import entry_point, run_lifecycle_node
 from find_ros.ros.stage_timer import StageTimer
-from find_ros.srv import SetInstruction
 
 __all__ = ["PerceptionNode", "main", "Counters"]
-
-_INSTRUCTION_QOS = 10
-
 
 class PerceptionNode(LifecycleNode):
     """Lifecycle node grounding interleaved instructions in an RGB-D stream (see the module docstring)."""
@@ -84,10 +68,9 @@ class PerceptionNode(LifecycleNode):
         self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
-        self._subs: list[Any] = []
-        self._srvs: list[Any] = []
         self._tmrs: list[Any] = []
         self._inputs: CameraInputs | None = None  # camera subscriptions, arrival checks, matching, camera poses
+        self._instructions: InstructionInput | None = None  # instruction topics and services
         self._grounder: Any = None
         self._model = ""  # what the grounder loaded: the FIND model directory, or "hsv-baseline"
         self._pipeline: Any = None
@@ -185,6 +168,10 @@ class PerceptionNode(LifecycleNode):
         self._refs = ReferenceBridge(node=self, params=self._p)
         self._inputs = CameraInputs(node=self, params=self._p, count=self._count, warn=self._warn,
                                     on_frame_set=self._on_frame_set)
+        self._instructions = InstructionInput(
+            node=self, params=self._p, count=self._count, warn=self._warn, refs=lambda: self._refs,
+            apply=self._apply_instruction, clear=self._clear_instruction,
+            current_id=lambda: getattr(self._instruction, "id", ""))
         # field hook: the 3D feature field (find_ros/ros/field_bridge.py), only when field_enable
         try:
             from find_ros.ros.field_bridge import FieldBridge
@@ -221,7 +208,8 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f"activate failed: stored references: {e}")
             self._grounder = self._pipeline = None
             return TransitionCallbackReturn.FAILURE
-        self._create_inputs()
+        self._inputs.activate()  # camera, depth, camera_info and camera pose (find_ros.ros.camera_inputs)
+        self._instructions.activate()  # find/instruction(_text), find/set_instruction, find/clear_instruction
         self._worker.start()
         self._tmrs.append(self.create_timer(self._p["status_period_s"], self._publish_status))
         if self._field is not None:  # field hook: the field's embeddings come from the grounder (D checked)
@@ -249,29 +237,9 @@ class PerceptionNode(LifecycleNode):
         self._destroy_publishers()
         return TransitionCallbackReturn.SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown_active()
-        self._destroy_publishers()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown_active()
-        self._destroy_publishers()
-        return TransitionCallbackReturn.SUCCESS
+    on_shutdown = on_error = on_cleanup  # from any state: free everything
 
     # ------------------------------------------------------------------ building
-    def _create_inputs(self) -> None:
-        self._inputs.activate()  # camera, depth, camera_info and camera pose (find_ros.ros.camera_inputs)
-        self._subs.append(self.create_subscription(
-            InterleavedInstruction, "find/instruction", self._on_instruction, _INSTRUCTION_QOS))
-        self._subs.append(self.create_subscription(
-            String, "find/instruction_text", self._on_instruction_text, _INSTRUCTION_QOS))
-        group = MutuallyExclusiveCallbackGroup()
-        self._srvs.append(self.create_service(
-            SetInstruction, "find/set_instruction", self._srv_set_instruction, callback_group=group))
-        self._srvs.append(self.create_service(
-            Trigger, "find/clear_instruction", self._srv_clear_instruction, callback_group=group))
-
     def _teardown_active(self) -> None:
         self._worker.stop()
         if self._field is not None:  # field hook
@@ -280,13 +248,10 @@ class PerceptionNode(LifecycleNode):
             self._refs.deactivate()
         for t in self._tmrs:
             self.destroy_timer(t)
-        for s in self._subs:
-            self.destroy_subscription(s)
-        for s in self._srvs:
-            self.destroy_service(s)
-        self._tmrs, self._subs, self._srvs = [], [], []
-        if self._inputs is not None:
-            self._inputs.deactivate()
+        self._tmrs = []
+        for part in (self._inputs, self._instructions):
+            if part is not None:
+                part.deactivate()
         with self._pipeline_lock:
             had_model = self._grounder is not None
             self._pipeline = self._grounder = None
@@ -322,59 +287,19 @@ class PerceptionNode(LifecycleNode):
             self._count("dropped")
 
     # ------------------------------------------------------------------ instructions
-    def _on_instruction_text(self, msg: String) -> None:
-        self._set_instruction_from(msg.data, [], [], "")
+    def _apply_instruction(self, instruction: Any, resolved: Any) -> None:
+        """Embed an instruction (InstructionInput) and make it the one in force."""
+        with self._pipeline_lock:
+            if self._pipeline is None:
+                raise InstructionError("node is not active")
+            self._pipeline.set_instruction(instruction)
+            self._instruction, self._resolved = instruction, resolved
 
-    def _on_instruction(self, msg: InterleavedInstruction) -> None:
-        self._set_instruction_from(msg.text, list(msg.reference_images), list(msg.reference_masks), msg.id)
-
-    def _srv_set_instruction(self, req, resp):
-        ins = req.instruction
-        ok, message, iid = self._set_instruction_from(
-            ins.text, list(ins.reference_images), list(ins.reference_masks), ins.id)
-        resp.success, resp.message, resp.instruction_id = ok, message, iid
-        return resp
-
-    def _srv_clear_instruction(self, req, resp):
+    def _clear_instruction(self) -> None:
         with self._pipeline_lock:
             if self._pipeline is not None:
                 self._pipeline.clear_instruction()
             self._instruction = self._resolved = None
-        resp.success, resp.message = True, "instruction cleared"
-        self.get_logger().info("instruction cleared")
-        return resp
-
-    def _set_instruction_from(self, text: str, images: list, masks: list, iid: str) -> tuple[bool, str, str]:
-        """Convert, parse and embed an instruction; returns (accepted, message, id in force)."""
-        try:
-            refs = references_from_msgs(images, masks, max_pixels=self._p.get(
-                "max_image_pixels", PARAMS_BY_NAME["max_image_pixels"].default))
-            if self._refs is None:
-                raise InstructionError("node is not active")
-            # "<name>" placeholders -> stored references (find_ros.grounding.reference_store)
-            resolved = self._refs.resolve(text, refs, id=iid or f"ins-{uuid.uuid4().hex[:8]}")
-            instruction = resolved.instruction
-            with self._pipeline_lock:
-                if self._pipeline is None:
-                    raise InstructionError("node is not active")
-                self._pipeline.set_instruction(instruction)
-                self._instruction, self._resolved = instruction, resolved
-        except (InstructionError, conv.ConversionError) as e:
-            self._count("instructions_rejected")
-            preview = text if len(text) <= 60 else text[:57] + "..."
-            self._warn("instruction_rejected", f"instruction {preview!r} rejected: {e}")
-            return False, str(e), getattr(self._instruction, "id", "")
-        except Exception as e:  # the grounder failed to embed it
-            self._count("instructions_rejected")
-            self._warn("instruction_failed", f"instruction could not be embedded: {type(e).__name__}: {e}",
-                       level="error")
-            return False, f"{type(e).__name__}: {e}", getattr(self._instruction, "id", "")
-        self._count("instructions")
-        self.get_logger().info(
-            f"instruction {instruction.id}: {instruction.text!r} -> entities "
-            f"{list(resolved.entity_phrases)} ({len(instruction.references)} reference image(s)"
-            + (f", stored: {', '.join(resolved.names)})" if resolved.names else ")"))
-        return True, "accepted", instruction.id
 
     # ------------------------------------------------------------------ worker
     def _work(self, item: tuple) -> None:
@@ -434,21 +359,17 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ outputs
     def _publish(self, header, instruction, result, overlay, t_receipt: float, resolved=None) -> None:
         st = self._stages
-        t0 = time.perf_counter()
-        out, msgs = build.frame_messages(header, instruction, result, overlay=overlay, resolved=resolved,
-                                         grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
-                                         world_frame=self._p["world_frame"], markers=self._wanted("markers"))
-        t1 = time.perf_counter()
-        st.record("build_msgs", (t1 - t0) * 1e3)
-        out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)
-        self._pubs["grounding"].publish(out)
-        for name, msg in msgs:
-            self._pubs[name].publish(msg)
-        t2 = time.perf_counter()
-        st.record("publish", (t2 - t1) * 1e3)
+        with st.stage("build_msgs"):
+            out, msgs = build.frame_messages(header, instruction, result, overlay=overlay, resolved=resolved,
+                                             grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
+                                             world_frame=self._p["world_frame"], markers=self._wanted("markers"))
+        out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)  # frame receipt -> publish
+        with st.stage("publish"):
+            for name, msg in [("grounding", out), *msgs]:
+                self._pubs[name].publish(msg)
         if resolved is not None and resolved.names and self._refs is not None:  # last known reference positions
-            self._refs.observe(resolved, out.entities)
-            st.record("ref_observe", (time.perf_counter() - t2) * 1e3)
+            with st.stage("ref_observe"):
+                self._refs.observe(resolved, out.entities)
 
     def _wanted(self, output: str) -> bool:
         """Build the overlay / markers only when enabled (publish_overlay, publish_markers) and subscribed."""
@@ -464,42 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the node (``--ros-args`` are passed through); with ``autostart:=true`` it activates itself.
 
     SIGINT / SIGTERM (once or repeatedly, in any lifecycle state) stop the spin loop; the node then frees its model
-    and field, joins its threads and the process exits 0 (:mod:`find_ros.ros.shutdown`)."""
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-
-    from find_ros.ros.shutdown import StopSignals, release_context, spin_until_stopped
-
-    stop = StopSignals.install()
-    args = sys.argv if argv is None else [sys.argv[0], *argv]
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    executor = SingleThreadedExecutor()
-    try:
-        node = PerceptionNode()
-        executor.add_node(node)
-        autostart = bool(node.get_parameter("autostart").value)
-        if autostart and not stop.requested.is_set():
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: configure failed (see above); exiting")
-                return 1
-            if not stop.requested.is_set() and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: activate failed (see above); exiting")
-                return 1
-        if not autostart:
-            node.get_logger().info("unconfigured (autostart:=false): waiting for lifecycle transitions "
-                                   "(configure, activate) on perception_node/change_state")
-        spin_until_stopped(executor, stop)
-        if stop.requested.is_set():
-            node.get_logger().info("stop signal: shutting down")
-        return 0
-    finally:
-        executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        node = executor = None  # a LifecycleNode: release_context collects it, so its DDS participant goes too
-        release_context()
-        stop.teardown_done()
+    and field, joins its threads and the process exits 0 (:func:`find_ros.ros.shutdown.run_lifecycle_node`)."""
+    return run_lifecycle_node(PerceptionNode, argv)
 
 
 run = entry_point(main)  # console script (setup.py) and python -m

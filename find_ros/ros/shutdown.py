@@ -161,6 +161,47 @@ def entry_point(main: Callable[[], int]) -> Callable[[], None]:
     return run
 
 
+def run_lifecycle_node(make_node: Callable[[], Any], argv: list[str] | None = None) -> int:
+    """``main()`` of a lifecycle node executable: rclpy without its signal handlers, the node from ``make_node()``,
+    with ``autostart:=true`` configure + activate (exit 1 when either fails), spin until SIGINT / SIGTERM (once or
+    repeatedly, in any lifecycle state), then destroy the node (it frees what it holds and joins its threads) and
+    release the context; returns the exit code (0 after a stop signal)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = StopSignals.install()
+    rclpy.init(args=sys.argv if argv is None else [sys.argv[0], *argv], signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = SingleThreadedExecutor()
+    try:
+        node = make_node()
+        executor.add_node(node)
+        autostart = bool(node.get_parameter("autostart").value)
+        if autostart and not stop.requested.is_set():
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: configure failed (see above); exiting")
+                return 1
+            if not stop.requested.is_set() and node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: activate failed (see above); exiting")
+                return 1
+        if not autostart:
+            node.get_logger().info("unconfigured (autostart:=false): waiting for lifecycle transitions "
+                                   f"(configure, activate) on {node.get_name()}/change_state")
+        spin_until_stopped(executor, stop)
+        if stop.requested.is_set():
+            node.get_logger().info("stop signal: shutting down")
+        return 0
+    finally:
+        executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        node = executor = None  # a LifecycleNode: release_context collects it, so its DDS participant goes too
+        release_context()
+        stop.teardown_done()
+
+
 def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> int:
     """SIGINT (a ROS node's clean shutdown), then SIGKILL after ``timeout_s``; waits either way; returns the code."""
     return stop_processes([proc], timeout_s=timeout_s)[0]
