@@ -43,6 +43,11 @@ def test_short_demo_writes_a_report(tmp_path, domain_id):
         assert ins["iou_mean"] is None or 0.0 <= ins["iou_mean"] <= 1.0
     assert report["overlays"] and all((out / name).stat().st_size > 1000 for name in report["overlays"])
     assert "latency median" in r.stdout
+    # the running node's per-stage medians (find/status stage_ms; find-ros bench reports them)
+    stages = report["node_counters"]["stage_ms"]
+    assert {"queue_wait", "convert_in", "pose_lookup", "model_forward", "pose_tracking", "build_msgs", "publish",
+            "total"} <= set(stages), stages
+    assert 0 < stages["model_forward"] <= stages["total"]
 
 
 def test_demo_help_and_bad_arguments():
