@@ -353,7 +353,9 @@ def cli(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(report, indent=2))
     args.json.with_suffix(".scaling.md").write_text(_scaling_table(report))
     failed = [k for k, v in report["stages"].items() if isinstance(v, dict) and "error" in v]
-    print(json.dumps({"ratios": report["ratios"], "failed_stages": failed, "wall_s": report["wall_s"]}, indent=2))
+    node_stages = {k: v.get("stage_ms") for k, v in report["stages"].items() if k.startswith("e2e_") and "stage_ms" in v}
+    print(json.dumps({"ratios": report["ratios"], "node_stage_ms": node_stages, "failed_stages": failed,
+                      "wall_s": report["wall_s"]}, indent=2))
     return 1 if failed else 0
 
 
