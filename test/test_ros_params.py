@@ -155,3 +155,69 @@ def test_shipped_yaml_applies_through_rcl_in_any_namespace(tmp_path, domain_id):
             node.destroy_node()
     finally:
         release_context(ctx)
+
+
+# Keys whose shipped value differs from the node's default on purpose (the YAML's comment says why).
+YAML_NOT_DEFAULT = {"autostart": True}  # the shipped file runs the node active; the node's own default is false
+
+
+def test_shipped_yaml_values_are_the_table_defaults():
+    values = P.load_yaml_parameters(YAML)
+    for name, value in values.items():
+        assert name in P.PARAMS_BY_NAME, f"{name} in {YAML.name} is not a parameter"
+        want = YAML_NOT_DEFAULT.get(name, P.PARAMS_BY_NAME[name].default)
+        assert value == want and type(value) is type(want), (name, value, want)
+
+
+def test_pipeline_rows_are_derived_from_the_pipeline_config_fields():
+    import dataclasses
+
+    from find_ros.grounding.pipeline import PipelineConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    derived = [s for s in P.PARAMS if s.source is not None]
+    assert {s.name for s in derived} >= {"score_threshold", "erode_px", "min_points", "shape_voxel_m"}
+    for spec in derived:
+        cls, field = spec.source
+        assert cls is PipelineConfig and spec.pipeline_field == field
+        f = fields[field]
+        assert spec.default == f.default == getattr(PipelineConfig(), field)
+        assert spec.range == f.metadata["range"] and spec.description == f.metadata["description"]
+        assert spec.type.__name__ == f.type
+
+
+def test_pipeline_parameters_fail_validation_where_pipeline_config_would():
+    # params used to take shape_voxel_m in [0, 1] while PipelineConfig needs 0 or >= 0.001: 0.0005 passed
+    # configure and failed activate; now both use PipelineConfig's one check
+    from find_ros.grounding.pipeline import ConfigError, PipelineConfig
+
+    with pytest.raises(P.ParameterError, match=r"shape_voxel_m: PipelineConfig.shape_voxel_m=0.0005 must be 0 \(off\)"):
+        P.validate_value(P.PARAMS_BY_NAME["shape_voxel_m"], 0.0005)
+    with pytest.raises(ConfigError, match=r"PipelineConfig.shape_voxel_m=0.0005 must be 0 \(off\)"):
+        PipelineConfig(shape_voxel_m=0.0005)
+    for spec in (s for s in P.PARAMS if s.source is not None):
+        lo, hi = spec.range
+        for v in (lo, hi, spec.default, 0.0005 if spec.type is float else lo + 1):
+            try:
+                P.validate_value(spec, v)
+                ros_ok = True
+            except P.ParameterError:
+                ros_ok = False
+            try:
+                PipelineConfig(**{spec.pipeline_field: v})
+                core_ok = True
+            except ConfigError:
+                core_ok = False
+            assert ros_ok == core_ok, (spec.name, v)
+
+
+def test_declare_reads_overrides_without_private_rclpy_attributes():
+    src = Path(P.__file__).read_text()
+    assert "_parameter_overrides" not in src
+
+
+def test_declare_on_a_real_node_refuses_what_pipeline_config_refuses(ros):
+    node = _node(ros, [Parameter("shape_voxel_m", value=0.0005), Parameter("min_points", value=5)])
+    with pytest.raises(P.ParameterError, match="PipelineConfig.shape_voxel_m=0.0005"):
+        P.declare_parameters(node)
+    assert not node.has_parameter("shape_voxel_m") and node.get_parameter("min_points").value == 5

@@ -17,6 +17,7 @@ import time
 import cv2
 import numpy as np
 
+from find_ros.config_fields import setting, validate_settings
 from find_ros.grounder import FrameGrounding, Grounder, GrounderError
 from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
 from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
@@ -44,58 +45,52 @@ class FrameError(ValueError):
 
 @dataclasses.dataclass
 class PipelineConfig:
-    """Video grounding settings (mutable: ``score_threshold`` may be changed live)."""
+    """Video grounding settings (mutable: ``score_threshold`` may be changed live).
 
-    score_threshold: float = 0.5
-    """An entity is found when its smoothed score is at least this; detections below it count as misses."""
-    erode_px: int = 2
-    """Mask erosion (pixels) before back-projection (drops boundary pixels whose depth is unreliable)."""
-    min_points: int = 30
-    """Fewest valid 3D points a mask needs to give a target pose."""
-    smoothing: float = 0.6
-    """Exponential smoothing weight of the past: ``s <- smoothing * s + (1 - smoothing) * raw``; also the
-    weight of the past in the tracks' embedding / position / extent averages. 0 = no smoothing."""
-    lost_after_frames: int = 15
-    """Consecutive frames without an associated detection above threshold before a track is ``lost``."""
-    assoc_max_dist_m: float = 0.3
-    """Largest world distance (m) between a track and a detection of it (plus half the track's largest
-    extent, for big objects whose visible centroid moves with the viewpoint)."""
-    assoc_min_similarity: float = 0.5
-    """Smallest cosine similarity between a track's and a detection's mean pixel embedding."""
-    assoc_min_iou: float = 0.1
-    """Smallest 2D box IoU for association when neither embeddings nor world positions are available."""
-    depth_edge_m: float = 0.05
-    """Pixels whose 3x3 neighbourhood spans more depth than this (m) are dropped before back-projection; 0
-    disables the check."""
-    shape_voxel_m: float = 0.01
-    """Voxel size (m) of each track's multi-view shape memory, whose robust box centre is the published world
-    position (see :mod:`find_ros.grounding.tracking`); 0 = publish the frame's visible-surface centroid."""
-    shape_max_voxels: int = 20000
-    """Most voxels a track's shape memory keeps (the least-seen are dropped): 16 bytes each."""
+    Each field's default, range and description live here once (:func:`find_ros.config_fields.setting`); the
+    perception node's parameters of the same names are derived from them (:mod:`find_ros.ros.params`)."""
+
+    score_threshold: float = setting(
+        0.5, "Minimum (smoothed) score for an entity to count as found and be published as a target; detections "
+        "below it count as misses.", range=(0.0, 1.0))
+    erode_px: int = setting(2, "Mask erosion (pixels) before back-projection, to drop depth-edge pixels.",
+                            range=(0, 50))
+    min_points: int = setting(30, "Fewest valid 3D points a mask needs for a target pose.", range=(1, 1_000_000))
+    smoothing: float = setting(
+        0.6, "Exponential smoothing weight of the past: s <- smoothing * s + (1 - smoothing) * raw; also the "
+        "weight of the past in the tracks' embedding / position / extent averages. 0 = no smoothing.",
+        range=(0.0, 1.0), check=lambda v: v < 1.0, want="in [0, 1)")
+    lost_after_frames: int = setting(
+        15, "Consecutive frames without an associated detection above threshold before a track is lost.",
+        range=(1, None))
+    assoc_max_dist_m: float = setting(
+        0.3, "Largest world distance (m) between a track and a detection of it (plus half the track's largest "
+        "extent, for big objects whose visible centroid moves with the viewpoint).",
+        check=lambda v: v > 0, want="> 0")
+    assoc_min_similarity: float = setting(
+        0.5, "Smallest cosine similarity between a track's and a detection's mean pixel embedding.",
+        range=(-1.0, 1.0))
+    assoc_min_iou: float = setting(
+        0.1, "Smallest 2D box IoU for association when neither embeddings nor world positions are available.",
+        range=(0.0, 1.0))
+    depth_edge_m: float = setting(
+        0.05, "Pixels whose 3x3 neighbourhood spans more depth than this (m) are dropped before back-projection; "
+        "0 disables the check.", range=(0.0, None))
+    shape_voxel_m: float = setting(
+        0.01, "Voxel (m) of each track's multi-view shape memory; the published target position is its robust "
+        "box centre (converges to the object centre as more sides are seen; assumes a static target). "
+        "0 = the frame's visible-surface centroid; else at least 0.001.",
+        range=(0.0, 1.0), check=lambda v: v == 0 or v >= 0.001, want="0 (off) or in [0.001, 1]")
+    shape_max_voxels: int = setting(
+        20000, "Most voxels a track's shape memory keeps (the least-seen are dropped): 16 bytes each.",
+        range=(1, None))
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first out-of-range field."""
-        checks = (
-            ("score_threshold", 0.0 <= self.score_threshold <= 1.0, "in [0, 1]"),
-            ("erode_px", int(self.erode_px) == self.erode_px and self.erode_px >= 0, "an integer >= 0"),
-            ("min_points", int(self.min_points) == self.min_points and self.min_points >= 1, "an integer >= 1"),
-            ("smoothing", 0.0 <= self.smoothing < 1.0, "in [0, 1)"),
-            ("lost_after_frames", int(self.lost_after_frames) == self.lost_after_frames
-             and self.lost_after_frames >= 1, "an integer >= 1"),
-            ("assoc_max_dist_m", self.assoc_max_dist_m > 0, "> 0"),
-            ("assoc_min_similarity", -1.0 <= self.assoc_min_similarity <= 1.0, "in [-1, 1]"),
-            ("assoc_min_iou", 0.0 <= self.assoc_min_iou <= 1.0, "in [0, 1]"),
-            ("depth_edge_m", self.depth_edge_m >= 0, ">= 0"),
-            ("shape_voxel_m", self.shape_voxel_m == 0 or 0.001 <= self.shape_voxel_m <= 1.0, "0 (off) or in [0.001, 1]"),
-            ("shape_max_voxels", int(self.shape_max_voxels) == self.shape_max_voxels
-             and self.shape_max_voxels >= 1, "an integer >= 1"),
-        )
-        for name, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"PipelineConfig.{name}={getattr(self, name)!r} must be {want}")
+        """Raise :class:`ConfigError` naming the first out-of-range field (:func:`find_ros.config_fields.problem`)."""
+        validate_settings(self, ConfigError)
 
 
 @dataclasses.dataclass

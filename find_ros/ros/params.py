@@ -1,5 +1,10 @@
 """The perception node's parameters: one table, declared once with descriptors, validated in one place.
 
+The rows of settings that belong to a core dataclass (``score_threshold``, ``erode_px``, ``min_points``,
+``shape_voxel_m`` of :class:`~find_ros.grounding.pipeline.PipelineConfig`) are derived from its fields
+(:func:`from_setting`): their default, range and description are written there once, and their values also pass
+that dataclass's own check. Node-only parameters are rows here.
+
 Every parameter is a :class:`ParamSpec` row of :data:`PARAMS` (name, type, default, description,
 numeric range or string choices). :func:`declare_parameters` declares the rows on a node with a
 ``ParameterDescriptor`` (``FloatingPointRange`` / ``IntegerRange`` for numbers) and returns the
@@ -16,8 +21,13 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
+from find_ros.config_fields import problem, settings_field
+from find_ros.grounding.pipeline import PipelineConfig
+
 __all__ = [
     "ParamSpec",
+    "from_setting",
+    "declare_one",
     "ParameterError",
     "PARAMS",
     "PARAMS_BY_NAME",
@@ -57,6 +67,24 @@ class ParamSpec:
     """Name of the ``PipelineConfig`` field this parameter sets, if any."""
     live: bool = False
     """True when a runtime change takes effect immediately; otherwise at the next configure/activate."""
+    source: tuple[type, str] | None = None
+    """``(dataclass, field)`` this row is derived from (:func:`from_setting`); its value must also pass that
+    dataclass's own check (:func:`find_ros.config_fields.problem`)."""
+
+
+def from_setting(cls: type, field: str, name: str | None = None, *, live: bool = False,
+                 pipeline_field: str | None = None) -> ParamSpec:
+    """The row of parameter ``name`` (default: ``field``) derived from the :func:`find_ros.config_fields.setting`
+    field ``field`` of dataclass ``cls``: its type, default, description, range and choices."""
+    f = settings_field(cls, field)
+    md = f.metadata
+    typ = {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)]
+    return ParamSpec(name or field, typ, f.default, md["description"], range=md.get("range"),
+                     choices=md.get("choices"), pipeline_field=pipeline_field, live=live, source=(cls, field))
+
+
+def _pipeline(field: str, *, live: bool = False) -> ParamSpec:
+    return from_setting(PipelineConfig, field, live=live, pipeline_field=field)
 
 
 PARAMS: tuple[ParamSpec, ...] = (
@@ -73,9 +101,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "torch CPU threads (torch.set_num_threads, process-wide) set when the FIND model is loaded; 0 = "
               "leave torch's default. The shipped model is fastest on one thread and slows down ~100x when its "
               "threads compete with another busy process for the cores.", range=(0, 256)),
-    ParamSpec("score_threshold", float, 0.5,
-              "Minimum (smoothed) score for an entity to count as found and be published as a target.",
-              range=(0.0, 1.0), pipeline_field="score_threshold", live=True),
+    _pipeline("score_threshold", live=True),
     ParamSpec("sync_slop_s", float, 0.02,
               "Largest stamp difference (s) between colour, depth, camera_info and pose of one frame set.",
               range=(0.0, 1.0)),
@@ -104,17 +130,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_overlay", bool, True, "Publish find/overlay (rgb8 visualisation).", live=True),
     ParamSpec("publish_markers", bool, True, "Publish find/markers (a cube and a label per target).",
               live=True),
-    ParamSpec("erode_px", int, 2,
-              "Mask erosion (pixels) before back-projection, to drop depth-edge pixels.",
-              range=(0, 50), pipeline_field="erode_px"),
-    ParamSpec("min_points", int, 30,
-              "Fewest valid 3D points a mask needs for a target pose.",
-              range=(1, 1_000_000), pipeline_field="min_points"),
-    ParamSpec("shape_voxel_m", float, 0.01,
-              "Voxel (m) of each track's multi-view shape memory; the published target position is its robust "
-              "box centre (converges to the object centre as more sides are seen; assumes a static target). "
-              "0 = the frame's visible-surface centroid; else at least 0.001.", range=(0.0, 1.0),
-              pipeline_field="shape_voxel_m"),
+    _pipeline("erode_px"),
+    _pipeline("min_points"),
+    _pipeline("shape_voxel_m"),
     ParamSpec("log_throttle_s", float, 5.0,
               "A warning of one kind (bad encoding, missing camera_info, ...) is logged at most once per this "
               "many seconds.", range=(0.0, 3600.0), live=True),
@@ -235,6 +253,10 @@ def validate_value(spec: ParamSpec, value: Any) -> Any:
         raise ParameterError(f"{name}={value!r} is not one of {', '.join(spec.choices)}")
     if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
         raise ParameterError(f"{name}={value!r} does not match {spec.pattern}")
+    if spec.source is not None:
+        why = problem(*spec.source, value)
+        if why is not None:
+            raise ParameterError(f"{name}: {why}")
     return value
 
 
@@ -255,6 +277,31 @@ def validate_all(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def declare_one(node: Any, spec: ParamSpec) -> Any:
+    """Declare ``spec`` on ``node`` (if not yet declared) with its descriptor; return the validated value.
+
+    The node's override (``--ros-args -p`` / ``--params-file``) is read through a first, dynamically typed
+    declaration, validated, and the parameter declared again with its typed descriptor and the validated value
+    (so YAML ``1`` for a double parameter becomes 1.0 instead of failing on the type). Public rclpy API only.
+    Raises :class:`ParameterError`; a parameter that failed is left undeclared so a later configure retries it.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    if not node.has_parameter(spec.name):
+        probe = ParameterDescriptor(name=spec.name, description=spec.description, dynamic_typing=True)
+        try:
+            raw = node.declare_parameter(spec.name, spec.default, probe).value
+        except (InvalidParameterTypeException, InvalidParameterValueException) as e:
+            raise ParameterError(f"{spec.name}: {e}") from None
+        node.undeclare_parameter(spec.name)
+        value = validate_value(spec, raw)
+        try:
+            node.declare_parameter(spec.name, value, descriptor(spec), ignore_override=True)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as e:
+            raise ParameterError(f"{spec.name}={raw!r}: {e}") from None
+    return validate_value(spec, node.get_parameter(spec.name).value)
+
+
 def declare_parameters(node: Any) -> dict[str, Any]:
     """Declare every parameter not yet declared on ``node`` and return all values by name.
 
@@ -262,32 +309,10 @@ def declare_parameters(node: Any) -> dict[str, Any]:
     Raises :class:`ParameterError` naming every invalid parameter and value; parameters that
     failed are left undeclared so that a later configure retries them.
     """
-    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-    from rclpy.parameter import Parameter
-
     errors, values = [], {}
-    overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps no public accessor
     for spec in PARAMS:
-        if not node.has_parameter(spec.name):
-            given = overrides.get(spec.name)
-            raw = given.value if given is not None else spec.default
-            if spec.type is float and isinstance(raw, int) and not isinstance(raw, bool):
-                # YAML "1" for a double parameter: accept it as 1.0 rather than fail on the type.
-                overrides[spec.name] = Parameter(spec.name, Parameter.Type.DOUBLE, float(raw))
-                raw = float(raw)
-            try:
-                validate_value(spec, raw)
-            except ParameterError as e:
-                errors.append(str(e))
-                continue
-            try:
-                node.declare_parameter(spec.name, spec.default, descriptor(spec))
-            except (InvalidParameterTypeException, InvalidParameterValueException) as e:
-                errors.append(f"{spec.name}={raw!r}: {e}")
-                continue
-        value = node.get_parameter(spec.name).value
         try:
-            values[spec.name] = validate_value(spec, value)
+            values[spec.name] = declare_one(node, spec)
         except ParameterError as e:
             errors.append(str(e))
     if errors:

@@ -41,14 +41,14 @@ from visualization_msgs.msg import MarkerArray
 from find_ros.instruction import InstructionError
 from find_ros.msg import Grounding
 from find_ros.ros import grounding_msgs as build
-from find_ros.ros.camera_inputs import CameraInputs
+from find_ros.ros.camera_inputs import TF_FALLBACK_NEEDS, CameraInputs, tf_available
 from find_ros.ros.instruction_input import InstructionInput
 from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.grounder_factory import build_grounder, build_pipeline
 from find_ros.ros import frame_checks as checks
 from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.latest_worker import LatestWorker
-from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_parameters
+from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_one, declare_parameters
 from find_ros.ros.params import validate_value
 from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
@@ -62,10 +62,7 @@ class PerceptionNode(LifecycleNode):
 
     def __init__(self, *, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        spec = PARAMS_BY_NAME["autostart"]
-        from find_ros.ros.params import descriptor
-
-        self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        declare_one(self, PARAMS_BY_NAME["autostart"])  # read before configure (run_lifecycle_node)
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
         self._tmrs: list[Any] = []
@@ -147,14 +144,9 @@ class PerceptionNode(LifecycleNode):
         except ParameterError as e:
             self.get_logger().error(f"configure failed: invalid parameter(s): {e}")
             return TransitionCallbackReturn.FAILURE
-        if self._p["camera_pose_source"] == "tf":
-            try:
-                import tf2_ros  # noqa: F401
-            except ImportError:
-                self.get_logger().error(
-                    "configure failed: camera_pose_source='tf' needs tf2_ros, which is not importable here; "
-                    "use 'pose' (camera/pose) or 'odom' (camera/odom)")
-                return TransitionCallbackReturn.FAILURE
+        if self._p["camera_pose_source"] == "tf" and not tf_available():  # tf2_ros, or tf2_msgs for the fallback
+            self.get_logger().error(f"configure failed: {TF_FALLBACK_NEEDS}")
+            return TransitionCallbackReturn.FAILURE
         mk = self.create_lifecycle_publisher
         self._pubs = {
             "grounding": mk(Grounding, "find/grounding", OUTPUT_QOS),
