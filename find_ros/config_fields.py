@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-__all__ = ["setting", "settings_field", "problem", "validate_settings"]
+__all__ = ["setting", "settings_field", "problem", "validate_settings", "from_prefixed"]
 
 
 def setting(default: Any, description: str, *, range: tuple[float | None, float | None] | None = None,
@@ -83,3 +83,10 @@ def validate_settings(obj: Any, error: type[Exception]) -> None:
         why = problem(type(obj), f.name, getattr(obj, f.name))
         if why is not None:
             raise error(why)
+
+
+def from_prefixed(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """``cls`` built from the ``prefix + field`` entries of ``values`` (parameter names -> values); fields
+    without an entry keep their defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k[len(prefix):] in names})

@@ -169,19 +169,23 @@ def test_shipped_yaml_values_are_the_table_defaults():
         assert value == want and type(value) is type(want), (name, value, want)
 
 
-def test_pipeline_rows_are_derived_from_the_pipeline_config_fields():
+def test_derived_rows_equal_their_dataclass_fields():
     import dataclasses
 
+    from find_ros.field.config import FieldBridgeConfig
     from find_ros.grounding.pipeline import PipelineConfig
 
-    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
     derived = [s for s in P.PARAMS if s.source is not None]
     assert {s.name for s in derived} >= {"score_threshold", "erode_px", "min_points", "shape_voxel_m"}
+    assert {s.name for s in derived} >= {"field_" + f.name for f in dataclasses.fields(FieldBridgeConfig)}
     for spec in derived:
         cls, field = spec.source
-        assert cls is PipelineConfig and spec.pipeline_field == field
-        f = fields[field]
-        assert spec.default == f.default == getattr(PipelineConfig(), field)
+        f = {f.name: f for f in dataclasses.fields(cls)}[field]
+        if cls is PipelineConfig:
+            assert spec.pipeline_field == field == spec.name
+        else:
+            assert cls is FieldBridgeConfig and spec.name == "field_" + field and spec.pipeline_field is None
+        assert spec.default == f.default == getattr(cls(), field)
         assert spec.range == f.metadata["range"] and spec.description == f.metadata["description"]
         assert spec.type.__name__ == f.type
 
@@ -195,7 +199,7 @@ def test_pipeline_parameters_fail_validation_where_pipeline_config_would():
         P.validate_value(P.PARAMS_BY_NAME["shape_voxel_m"], 0.0005)
     with pytest.raises(ConfigError, match=r"PipelineConfig.shape_voxel_m=0.0005 must be 0 \(off\)"):
         PipelineConfig(shape_voxel_m=0.0005)
-    for spec in (s for s in P.PARAMS if s.source is not None):
+    for spec in (s for s in P.PARAMS if s.pipeline_field is not None):
         lo, hi = spec.range
         for v in (lo, hi, spec.default, 0.0005 if spec.type is float else lo + 1):
             try:

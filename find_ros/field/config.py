@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from find_ros.config_fields import setting, validate_settings
+
 
 class FieldInputError(ValueError):
     """An integrate/query input has the wrong shape, dtype or value."""
@@ -105,6 +107,45 @@ class FieldConfig:
     def capacity_blocks(self) -> int:
         """Most blocks the storage ever holds: int(1.25 * block_cap) + 64."""
         return _capacity_for(self.block_cap)
+
+
+@dataclass
+class FieldBridgeConfig:
+    """The perception node's feature-field settings (parameters ``field_<name>``, derived from these fields by
+    :mod:`find_ros.ros.params`): default, range and description written once here."""
+
+    enable: bool = setting(
+        False, "Fuse posed frames into a 3D feature field (grounder pixel embeddings + colour) and publish it on "
+        "find/field/cloud; services find/field/query, find/field/save, find/field/load, find/field/clear.")
+    voxel_size: float = setting(0.05, "Feature field voxel edge (m).", range=(0.005, 1.0))
+    max_blocks: int = setting(
+        20000, "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it. Memory grows "
+        "with the blocks fused, (28 + 2 D) bytes per voxel, up to 1.25x the cap + 64 blocks: 20000 blocks at "
+        "D=64 reach 1.9 GB, at D=12 0.6 GB (field_reserved_bytes / field_capacity_bytes in find/status). "
+        "With field_memory_mb the smaller cap wins.", range=(16, 10_000_000))
+    memory_mb: float = setting(
+        0.0, "Memory budget (MiB) of the feature field's voxel storage; 0 = none (field_max_blocks alone caps it). "
+        "Sets the block cap to the largest whose storage, 1.25x the cap + 64 blocks of 512 x (28 + 2 D) "
+        "bytes, fits in it (D=64: 1000 MiB -> 10,451 blocks; D=12: 200 MiB -> 6,250); the smaller of that "
+        "and field_max_blocks wins. A budget below one block's share fails activate.", range=(0.0, 1_000_000.0))
+    embedding_dim: int = setting(
+        0, "Per-voxel embedding length: 0 = the grounder's (hsv-baseline 12, FIND its sem_dim); "
+        "any other value must equal it (activate fails otherwise).", range=(0, 4096))
+    publish_period_s: float = setting(
+        1.0, "Period (s) of the check that republishes find/field/cloud when the field or instruction changed.",
+        range=(0.05, 3600.0))
+    max_goals: int = setting(5, "Goals returned by find/field/query when the request asks for 0.", range=(1, 100))
+    path: str = setting(
+        "", "Default file of find/field/save (atomic replace) and find/field/load when the request's path is "
+        "empty (empty: such requests are refused).")
+
+    def __post_init__(self) -> None:
+        validate_settings(self, FieldInputError)
+
+    @property
+    def budget_mb(self) -> float | None:
+        """``memory_mb`` as :class:`FieldConfig` takes it: None for 0 (no budget)."""
+        return None if float(self.memory_mb) == 0.0 else float(self.memory_mb)
 
 
 def _capacity_for(cap: int) -> int:

@@ -32,7 +32,9 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from find_ros.config_fields import from_prefixed
 from find_ros.field import FeatureField, FieldConfig, FieldEmbedder, FieldInputError
+from find_ros.field.config import FieldBridgeConfig
 from find_ros.instruction import Instruction, InstructionError, parse_instruction
 from find_ros.ros import conversions as conv
 from find_ros.ros.latest_worker import LatestWorker
@@ -70,6 +72,10 @@ def _never_raises(fn):
     return wrapper
 
 
+FIELD_PREFIX = "field_"
+"""Prefix of the node parameters derived from :class:`FieldBridgeConfig` (``field_voxel_size``, ...)."""
+
+
 class FieldBridgeError(RuntimeError):
     """The field cannot run with this grounder / these parameters; the message says why."""
 
@@ -84,9 +90,9 @@ def heat_colours(score: np.ndarray) -> np.ndarray:
     return np.stack([255 * t, 255 * (1 - np.abs(2 * t - 1)), 255 * (1 - t)], axis=1).astype(np.uint8)
 
 
-def _budget(params: dict[str, Any]) -> float | None:
-    mb = float(params.get("field_memory_mb", 0.0))
-    return None if mb == 0.0 else mb
+def bridge_config(params: dict[str, Any]) -> FieldBridgeConfig:
+    """The :class:`FieldBridgeConfig` of the ``field_*`` parameter values in ``params`` (others: its defaults)."""
+    return from_prefixed(FieldBridgeConfig, params, FIELD_PREFIX)
 
 
 def field_config(params: dict[str, Any], *, embedding_dim: int) -> FieldConfig:
@@ -96,13 +102,14 @@ def field_config(params: dict[str, Any], *, embedding_dim: int) -> FieldConfig:
     Raises :class:`FieldBridgeError` naming the parameters when they do not make a field (e.g. a budget too small
     for one block of this D).
     """
-    mb = _budget(params)
     try:
-        return FieldConfig(voxel_size=params["field_voxel_size"], max_blocks=params["field_max_blocks"],
-                           memory_mb=mb, embedding_dim=embedding_dim)
+        c = bridge_config(params)
+        return FieldConfig(voxel_size=c.voxel_size, max_blocks=c.max_blocks, memory_mb=c.budget_mb,
+                           embedding_dim=embedding_dim)
     except FieldInputError as e:
         raise FieldBridgeError(f"field_memory_mb={params.get('field_memory_mb', 0.0)!r}, "
-                               f"field_max_blocks={params['field_max_blocks']!r}, D={embedding_dim}: {e}") from e
+                               f"field_max_blocks={params.get('field_max_blocks', FieldBridgeConfig.max_blocks)!r}, "
+                               f"D={embedding_dim}: {e}") from e
 
 
 def field_counters(ff: FeatureField | None) -> dict[str, int | float]:
@@ -131,7 +138,8 @@ class FieldBridge:
                  instruction: Callable[[], Instruction | None] = lambda: None,
                  resolve: Callable[..., Any] | None = None) -> None:
         self._node = node
-        self._p = params
+        self._p = params  # node-level values it reads: world_frame, log_throttle_s, max_image_pixels
+        self.config = bridge_config(params)
         self._instruction = instruction
         self._resolve = resolve  # "<name>" -> stored references (ReferenceBridge.resolve), None = names not known
         self.field: FeatureField | None = None
@@ -157,13 +165,13 @@ class FieldBridge:
     def create(cls, node: Any, params: dict[str, Any], instruction: Callable[[], Instruction | None] = lambda: None,
                resolve: Callable[..., Any] | None = None) -> "FieldBridge | None":
         return cls(node=node, params=params, instruction=instruction, resolve=resolve) \
-            if params.get("field_enable") else None
+            if bridge_config(params).enable else None
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self, grounder: Any) -> None:
         """Bind the grounder's embeddings (checks D), start the fusion thread, timer and services."""
         embedder = FieldEmbedder(grounder=grounder)
-        want = int(self._p.get("field_embedding_dim", 0))
+        want = self.config.embedding_dim
         if want and want != embedder.dim:
             raise FieldBridgeError(f"field_embedding_dim={want} but grounder {embedder.name!r} embeds in "
                                    f"D={embedder.dim}; set field_embedding_dim to 0 (follow the grounder) or {embedder.dim}")
@@ -184,7 +192,7 @@ class FieldBridge:
         self.embedder = embedder
         n = self._node
         self._worker.start()
-        self._timer = n.create_timer(self._p["field_publish_period_s"], self.publish)
+        self._timer = n.create_timer(self.config.publish_period_s, self.publish)
         self._published = None  # publish once after (re)activation
         self._srvs = [n.create_service(QueryField, QUERY_SERVICE, self._srv_query),
                       n.create_service(FieldFile, SAVE_SERVICE, self._srv_save),
@@ -309,7 +317,7 @@ class FieldBridge:
         except Exception as e:
             resp.success, resp.message = False, f"query rejected: {type(e).__name__}: {e}"
             return resp
-        max_goals = int(req.max_goals) if req.max_goals > 0 else int(self._p.get("field_max_goals", 5))
+        max_goals = int(req.max_goals) if req.max_goals > 0 else self.config.max_goals
         with self._lock:
             res = self.field.query(q, max_goals=max_goals)
         hdr = self._header()
@@ -331,7 +339,7 @@ class FieldBridge:
         return resp
 
     def _path(self, req) -> str:
-        return req.path or self._p.get("field_path", "")
+        return req.path or self.config.path
 
     @_never_raises
     def _srv_save(self, req, resp):
@@ -359,7 +367,8 @@ class FieldBridge:
             resp.success, resp.message = False, f"no field file at {path}: current field kept"
             return resp
         try:  # the node's cap and budget, not the file's, bound the loaded field
-            ff = FeatureField.load(path, max_blocks=int(self._p["field_max_blocks"]), memory_mb=_budget(self._p))
+            ff = FeatureField.load(path, max_blocks=self.config.max_blocks,
+                                     memory_mb=self.config.budget_mb)
         except Exception as e:  # corrupt/foreign file, or more blocks than this node's cap keeps
             resp.success, resp.message = False, f"cannot load {path}: {type(e).__name__}: {e}; current field kept"
             return resp

@@ -1,7 +1,8 @@
 """The perception node's parameters: one table, declared once with descriptors, validated in one place.
 
 The rows of settings that belong to a core dataclass (``score_threshold``, ``erode_px``, ``min_points``,
-``shape_voxel_m`` of :class:`~find_ros.grounding.pipeline.PipelineConfig`) are derived from its fields
+``shape_voxel_m`` of :class:`~find_ros.grounding.pipeline.PipelineConfig`; ``field_*`` of
+:class:`~find_ros.field.config.FieldBridgeConfig`) are derived from its fields
 (:func:`from_setting`): their default, range and description are written there once, and their values also pass
 that dataclass's own check. Node-only parameters are rows here.
 
@@ -22,6 +23,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from find_ros.config_fields import problem, settings_field
+from find_ros.field.config import FieldBridgeConfig
 from find_ros.grounding.pipeline import PipelineConfig
 
 __all__ = [
@@ -140,33 +142,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "Period (s) of the find/status JSON counters (frames in / processed / dropped).",
               range=(0.05, 3600.0)),
     # --- 3D feature field (find_ros.field, bridged by find_ros.ros.field_bridge) ---
-    ParamSpec("field_enable", bool, False,
-              "Fuse posed frames into a 3D feature field (grounder pixel embeddings + colour) and publish it on "
-              "find/field/cloud; services find/field/query, find/field/save, find/field/load, find/field/clear."),
-    ParamSpec("field_voxel_size", float, 0.05, "Feature field voxel edge (m).", range=(0.005, 1.0)),
-    ParamSpec("field_max_blocks", int, 20000,
-              "Cap on active 8^3-voxel blocks; blocks farthest from the camera are evicted above it. Memory grows "
-              "with the blocks fused, (28 + 2 D) bytes per voxel, up to 1.25x the cap + 64 blocks: 20000 blocks at "
-              "D=64 reach 1.9 GB, at D=12 0.6 GB (field_reserved_bytes / field_capacity_bytes in find/status). "
-              "With field_memory_mb the smaller cap wins.",
-              range=(16, 10_000_000)),
-    ParamSpec("field_memory_mb", float, 0.0,
-              "Memory budget (MiB) of the feature field's voxel storage; 0 = none (field_max_blocks alone caps it). "
-              "Sets the block cap to the largest whose storage, 1.25x the cap + 64 blocks of 512 x (28 + 2 D) "
-              "bytes, fits in it (D=64: 1000 MiB -> 10,451 blocks; D=12: 200 MiB -> 6,250); the smaller of that "
-              "and field_max_blocks wins. A budget below one block's share fails activate.",
-              range=(0.0, 1_000_000.0)),
-    ParamSpec("field_embedding_dim", int, 0,
-              "Per-voxel embedding length: 0 = the grounder's (hsv-baseline 12, FIND its sem_dim); "
-              "any other value must equal it (activate fails otherwise).", range=(0, 4096)),
-    ParamSpec("field_publish_period_s", float, 1.0,
-              "Period (s) of the check that republishes find/field/cloud when the field or instruction changed.",
-              range=(0.05, 3600.0)),
-    ParamSpec("field_max_goals", int, 5, "Goals returned by find/field/query when the request asks for 0.",
-              range=(1, 100)),
-    ParamSpec("field_path", str, "",
-              "Default file of find/field/save (atomic replace) and find/field/load when the request's path is "
-              "empty (empty: such requests are refused)."),
+    *(from_setting(FieldBridgeConfig, f.name, "field_" + f.name) for f in dataclasses.fields(FieldBridgeConfig)),
     ParamSpec("reference_dir", str, "",
               "Directory of the stored references taught by clicks or find/reference/add (one sub-directory per "
               "name: crop.png, mask.png, meta.json; written atomically, loaded at activate). Empty = "
