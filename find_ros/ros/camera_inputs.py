@@ -4,8 +4,9 @@ Owned by the node (created at configure with its parameters and its ``count`` / 
 
 - ``activate()`` subscribes colour, depth and camera_info (best effort by default, ``sensor_reliability``:
   :func:`find_ros.ros.qos.sensor_subscription_qos`) and the camera pose of ``camera_pose_source`` (``camera/pose``,
-  ``camera/odom`` or tf2), and builds the stamp matcher (``message_filters`` when importable, else
-  :class:`find_ros.ros.sync.ApproximateSync`);
+  ``camera/odom``, or ``tf``: tf2_ros where importable, else ``/tf`` + ``/tf_static`` into a
+  :class:`find_ros.ros.tf_buffer.TfBuffer` with tf2's listener QoS), and builds the stamp matcher
+  (``message_filters`` when importable, else :class:`find_ros.ros.sync.ApproximateSync`);
 - each camera message is checked on arrival from its header (:func:`find_ros.ros.frame_checks.precheck`), dropped when
   stamped more than ``max_stamp_age_s`` ahead of the node clock (a colour frame also when that much older), then
   matched; a matched set goes to ``on_frame_set(color, depth, info)``. No callback raises: a bad message is counted
@@ -28,15 +29,31 @@ from find_ros.ros import frame_checks as checks
 from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.pose_buffer import PoseBuffer
 from find_ros.ros.qos import sensor_subscription_qos
-from find_ros.ros.tf import transform_to_matrix
-from find_ros.stamps import stamp_to_s
+from find_ros.ros.tf import (TF_QOS, TF_STATIC_QOS, TF_STATIC_TOPIC, TF_TOPIC, TfUnavailableError, add_tf_message,
+                             tf_message_type, transform_to_matrix)
+from find_ros.ros.tf_buffer import TfBuffer, TfLookupError
+from find_ros.stamps import stamp_to_ns, stamp_to_s
 
 try:  # message_filters is not installable from PyPI; use it where a ROS install provides it
     import message_filters as _mf
 except ImportError:  # pragma: no cover - depends on the install
     _mf = None
 
-__all__ = ["CameraInputs", "COLOR_TOPIC", "DEPTH_TOPIC", "INFO_TOPIC"]
+try:  # camera_pose_source 'tf': tf2_ros where a ROS install provides it, else the TfBuffer fallback
+    import tf2_ros as _tf2_ros
+except ImportError:  # pragma: no cover - depends on the install
+    _tf2_ros = None
+
+__all__ = ["CameraInputs", "COLOR_TOPIC", "DEPTH_TOPIC", "INFO_TOPIC", "TF_FALLBACK_NEEDS", "tf_available"]
+
+TF_FALLBACK_NEEDS = ("camera_pose_source='tf' without tf2_ros needs tf2_msgs to subscribe /tf, and it is not "
+                     "importable here (a ROS install has it; in a venv, scripts/setup.sh builds the fallback in "
+                     "interfaces/tf2_msgs); or use 'pose' (camera/pose) or 'odom' (camera/odom)")
+
+
+def tf_available() -> bool:
+    """``camera_pose_source: tf`` can work here: tf2_ros, or tf2_msgs for the :class:`TfBuffer` fallback."""
+    return _tf2_ros is not None or tf_message_type() is not None
 
 COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC = "camera/color/image_raw", "camera/depth/image_raw", "camera/color/camera_info"
 _STREAMS = (("color", Image, COLOR_TOPIC), ("depth", Image, DEPTH_TOPIC), ("camera_info", CameraInfo, INFO_TOPIC))
@@ -60,6 +77,7 @@ class CameraInputs:
         self._tf_listener: Any = None
         self._seen: set[str] = set()
         self.poses = PoseBuffer()  # camera poses by stamp (camera/pose, camera/odom)
+        self.tf = TfBuffer()  # camera_pose_source 'tf' without tf2_ros: /tf and /tf_static (find_ros.ros.tf_buffer)
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self) -> None:
@@ -88,11 +106,17 @@ class CameraInputs:
         elif src == "odom":
             self._subs.append(n.create_subscription(Odometry, "camera/odom",
                                                     lambda m: self._store_pose(m.header, m.pose.pose), qos))
-        elif src == "tf":  # pragma: no cover - tf2_ros is not installable here
-            import tf2_ros
-
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, n)
+        elif src == "tf" and _tf2_ros is not None:  # pragma: no cover - tf2_ros is not installable here
+            self._tf_buffer = _tf2_ros.Buffer()
+            self._tf_listener = _tf2_ros.TransformListener(self._tf_buffer, n)
+        elif src == "tf":  # the fallback: /tf and /tf_static into a TfBuffer, with tf2's listener QoS
+            TFMessage = tf_message_type()
+            if TFMessage is None:
+                raise TfUnavailableError(TF_FALLBACK_NEEDS)
+            self.tf.clear()
+            self._subs.append(n.create_subscription(TFMessage, TF_TOPIC, lambda m: self._store_tf(m, False), TF_QOS))
+            self._subs.append(n.create_subscription(TFMessage, TF_STATIC_TOPIC, lambda m: self._store_tf(m, True),
+                                                    TF_STATIC_QOS))
 
     def deactivate(self) -> None:
         """Drop the subscriptions, the matcher and the tf listener (any state, repeatedly)."""
@@ -178,13 +202,23 @@ class CameraInputs:
                                      f"{self._p['world_frame']!r}; using it as the world frame")
         self.poses.add(stamp_to_s(header.stamp), T)
 
+    def _store_tf(self, msg: Any, static: bool) -> None:
+        """``/tf`` / ``/tf_static`` callback of the fallback: never raises; refused transforms are counted."""
+        try:
+            refused = add_tf_message(self.tf, msg, static=static)
+        except Exception as e:  # noqa: BLE001 - whatever the message, the node keeps running
+            refused = [f"{type(e).__name__}: {e}"]
+        for line in refused:
+            self._count("invalid_input")
+            self._warn("tf_invalid", f"transform dropped: {line}")
+
     def lookup_pose(self, color: Image) -> np.ndarray | None:
         """T_world_cam at the colour frame's stamp (within ``sync_slop_s``), None without one (warned)."""
         src = self._p["camera_pose_source"]
         if src == "none":
             return None
         t = stamp_to_s(color.header.stamp)
-        if src == "tf":  # pragma: no cover - tf2_ros is not installable here
+        if src == "tf" and self._tf_buffer is not None:  # pragma: no cover - tf2_ros is not installable here
             try:
                 tr = self._tf_buffer.lookup_transform(self._p["world_frame"], color.header.frame_id,
                                                       color.header.stamp)
@@ -192,6 +226,13 @@ class CameraInputs:
                 self._warn("pose_missing", f"no tf {self._p['world_frame']} -> {color.header.frame_id}: {e}")
                 return None
             return transform_to_matrix(tr)
+        if src == "tf":
+            try:
+                return self.tf.lookup(self._p["world_frame"], color.header.frame_id, stamp_to_ns(color.header.stamp),
+                                      slop_ns=int(self._p["sync_slop_s"] * 1e9))
+            except TfLookupError as e:
+                self._warn("pose_missing", f"{e}: grounded without world poses")
+                return None
         T = self.poses.lookup(t, slop_s=self._p["sync_slop_s"])
         if T is None:
             self._warn("pose_missing", f"no camera pose within sync_slop_s={self._p['sync_slop_s']} of the "

@@ -9,6 +9,10 @@ tf2 listener) places the camera and the optical-frame outputs.
 in ``interfaces/tf2_msgs`` from ``scripts/setup.sh``. Where it is not importable, :func:`create_tf_publisher`
 logs one line saying so and returns None (the pose topics still carry the camera pose).
 
+Listening (the ``camera_pose_source: tf`` fallback where tf2_ros is not importable): :func:`add_tf_message` puts a
+``/tf`` or ``/tf_static`` message into a :class:`find_ros.ros.tf_buffer.TfBuffer`; the subscriptions use tf2's
+listener QoS (:data:`TF_QOS`, :data:`TF_STATIC_QOS`).
+
 The building functions are pure (message types only); :func:`create_tf_publisher` takes the node.
 """
 from __future__ import annotations
@@ -22,16 +26,27 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import Header
 
 from find_ros.ros import conversions as conv
+from find_ros.ros.tf_buffer import TfBuffer, TfInputError
+from find_ros.stamps import stamp_to_ns
 
-__all__ = ["TF_TOPIC", "TF_QOS", "TfUnavailableError", "tf_message_type", "transform_stamped", "tf_message",
-           "transform_to_matrix", "create_tf_publisher"]
+__all__ = ["TF_TOPIC", "TF_QOS", "TF_STATIC_TOPIC", "TF_STATIC_QOS", "TfUnavailableError", "tf_message_type",
+           "transform_stamped", "tf_message", "transform_to_matrix", "create_tf_publisher", "add_tf_message"]
 
 TF_TOPIC = "/tf"
 """The dynamic transform topic (absolute, as tf2 uses it: a namespaced robot remaps it)."""
 
 TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                     durability=DurabilityPolicy.VOLATILE)
-"""tf2_ros's ``DynamicBroadcasterQoS``: reliable, keep last 100, volatile (what tf2 listeners and RViz expect)."""
+"""tf2_ros's ``DynamicBroadcasterQoS``: reliable, keep last 100, volatile (what tf2 listeners and RViz expect); also
+its ``DynamicListenerQoS``, the subscription of the ``/tf`` fallback listener."""
+
+TF_STATIC_TOPIC = "/tf_static"
+"""The static transform topic (latched: transient local)."""
+
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""tf2_ros's ``StaticListenerQoS``: reliable, keep last 100, transient local (a late subscriber gets the static
+transforms published before it)."""
 
 
 class TfUnavailableError(ImportError):
@@ -92,3 +107,17 @@ def create_tf_publisher(node: Any) -> Any | None:
             "venv, scripts/setup.sh builds the fallback in interfaces/tf2_msgs); camera/pose still carries it")
         return None
     return node.create_publisher(TFMessage, TF_TOPIC, TF_QOS)
+
+
+def add_tf_message(buffer: TfBuffer, msg: Any, *, static: bool) -> list[str]:
+    """Put every transform of a ``TFMessage`` into ``buffer``; returns one line per transform refused (empty or equal
+    frames, non-finite values, a full tree), the others are kept."""
+    refused = []
+    for t in msg.transforms:
+        v, q = t.transform.translation, t.transform.rotation
+        try:
+            buffer.add(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp), (v.x, v.y, v.z),
+                       (q.x, q.y, q.z, q.w), static=static)
+        except TfInputError as e:
+            refused.append(str(e))
+    return refused
