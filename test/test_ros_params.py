@@ -225,3 +225,30 @@ def test_declare_on_a_real_node_refuses_what_pipeline_config_refuses(ros):
     with pytest.raises(P.ParameterError, match="PipelineConfig.shape_voxel_m=0.0005"):
         P.declare_parameters(node)
     assert not node.has_parameter("shape_voxel_m") and node.get_parameter("min_points").value == 5
+
+
+@pytest.mark.parametrize("module", ["find_ros.ros.sim_camera_node", "find_ros.ros.replay_node"])
+def test_sim_camera_and_replay_use_the_same_param_spec_mechanism(module):
+    from find_ros.ros.param_spec import ParamSpec, descriptor, validate_value
+
+    m = pytest.importorskip(module)
+    assert m.PARAMS and all(isinstance(s, ParamSpec) for s in m.PARAMS)
+    assert m.PARAMETERS == {s.name: (s.default, s.description) for s in m.PARAMS}
+    for s in m.PARAMS:
+        assert validate_value(s, s.default) == s.default and s.description.strip()
+        assert descriptor(s).description == s.description
+    rate = {s.name: s for s in m.PARAMS}["rate_hz"]
+    assert validate_value(rate, 10) == 10.0  # "rate_hz:=10" is taken as 10.0
+    with pytest.raises(P.ParameterError, match="rate_hz must be > 0, got 0.0"):
+        validate_value(rate, 0.0)
+
+
+def test_sim_camera_node_refuses_bad_values_when_declaring(ros):
+    sim = pytest.importorskip("find_ros.ros.sim_camera_node")
+    node = ros.node("sim_camera_node", parameter_overrides=[
+        Parameter("trajectory", value="spiral"), Parameter("width", value=4), Parameter("rate_hz", value=10)],
+        automatically_declare_parameters_from_overrides=False)
+    with pytest.raises(sim.ParameterValueError) as e:
+        sim.declare(node, sim.PARAMS)
+    assert "trajectory must be orbit or walk, got 'spiral'" in str(e.value) and "width must be >= 8, got 4" in str(e.value)
+    assert node.get_parameter("rate_hz").value == 10.0 and not node.has_parameter("trajectory")

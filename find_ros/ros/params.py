@@ -6,7 +6,7 @@ The rows of settings that belong to a core dataclass (``score_threshold``, ``ero
 (:func:`from_setting`): their default, range and description are written there once, and their values also pass
 that dataclass's own check. Node-only parameters are rows here.
 
-Every parameter is a :class:`ParamSpec` row of :data:`PARAMS` (name, type, default, description,
+Every parameter is a :class:`~find_ros.ros.param_spec.ParamSpec` row of :data:`PARAMS` (name, type, default, description,
 numeric range or string choices). :func:`declare_parameters` declares the rows on a node with a
 ``ParameterDescriptor`` (``FloatingPointRange`` / ``IntegerRange`` for numbers) and returns the
 values; :func:`validate_value` is the one check shared by configure, runtime ``set_parameters``
@@ -15,16 +15,13 @@ and the YAML test. ``config/perception.yaml`` holds the same names with comments
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from pathlib import Path
 from typing import Any
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-
-from find_ros.config_fields import problem, settings_field
 from find_ros.field.config import FieldBridgeConfig
 from find_ros.grounding.pipeline import PipelineConfig
+from find_ros.ros.param_spec import (ParameterError, ParamSpec, declare_one, declare_table, descriptor,
+                                     from_setting, validate_value)
 
 __all__ = [
     "ParamSpec",
@@ -44,45 +41,6 @@ __all__ = [
 
 NODE_NAME = "perception_node"
 """Default node name; also the top-level key of ``config/perception.yaml``."""
-
-
-class ParameterError(ValueError):
-    """One or more parameter values are invalid; the message names each parameter and value."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSpec:
-    """One node parameter."""
-
-    name: str
-    type: type
-    """``bool``, ``int``, ``float`` or ``str``."""
-    default: Any
-    description: str
-    range: tuple[float, float] | None = None
-    """Inclusive ``(low, high)`` for ``int``/``float`` parameters."""
-    choices: tuple[str, ...] | None = None
-    """Allowed values of a ``str`` parameter."""
-    pattern: str | None = None
-    """Regular expression a ``str`` value must match in full (when ``choices`` is None)."""
-    pipeline_field: str | None = None
-    """Name of the ``PipelineConfig`` field this parameter sets, if any."""
-    live: bool = False
-    """True when a runtime change takes effect immediately; otherwise at the next configure/activate."""
-    source: tuple[type, str] | None = None
-    """``(dataclass, field)`` this row is derived from (:func:`from_setting`); its value must also pass that
-    dataclass's own check (:func:`find_ros.config_fields.problem`)."""
-
-
-def from_setting(cls: type, field: str, name: str | None = None, *, live: bool = False,
-                 pipeline_field: str | None = None) -> ParamSpec:
-    """The row of parameter ``name`` (default: ``field``) derived from the :func:`find_ros.config_fields.setting`
-    field ``field`` of dataclass ``cls``: its type, default, description, range and choices."""
-    f = settings_field(cls, field)
-    md = f.metadata
-    typ = {"bool": bool, "int": int, "float": float, "str": str}[str(f.type)]
-    return ParamSpec(name or field, typ, f.default, md["description"], range=md.get("range"),
-                     choices=md.get("choices"), pipeline_field=pipeline_field, live=live, source=(cls, field))
 
 
 def _pipeline(field: str, *, live: bool = False) -> ParamSpec:
@@ -169,73 +127,6 @@ PARAMS: tuple[ParamSpec, ...] = (
 )
 
 PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
-
-_ROS_TYPES = {
-    bool: ParameterType.PARAMETER_BOOL,
-    int: ParameterType.PARAMETER_INTEGER,
-    float: ParameterType.PARAMETER_DOUBLE,
-    str: ParameterType.PARAMETER_STRING,
-}
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ``ParameterDescriptor`` of ``spec`` (type, description, range, choices as constraints)."""
-    d = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type], description=spec.description)
-    if spec.range is not None:
-        lo, hi = spec.range
-        if spec.type is float:
-            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-        else:
-            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
-        d.additional_constraints = f"in [{_fmt(lo)}, {_fmt(hi)}]"
-    elif spec.choices is not None:
-        d.additional_constraints = "one of: " + ", ".join(spec.choices)
-    elif spec.pattern is not None:
-        d.additional_constraints = f"matches {spec.pattern}"
-    return d
-
-
-def validate_value(spec: ParamSpec, value: Any) -> Any:
-    """Check ``value`` for ``spec`` and return it (ints are accepted for float parameters).
-
-    Raises :class:`ParameterError` naming the parameter and value.
-    """
-    name = spec.name
-    if spec.type is bool:
-        if not isinstance(value, bool):
-            raise ParameterError(f"{name}={value!r} must be a bool (true/false)")
-        return value
-    if spec.type is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParameterError(f"{name}={value!r} must be a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ParameterError(f"{name}={value} must be finite")
-    elif spec.type is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParameterError(f"{name}={value!r} must be an integer")
-    elif spec.type is str:
-        if not isinstance(value, str):
-            raise ParameterError(f"{name}={value!r} must be a string")
-    if spec.range is not None:
-        lo, hi = spec.range
-        if not lo <= value <= hi:
-            raise ParameterError(f"{name}={_fmt(value)} is outside [{_fmt(lo)}, {_fmt(hi)}]")
-    if spec.choices is not None and value not in spec.choices:
-        raise ParameterError(f"{name}={value!r} is not one of {', '.join(spec.choices)}")
-    if spec.pattern is not None and re.fullmatch(spec.pattern, value) is None:
-        raise ParameterError(f"{name}={value!r} does not match {spec.pattern}")
-    if spec.source is not None:
-        why = problem(*spec.source, value)
-        if why is not None:
-            raise ParameterError(f"{name}: {why}")
-    return value
-
-
 def validate_all(values: dict[str, Any]) -> dict[str, Any]:
     """Validate a name -> value mapping (unknown names are errors); all problems in one message."""
     errors, out = [], {}
@@ -252,32 +143,6 @@ def validate_all(values: dict[str, Any]) -> dict[str, Any]:
         raise ParameterError("; ".join(errors))
     return out
 
-
-def declare_one(node: Any, spec: ParamSpec) -> Any:
-    """Declare ``spec`` on ``node`` (if not yet declared) with its descriptor; return the validated value.
-
-    The node's override (``--ros-args -p`` / ``--params-file``) is read through a first, dynamically typed
-    declaration, validated, and the parameter declared again with its typed descriptor and the validated value
-    (so YAML ``1`` for a double parameter becomes 1.0 instead of failing on the type). Public rclpy API only.
-    Raises :class:`ParameterError`; a parameter that failed is left undeclared so a later configure retries it.
-    """
-    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-
-    if not node.has_parameter(spec.name):
-        probe = ParameterDescriptor(name=spec.name, description=spec.description, dynamic_typing=True)
-        try:
-            raw = node.declare_parameter(spec.name, spec.default, probe).value
-        except (InvalidParameterTypeException, InvalidParameterValueException) as e:
-            raise ParameterError(f"{spec.name}: {e}") from None
-        node.undeclare_parameter(spec.name)
-        value = validate_value(spec, raw)
-        try:
-            node.declare_parameter(spec.name, value, descriptor(spec), ignore_override=True)
-        except (InvalidParameterTypeException, InvalidParameterValueException) as e:
-            raise ParameterError(f"{spec.name}={raw!r}: {e}") from None
-    return validate_value(spec, node.get_parameter(spec.name).value)
-
-
 def declare_parameters(node: Any) -> dict[str, Any]:
     """Declare every parameter not yet declared on ``node`` and return all values by name.
 
@@ -285,15 +150,7 @@ def declare_parameters(node: Any) -> dict[str, Any]:
     Raises :class:`ParameterError` naming every invalid parameter and value; parameters that
     failed are left undeclared so that a later configure retries them.
     """
-    errors, values = [], {}
-    for spec in PARAMS:
-        try:
-            values[spec.name] = declare_one(node, spec)
-        except ParameterError as e:
-            errors.append(str(e))
-    if errors:
-        raise ParameterError("; ".join(errors))
-    return values
+    return declare_table(node, PARAMS)
 
 
 def load_yaml_parameters(path: str | Path, *, node_name: str = NODE_NAME) -> dict[str, Any]:

@@ -44,7 +44,9 @@ from rclpy.signals import SignalHandlerOptions
 
 from find_ros.ros.conversions import stamp_from_ns as stamp_msg  # re-exported: Time of ns nanoseconds
 from find_ros.ros.shutdown import StopSignals, entry_point, release_context
-from find_ros.ros.sim_camera_node import FrameTimer, ParameterValueError, RgbdPublisher, declare, spin_until_done
+from find_ros.ros.param_spec import ParamSpec
+from find_ros.ros.sim_camera_node import (DEPTH_ENCODINGS, FrameTimer, ParameterValueError, RgbdPublisher, declare,
+                                          spin_until_done)
 
 try:
     from find_ros.sim.datasets import open_dataset
@@ -52,7 +54,7 @@ except ImportError as e:  # a partial checkout: report it as a missing module (p
     raise ModuleNotFoundError(f"find_ros.sim.datasets is not available: {e}", name="find_ros.sim.datasets") from e
 from find_ros.sim.bag import BagConfig, BagConfigError, BagError, BagFrame, RgbdBag, config_fields
 
-__all__ = ["PARAMETERS", "BAG_PREFIX", "ReplayNode", "BagPlayer", "bag_config", "set_publisher_reliability",
+__all__ = ["PARAMS", "PARAMETERS", "BAG_PREFIX", "ReplayNode", "BagPlayer", "bag_config", "set_publisher_reliability",
            "stamp_msg", "main"]
 
 FORMATS = ("tum", "7scenes", "rosbag2")
@@ -61,28 +63,43 @@ RELIABILITIES = ("auto", "reliable", "best_effort")
 BAG_PREFIX = "bag."
 """Prefix of the parameters derived from :class:`find_ros.sim.bag.BagConfig` (``bag.color_topic``, ...)."""
 
-#: name -> (default, description): the node's parameters, declared once.
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "format": ("tum", "recording format: tum, 7scenes (folders) or rosbag2"),
-    "path": ("", "dataset folder, or rosbag2 folder (or its .db3 / .mcap file)"),
-    "rate_hz": (30.0, "folders: frames per second (> 0)"),
-    "rate": (1.0, "rosbag2: playback speed as a factor of the recorded rate, like ros2 bag play --rate (> 0)"),
-    "loop": (False, "start again after the last frame (otherwise the node exits)"),
-    "depth_encoding": ("16UC1", "16UC1 (millimetres) or 32FC1 (metres)"),
-    "frame_id": ("camera_color_optical_frame", "optical frame of the images and camera_info (rosbag2: only where "
-                                               "the recorded frame_id is empty)"),
-    "world_frame": ("map", "frame of camera/pose and camera/odom (rosbag2: only where the recorded one is empty)"),
-    "publish_odom": (False, "publish camera/odom (nav_msgs/Odometry)"),
-    "stamps": ("now", "rosbag2: 'now' restamps each frame with the node clock (a live perception node takes it); "
-                      "'recorded' keeps the bag's header stamps (consumers need use_sim_time + publish_clock, or "
-                      "max_stamp_age_s 0)"),
-    "publish_clock": (False, "rosbag2 with stamps 'recorded': publish /clock (rosgraph_msgs/Clock) with each "
-                             "frame's recorded stamp, for consumers with use_sim_time:=true"),
-    "delay_s": (0.0, "rosbag2: seconds to wait before the first frame, like ros2 bag play --delay (>= 0)"),
-    "qos_reliability": ("auto", "rosbag2: reliability of the camera publishers: auto (as the bag's colour topic "
-                                "was recorded; reliable when unknown), reliable or best_effort"),
-    **{BAG_PREFIX + name: (default, desc) for name, default, desc in config_fields()},
-}
+#: The node's parameters, declared once with descriptors and validated by :func:`find_ros.ros.param_spec.validate_value`;
+#: the ``bag.*`` rows come from :class:`find_ros.sim.bag.BagConfig`'s fields (which check their ranges).
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("format", str, "tum", "recording format: tum, 7scenes (folders) or rosbag2", choices=FORMATS,
+              want="one of " + ", ".join(FORMATS)),
+    ParamSpec("path", str, "", "dataset folder, or rosbag2 folder (or its .db3 / .mcap file)"),
+    ParamSpec("rate_hz", float, 30.0, "folders: frames per second (> 0)", check=lambda v: v > 0, want="> 0"),
+    ParamSpec("rate", float, 1.0,
+              "rosbag2: playback speed as a factor of the recorded rate, like ros2 bag play --rate (> 0)",
+              check=lambda v: v > 0, want="> 0"),
+    ParamSpec("loop", bool, False, "start again after the last frame (otherwise the node exits)"),
+    ParamSpec("depth_encoding", str, "16UC1", "16UC1 (millimetres) or 32FC1 (metres)", choices=DEPTH_ENCODINGS,
+              want="16UC1 or 32FC1"),
+    ParamSpec("frame_id", str, "camera_color_optical_frame",
+              "optical frame of the images and camera_info (rosbag2: only where the recorded frame_id is empty)"),
+    ParamSpec("world_frame", str, "map",
+              "frame of camera/pose and camera/odom (rosbag2: only where the recorded one is empty)"),
+    ParamSpec("publish_odom", bool, False, "publish camera/odom (nav_msgs/Odometry)"),
+    ParamSpec("stamps", str, "now",
+              "rosbag2: 'now' restamps each frame with the node clock (a live perception node takes it); "
+              "'recorded' keeps the bag's header stamps (consumers need use_sim_time + publish_clock, or "
+              "max_stamp_age_s 0)", choices=STAMPS, want="one of " + ", ".join(STAMPS)),
+    ParamSpec("publish_clock", bool, False,
+              "rosbag2 with stamps 'recorded': publish /clock (rosgraph_msgs/Clock) with each frame's recorded "
+              "stamp, for consumers with use_sim_time:=true"),
+    ParamSpec("delay_s", float, 0.0,
+              "rosbag2: seconds to wait before the first frame, like ros2 bag play --delay (>= 0)",
+              range=(0.0, None), want=">= 0"),
+    ParamSpec("qos_reliability", str, "auto",
+              "rosbag2: reliability of the camera publishers: auto (as the bag's colour topic was recorded; "
+              "reliable when unknown), reliable or best_effort", choices=RELIABILITIES,
+              want="one of " + ", ".join(RELIABILITIES)),
+    *(ParamSpec(BAG_PREFIX + name, type(default), default, desc) for name, default, desc in config_fields()),
+)
+
+#: name -> (default, description) of :data:`PARAMS` (a read-only view for launch files and tests).
+PARAMETERS: dict[str, tuple[Any, str]] = {s.name: (s.default, s.description) for s in PARAMS}
 
 
 def bag_config(p: dict[str, Any]) -> BagConfig:
@@ -198,17 +215,13 @@ class ReplayNode(Node):
             raise
 
     def _setup(self) -> None:
-        p = declare(self, PARAMETERS)
+        p = declare(self, PARAMS)  # ranges and choices are checked here (ParamSpec)
         self.p = p
-        if p["format"] not in FORMATS:
-            raise ParameterValueError(f"format must be one of {', '.join(FORMATS)}, got {p['format']!r}")
         if not p["path"]:
             raise ParameterValueError("path is empty: set -p path:=<dataset folder or rosbag2>")
         if p["format"] == "rosbag2":
             self._setup_bag(p)
             return
-        if not p["rate_hz"] > 0:
-            raise ParameterValueError(f"rate_hz must be > 0, got {p['rate_hz']}")
         self.frames = open_dataset(p["format"], p["path"])
         self.n = len(self.frames)
         if self.n == 0:
@@ -221,13 +234,6 @@ class ReplayNode(Node):
                                f"{' (looping)' if p['loop'] else ''}, depth {p['depth_encoding']}")
 
     def _setup_bag(self, p: dict[str, Any]) -> None:
-        if not p["rate"] > 0:
-            raise ParameterValueError(f"rate must be > 0, got {p['rate']}")
-        if not p["delay_s"] >= 0:
-            raise ParameterValueError(f"delay_s must be >= 0, got {p['delay_s']}")
-        for name, allowed in (("stamps", STAMPS), ("qos_reliability", RELIABILITIES)):
-            if p[name] not in allowed:
-                raise ParameterValueError(f"{name} must be one of {', '.join(allowed)}, got {p[name]!r}")
         try:
             self.bag = RgbdBag(p["path"], bag_config(p))
             frames = self.bag.frames()

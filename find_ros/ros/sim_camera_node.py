@@ -29,7 +29,6 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -37,6 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
 from find_ros.ros import conversions as conv
+from find_ros.ros.param_spec import ParamSpec, declare_table
 
 try:
     from find_ros.sim import Scene, SimFrame, SimRenderer, orbit_trajectory, walkthrough_trajectory
@@ -46,29 +46,40 @@ from find_ros.ros.qos import LATCHED_QOS, SENSOR_QOS
 from find_ros.ros.tf import create_tf_publisher, tf_message, transform_stamped
 from find_ros.ros.shutdown import StopSignals, entry_point, release_context, spin_until_stopped
 
-__all__ = ["PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
+DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
-#: name -> (default, description): the node's parameters, declared once.
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "rate_hz": (30.0, "frames per second (> 0)"),
-    "seed": (0, "scene seed (same seed -> same scene and frames)"),
-    "width": (640, "image width in pixels"),
-    "height": (480, "image height in pixels"),
-    "trajectory": ("orbit", "camera path: orbit or walk"),
-    "n_frames": (0, "frames to publish, then stop; 0 = loop forever"),
-    "loop_frames": (300, "trajectory length when n_frames is 0 (the path repeats after it)"),
-    "depth_encoding": ("16UC1", "16UC1 (millimetres) or 32FC1 (metres)"),
-    "invalid_depth": (False, "add realistic invalid depth regions (range, grazing angles, dropout)"),
-    "noise_std": (0.0, "depth noise standard deviation in metres"),
-    "frame_id": ("camera_color_optical_frame", "optical frame of the images and camera_info"),
-    "world_frame": ("map", "frame of camera/pose and camera/odom, parent of the camera's /tf transform"),
-    "publish_gt": (False, "publish camera/gt/instance and camera/gt/objects"),
-    "publish_odom": (False, "publish camera/odom (nav_msgs/Odometry)"),
-    "publish_tf": (True, "publish world_frame -> frame_id on /tf (tf2_msgs/TFMessage) when tf2_msgs is importable"),
-    "prerender": (False, "render every trajectory frame once at start-up and replay them, so the renderer does not "
-                         "compete for CPU with the nodes under test (memory: see prerender_max_mb)"),
-    "prerender_max_mb": (2048, "refuse prerender when the rendered frames would need more memory than this (MB)"),
-}
+__all__ = ["PARAMS", "PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
+
+#: The node's parameters, declared once with descriptors and validated by :func:`find_ros.ros.param_spec.validate_value`.
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("rate_hz", float, 30.0, "frames per second (> 0)", check=lambda v: v > 0, want="> 0"),
+    ParamSpec("seed", int, 0, "scene seed (same seed -> same scene and frames)"),
+    ParamSpec("width", int, 640, "image width in pixels", range=(8, None), want=">= 8"),
+    ParamSpec("height", int, 480, "image height in pixels", range=(8, None), want=">= 8"),
+    ParamSpec("trajectory", str, "orbit", "camera path: orbit or walk", choices=("orbit", "walk"),
+              want="orbit or walk"),
+    ParamSpec("n_frames", int, 0, "frames to publish, then stop; 0 = loop forever", range=(0, None), want=">= 0"),
+    ParamSpec("loop_frames", int, 300, "trajectory length when n_frames is 0 (the path repeats after it)",
+              range=(2, None), want=">= 2"),
+    ParamSpec("depth_encoding", str, "16UC1", "16UC1 (millimetres) or 32FC1 (metres)", choices=DEPTH_ENCODINGS,
+              want="16UC1 or 32FC1"),
+    ParamSpec("invalid_depth", bool, False, "add realistic invalid depth regions (range, grazing angles, dropout)"),
+    ParamSpec("noise_std", float, 0.0, "depth noise standard deviation in metres", range=(0.0, None), want=">= 0"),
+    ParamSpec("frame_id", str, "camera_color_optical_frame", "optical frame of the images and camera_info"),
+    ParamSpec("world_frame", str, "map", "frame of camera/pose and camera/odom, parent of the camera's /tf transform"),
+    ParamSpec("publish_gt", bool, False, "publish camera/gt/instance and camera/gt/objects"),
+    ParamSpec("publish_odom", bool, False, "publish camera/odom (nav_msgs/Odometry)"),
+    ParamSpec("publish_tf", bool, True,
+              "publish world_frame -> frame_id on /tf (tf2_msgs/TFMessage) when tf2_msgs is importable"),
+    ParamSpec("prerender", bool, False,
+              "render every trajectory frame once at start-up and replay them, so the renderer does not compete "
+              "for CPU with the nodes under test (memory: see prerender_max_mb)"),
+    ParamSpec("prerender_max_mb", int, 2048,
+              "refuse prerender when the rendered frames would need more memory than this (MB)"),
+)
+
+#: name -> (default, description) of :data:`PARAMS` (a read-only view for launch files and tests).
+PARAMETERS: dict[str, tuple[Any, str]] = {s.name: (s.default, s.description) for s in PARAMS}
 
 #: ground-truth object list: reliable, transient-local (late joiners get the last one), keep-last 1.
 GT_OBJECTS_QOS = LATCHED_QOS
@@ -88,7 +99,7 @@ class RgbdPublisher:
 
     def __init__(self, node: Node, *, frame_id: str, world_frame: str, depth_encoding: str,
                  publish_odom: bool, publish_tf: bool = True) -> None:
-        if depth_encoding not in ("16UC1", "32FC1"):
+        if depth_encoding not in DEPTH_ENCODINGS:
             raise ParameterValueError(f"depth_encoding must be 16UC1 or 32FC1, got {depth_encoding!r}")
         if publish_tf and (not frame_id or not world_frame or frame_id == world_frame):
             raise ParameterValueError(f"publish_tf needs two different, non-empty frames: world_frame {world_frame!r}, "
@@ -202,20 +213,10 @@ def spin_until_done(node: Node, timer: FrameTimer, stop: StopSignals) -> None:
         executor.shutdown()
 
 
-def declare(node: Node, table: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    """Declare every parameter of ``table`` with its description; return name -> value."""
-    out = {}
-    for name, (default, desc) in table.items():
-        is_float = isinstance(default, float)  # accept "rate_hz:=10" as well as "rate_hz:=10.0"
-        node.declare_parameter(name, default, ParameterDescriptor(description=desc, dynamic_typing=is_float))
-        value = node.get_parameter(name).value
-        if is_float:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ParameterValueError(f"parameter {name} must be a number, got {value!r}") from None
-        out[name] = value
-    return out
+def declare(node: Node, specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """Declare every row of ``specs`` with its descriptor (:func:`find_ros.ros.param_spec.declare_table`); return
+    name -> value. Raises :class:`ParameterValueError` naming every invalid value (ints are taken for floats)."""
+    return declare_table(node, specs, ParameterValueError)
 
 
 class SimCameraNode(Node):
@@ -235,19 +236,8 @@ class SimCameraNode(Node):
             raise
 
     def _setup(self) -> None:
-        p = declare(self, PARAMETERS)
+        p = declare(self, PARAMS)  # ranges and choices are checked here (ParamSpec)
         self.p = p
-        if not p["rate_hz"] > 0:
-            raise ParameterValueError(f"rate_hz must be > 0, got {p['rate_hz']}")
-        if p["trajectory"] not in ("orbit", "walk"):
-            raise ParameterValueError(f"trajectory must be orbit or walk, got {p['trajectory']!r}")
-        if p["width"] < 8 or p["height"] < 8:
-            raise ParameterValueError(f"width/height must be >= 8, got {p['width']}x{p['height']}")
-        if p["n_frames"] < 0 or p["loop_frames"] < 2:
-            raise ParameterValueError(f"n_frames must be >= 0 and loop_frames >= 2, got {p['n_frames']}, "
-                                      f"{p['loop_frames']}")
-        if p["noise_std"] < 0:
-            raise ParameterValueError(f"noise_std must be >= 0, got {p['noise_std']}")
         self.scene = Scene.generate(int(p["seed"]))
         self.renderer = SimRenderer(self.scene, width=int(p["width"]), height=int(p["height"]),
                                     noise_std=float(p["noise_std"]), invalid_depth=bool(p["invalid_depth"]),
