@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable
+
+try:
+    from numpy import bool_ as np_bool
+except ImportError:  # pragma: no cover - numpy is a dependency; keep this module importable without it
+    np_bool = bool
 
 __all__ = ["setting", "settings_field", "problem", "validate_settings", "from_prefixed"]
 
@@ -60,11 +66,11 @@ def problem(cls: type, name: str, value: Any) -> str | None:
     f = settings_field(cls, name)
     md = f.metadata
     ok = True
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np_bool)) and math.isfinite(value)
     if f.type in ("int", int):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and int(value) == value
+        ok = number and int(value) == value
     elif f.type in ("float", float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = number
     if ok and md.get("range") is not None:
         lo, hi = md["range"]
         ok = (lo is None or value >= lo) and (hi is None or value <= hi)

@@ -20,60 +20,47 @@ class FieldSaveError(OSError):
 
 @dataclass
 class FieldConfig:
-    """Feature field settings.
+    """Feature field settings: each field's default, range and description once (``setting`` metadata).
 
-    voxel_size: voxel edge in metres.
-    block_resolution: voxels per block edge (blocks hold block_resolution**3 voxels).
-    embedding_dim: length D of the per-voxel embedding.
-    max_blocks: cap on active blocks; above it blocks are evicted (see ``eviction``). The field's storage grows with
-        the blocks written, up to ``capacity_blocks(...)`` = int(1.25 * cap) + 64 blocks (room for one frame's new
-        blocks before eviction runs).
-    memory_mb: optional budget (MiB, 2**20 bytes) for the voxel storage; None = no budget. When given, the block
-        cap is the largest whose capacity (int(1.25 * cap) + 64 blocks of ``block_bytes``) fits in the budget, and
-        the smaller of that and ``max_blocks`` wins (see :meth:`block_cap`). A budget too small for a cap of one
-        block raises :class:`FieldInputError`.
-    depth_max / depth_min: depth readings outside [depth_min, depth_max] metres are ignored.
-    trunc_voxels: TSDF truncation distance in voxels.
-    use_tsdf: keep a TSDF (and its weight); when off only surface voxels are allocated/updated.
-    surface_voxels: a voxel takes colour/embedding from a pixel when |measured depth - voxel depth| <= this many voxels.
-    eviction: "farthest" erases the blocks farthest from the current camera centre; "oldest" erases the blocks
-        least recently seen in a frame.
-    device: open3d device string for the voxel block grid (CPU:0 only is exercised).
+    The field's storage grows with the blocks written, up to ``capacity_blocks`` = int(1.25 * cap) + 64 blocks
+    (room for one frame's new blocks before eviction runs).
     """
 
-    voxel_size: float = 0.05
-    block_resolution: int = 8
-    embedding_dim: int = 64
-    max_blocks: int = 20000
-    memory_mb: float | None = None
-    depth_max: float = 5.0
-    depth_min: float = 0.1
-    trunc_voxels: float = 4.0
-    use_tsdf: bool = True
-    surface_voxels: float = 0.75
-    eviction: str = "farthest"
-    device: str = "CPU:0"
+    voxel_size: float = setting(0.05, "Voxel edge in metres.", check=lambda v: v > 0, want="> 0")
+    block_resolution: int = setting(8, "Voxels per block edge (blocks hold block_resolution**3 voxels).",
+                                    range=(1, None))
+    embedding_dim: int = setting(64, "Length D of the per-voxel embedding.", range=(1, None))
+    max_blocks: int = setting(
+        20000, "Cap on active blocks; above it blocks are evicted (see eviction).", range=(1, None))
+    memory_mb: float | None = setting(
+        None, "Optional budget (MiB, 2**20 bytes) for the voxel storage; None = no budget. When given, the block "
+        "cap is the largest whose capacity (int(1.25 * cap) + 64 blocks of block_bytes) fits in the budget, and "
+        "the smaller of that and max_blocks wins (block_cap). A budget too small for a cap of one block raises "
+        "FieldInputError.", check=lambda m: m is None or (not isinstance(m, bool) and isinstance(m, numbers.Real)
+                                                          and math.isfinite(m) and m > 0),
+        want="a finite number > 0 (MiB) or None")
+    depth_max: float = setting(5.0, "Depth readings beyond this many metres are ignored (> depth_min).")
+    depth_min: float = setting(0.1, "Depth readings below this many metres are ignored (>= 0).", range=(0.0, None))
+    trunc_voxels: float = setting(4.0, "TSDF truncation distance in voxels.")
+    use_tsdf: bool = setting(True, "Keep a TSDF (and its weight); when off only surface voxels are "
+                                   "allocated/updated.")
+    surface_voxels: float = setting(
+        0.75, "A voxel takes colour/embedding from a pixel when |measured depth - voxel depth| <= this many voxels.")
+    eviction: str = setting(
+        "farthest", "'farthest' erases the blocks farthest from the current camera centre; 'oldest' erases the "
+        "blocks least recently seen in a frame.", choices=("farthest", "oldest"))
+    device: str = setting("CPU:0", "open3d device string for the voxel block grid (CPU:0 only is exercised).")
 
     def __post_init__(self) -> None:
-        if self.voxel_size <= 0:
-            raise FieldInputError(f"voxel_size must be > 0, got {self.voxel_size}")
-        if self.block_resolution < 1 or self.embedding_dim < 1 or self.max_blocks < 1:
-            raise FieldInputError(
-                f"block_resolution/embedding_dim/max_blocks must be >= 1, got "
-                f"{self.block_resolution}/{self.embedding_dim}/{self.max_blocks}")
+        validate_settings(self, FieldInputError)
         if not 0 <= self.depth_min < self.depth_max:
             raise FieldInputError(f"need 0 <= depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
-        if self.eviction not in ("farthest", "oldest"):
-            raise FieldInputError(f"eviction must be 'farthest' or 'oldest', got {self.eviction!r}")
-        if self.memory_mb is not None:
+        if self.memory_mb is not None and self._budget_cap() < 1:
             m = self.memory_mb
-            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not math.isfinite(m) or m <= 0:
-                raise FieldInputError(f"memory_mb must be a finite number > 0 (MiB) or None, got {m!r}")
-            if self._budget_cap() < 1:
-                raise FieldInputError(
-                    f"memory_mb={m:g} MiB holds {self._budget_blocks()} blocks of {self.block_bytes} bytes "
-                    f"(D={self.embedding_dim}, {self.block_resolution}^3 voxels); a cap of one block needs "
-                    f"{_capacity_for(1)} blocks = {_capacity_for(1) * self.block_bytes / 2**20:.2f} MiB")
+            raise FieldInputError(
+                f"memory_mb={m:g} MiB holds {self._budget_blocks()} blocks of {self.block_bytes} bytes "
+                f"(D={self.embedding_dim}, {self.block_resolution}^3 voxels); a cap of one block needs "
+                f"{_capacity_for(1)} blocks = {_capacity_for(1) * self.block_bytes / 2**20:.2f} MiB")
 
     @property
     def bytes_per_voxel(self) -> int:
