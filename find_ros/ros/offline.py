@@ -71,9 +71,12 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruction-at", action="append", type=float, metavar="T",
                     help="start of each instruction, s after the first frame (one per instruction, or one fewer)")
     ap.add_argument("--out", required=True, type=Path, help="output rosbag2 folder (must not exist)")
-    ap.add_argument("--grounder", default="find", choices=("find", "hsv-baseline"), help="perception grounder")
+    from find_ros.ros.params import PARAMS_BY_NAME  # the node's table: defaults and choices written once
+
+    grounder, device = PARAMS_BY_NAME["grounder"], PARAMS_BY_NAME["device"]
+    ap.add_argument("--grounder", default=grounder.default, choices=grounder.choices, help="perception grounder")
     ap.add_argument("--model", default=None, help="FIND model directory (default: the shipped model)")
-    ap.add_argument("--device", default="cpu", help="torch device of the FIND model")
+    ap.add_argument("--device", default=device.default, help="torch device of the FIND model")
     ap.add_argument("--field", action="store_true", help="fuse the 3D feature field; record find/field/cloud")
     ap.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"), help="output bag storage")
     ap.add_argument("--summary", type=Path, default=None, help="summary JSON (default OUT/summary.json)")
