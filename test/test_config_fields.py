@@ -8,8 +8,9 @@ import pytest
 from find_ros.config_fields import problem, setting, validate_settings
 from find_ros.field.config import FieldBridgeConfig, FieldConfig, FieldInputError
 from find_ros.grounding.pipeline import ConfigError, PipelineConfig
+from find_ros.grounding.tracker_config import TrackerConfig
 
-CONFIGS = [PipelineConfig, FieldConfig, FieldBridgeConfig]
+CONFIGS = [TrackerConfig, PipelineConfig, FieldConfig, FieldBridgeConfig]
 
 
 @pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
@@ -50,3 +51,14 @@ def test_setting_helper_with_open_ranges_and_checks():
         validate_settings(C(b=1.0), ValueError)
     with pytest.raises(ValueError, match="C.a=0 must be an integer >= 1"):
         validate_settings(C(a=0), ValueError)
+
+
+def test_pipeline_config_takes_the_tracker_config_fields_flat_and_live():
+    tracker = {f.name for f in dataclasses.fields(TrackerConfig)}
+    assert tracker <= {f.name for f in dataclasses.fields(PipelineConfig)}
+    assert {"score_threshold", "smoothing", "lost_after_frames", "shape_voxel_m"} <= tracker
+    assert "erode_px" not in tracker
+    cfg = PipelineConfig(lost_after_frames=2, erode_px=3)
+    assert isinstance(cfg, TrackerConfig) and cfg.lost_after_frames == 2 and cfg.erode_px == 3
+    with pytest.raises(ConfigError, match="TrackerConfig.smoothing=1.0"):
+        TrackerConfig(smoothing=1.0)

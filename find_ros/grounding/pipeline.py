@@ -20,11 +20,12 @@ import numpy as np
 from find_ros.config_fields import setting, validate_settings
 from find_ros.grounder import FrameGrounding, Grounder, GrounderError
 from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
+from find_ros.grounding.tracker_config import ConfigError, TrackerConfig
 from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
 from find_ros.instruction import Instruction
 
-__all__ = ["ConfigError", "FrameError", "PipelineConfig", "TrackedEntity", "FrameResult", "VideoGrounder",
-           "mean_embedding", "ENTITY_COLOURS"]
+__all__ = ["ConfigError", "FrameError", "PipelineConfig", "TrackerConfig", "TrackedEntity", "FrameResult",
+           "VideoGrounder", "mean_embedding", "ENTITY_COLOURS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,55 +36,25 @@ ENTITY_COLOURS: tuple[tuple[float, float, float], ...] = (
 _PALETTE = tuple(tuple(int(c * 255 + 0.5) for c in rgb) for rgb in ENTITY_COLOURS)  # 8-bit RGB for the overlay
 
 
-class ConfigError(ValueError):
-    """A :class:`PipelineConfig` value out of range; the message names the field and value."""
-
-
 class FrameError(ValueError):
     """A frame the pipeline cannot use (shapes, dtypes); the message names the offending input."""
 
 
 @dataclasses.dataclass
-class PipelineConfig:
-    """Video grounding settings (mutable: ``score_threshold`` may be changed live).
+class PipelineConfig(TrackerConfig):
+    """Video grounding settings: the tracker's (:class:`~find_ros.grounding.tracking.TrackerConfig`, whose fields
+    it takes as its own, so ``PipelineConfig(score_threshold=..., erode_px=...)`` stays flat) plus the pose
+    geometry's. Mutable: ``score_threshold`` may be changed live.
 
-    Each field's default, range and description live here once (:func:`find_ros.config_fields.setting`); the
+    Each field's default, range and description live once in its :func:`find_ros.config_fields.setting`; the
     perception node's parameters of the same names are derived from them (:mod:`find_ros.ros.params`)."""
 
-    score_threshold: float = setting(
-        0.5, "Minimum (smoothed) score for an entity to count as found and be published as a target; detections "
-        "below it count as misses.", range=(0.0, 1.0))
     erode_px: int = setting(2, "Mask erosion (pixels) before back-projection, to drop depth-edge pixels.",
                             range=(0, 50))
     min_points: int = setting(30, "Fewest valid 3D points a mask needs for a target pose.", range=(1, 1_000_000))
-    smoothing: float = setting(
-        0.6, "Exponential smoothing weight of the past: s <- smoothing * s + (1 - smoothing) * raw; also the "
-        "weight of the past in the tracks' embedding / position / extent averages. 0 = no smoothing.",
-        range=(0.0, 1.0), check=lambda v: v < 1.0, want="in [0, 1)")
-    lost_after_frames: int = setting(
-        15, "Consecutive frames without an associated detection above threshold before a track is lost.",
-        range=(1, None))
-    assoc_max_dist_m: float = setting(
-        0.3, "Largest world distance (m) between a track and a detection of it (plus half the track's largest "
-        "extent, for big objects whose visible centroid moves with the viewpoint).",
-        check=lambda v: v > 0, want="> 0")
-    assoc_min_similarity: float = setting(
-        0.5, "Smallest cosine similarity between a track's and a detection's mean pixel embedding.",
-        range=(-1.0, 1.0))
-    assoc_min_iou: float = setting(
-        0.1, "Smallest 2D box IoU for association when neither embeddings nor world positions are available.",
-        range=(0.0, 1.0))
     depth_edge_m: float = setting(
         0.05, "Pixels whose 3x3 neighbourhood spans more depth than this (m) are dropped before back-projection; "
         "0 disables the check.", range=(0.0, None))
-    shape_voxel_m: float = setting(
-        0.01, "Voxel (m) of each track's multi-view shape memory; the published target position is its robust "
-        "box centre (converges to the object centre as more sides are seen; assumes a static target). "
-        "0 = the frame's visible-surface centroid; else at least 0.001.",
-        range=(0.0, 1.0), check=lambda v: v == 0 or v >= 0.001, want="0 (off) or in [0.001, 1]")
-    shape_max_voxels: int = setting(
-        20000, "Most voxels a track's shape memory keeps (the least-seen are dropped): 16 bytes each.",
-        range=(1, None))
 
     def __post_init__(self) -> None:
         self.validate()

@@ -32,14 +32,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from find_ros.grounding.tracker_config import TrackerConfig
 from find_ros.voxel_keys import in_key_range, pack_keys, unpack_keys
-
-if TYPE_CHECKING:  # pragma: no cover
-    from find_ros.grounding.pipeline import PipelineConfig
 
 __all__ = ["Detection", "TrackState", "EntityTracker", "ShapeMemory", "box_iou"]
 
@@ -207,7 +205,7 @@ class EntityTracker:
     ``id_source`` yields track ids (share one between the trackers of a pipeline for unique ids).
     """
 
-    def __init__(self, *, config: "PipelineConfig", id_source: Iterator[int] | None = None) -> None:
+    def __init__(self, *, config: TrackerConfig, id_source: Iterator[int] | None = None) -> None:
         self.config = config
         self._ids = id_source if id_source is not None else itertools.count(1)
         self._active: _Track | None = None
