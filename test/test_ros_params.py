@@ -250,5 +250,6 @@ def test_sim_camera_node_refuses_bad_values_when_declaring(ros):
         automatically_declare_parameters_from_overrides=False)
     with pytest.raises(sim.ParameterValueError) as e:
         sim.declare(node, sim.PARAMS)
-    assert "trajectory must be orbit or walk, got 'spiral'" in str(e.value) and "width must be >= 8, got 4" in str(e.value)
+    assert "trajectory must be orbit or walk, got 'spiral'" in str(e.value)
+    assert "width must be >= 8, got 4" in str(e.value)
     assert node.get_parameter("rate_hz").value == 10.0 and not node.has_parameter("trajectory")

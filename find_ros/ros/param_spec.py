@@ -136,7 +136,8 @@ def validate_value(spec: ParamSpec, value: Any) -> Any:
     if not _in_range(spec.range, value):
         lo, hi = spec.range
         if lo is None or hi is None:
-            raise ParameterError(f"{name}={_fmt(value)} must be " + (f">= {_fmt(lo)}" if hi is None else f"<= {_fmt(hi)}"))
+            bound = f">= {_fmt(lo)}" if hi is None else f"<= {_fmt(hi)}"
+            raise ParameterError(f"{name}={_fmt(value)} must be {bound}")
         raise ParameterError(f"{name}={_fmt(value)} is outside [{_fmt(lo)}, {_fmt(hi)}]")
     if spec.choices is not None and value not in spec.choices:
         raise ParameterError(f"{name}={value!r} is not one of {', '.join(spec.choices)}")

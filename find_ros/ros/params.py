@@ -6,8 +6,8 @@ The rows of settings that belong to a core dataclass (``score_threshold``, ``ero
 (:func:`from_setting`): their default, range and description are written there once, and their values also pass
 that dataclass's own check. Node-only parameters are rows here.
 
-Every parameter is a :class:`~find_ros.ros.param_spec.ParamSpec` row of :data:`PARAMS` (name, type, default, description,
-numeric range or string choices). :func:`declare_parameters` declares the rows on a node with a
+Every parameter is a :class:`~find_ros.ros.param_spec.ParamSpec` row of :data:`PARAMS` (name, type, default,
+description, numeric range or string choices). :func:`declare_parameters` declares the rows on a node with a
 ``ParameterDescriptor`` (``FloatingPointRange`` / ``IntegerRange`` for numbers) and returns the
 values; :func:`validate_value` is the one check shared by configure, runtime ``set_parameters``
 and the YAML test. ``config/perception.yaml`` holds the same names with comments.

@@ -63,7 +63,8 @@ RELIABILITIES = ("auto", "reliable", "best_effort")
 BAG_PREFIX = "bag."
 """Prefix of the parameters derived from :class:`find_ros.sim.bag.BagConfig` (``bag.color_topic``, ...)."""
 
-#: The node's parameters, declared once with descriptors and validated by :func:`find_ros.ros.param_spec.validate_value`;
+#: The node's parameters, declared once with descriptors and validated by
+#: :func:`find_ros.ros.param_spec.validate_value`;
 #: the ``bag.*`` rows come from :class:`find_ros.sim.bag.BagConfig`'s fields (which check their ranges).
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("format", str, "tum", "recording format: tum, 7scenes (folders) or rosbag2", choices=FORMATS,

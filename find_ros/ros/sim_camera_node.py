@@ -50,7 +50,8 @@ DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 __all__ = ["PARAMS", "PARAMETERS", "RgbdPublisher", "FrameTimer", "SimCameraNode", "GT_OBJECTS_QOS", "main"]
 
-#: The node's parameters, declared once with descriptors and validated by :func:`find_ros.ros.param_spec.validate_value`.
+#: The node's parameters, declared once with descriptors and validated by
+#: :func:`find_ros.ros.param_spec.validate_value`.
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("rate_hz", float, 30.0, "frames per second (> 0)", check=lambda v: v > 0, want="> 0"),
     ParamSpec("seed", int, 0, "scene seed (same seed -> same scene and frames)"),
