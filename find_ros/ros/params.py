@@ -79,8 +79,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("world_frame", str, "map", "Frame id of world poses (frame of the camera pose input).",
               pattern=r"[A-Za-z_][A-Za-z0-9_/]*"),
     ParamSpec("camera_pose_source", str, "pose",
-              "Camera pose input: 'pose' (camera/pose PoseStamped), 'odom' (camera/odom Odometry), "
-              "'tf' (tf2: world_frame -> colour optical frame) or 'none'.",
+              "Camera pose input: 'pose' (camera/pose PoseStamped), 'odom' (camera/odom Odometry), 'tf' (world_frame "
+              "-> the colour image's frame at its stamp: tf2_ros when importable, else the node's own /tf + "
+              "/tf_static buffer, interpolated between samples or the nearest within sync_slop_s) or 'none'.",
               choices=("pose", "odom", "tf", "none")),
     ParamSpec("sensor_reliability", str, "best_effort",
               "Reliability of the camera subscriptions (colour, depth, camera_info, pose/odom; keep last 1, "
