@@ -128,12 +128,11 @@ class RgbdPublisher:
 
     def publish(self, *, stamp, color: np.ndarray, depth_m: np.ndarray, K: np.ndarray,
                 T_world_cam: np.ndarray | None) -> Header:
-        """Publish one frame with one shared stamp; returns the image header used."""
+        """Publish one frame with one shared stamp; returns the image header used. The camera pose (pose, /tf,
+        odom) goes out before the images, as a robot's localisation runs ahead of its camera: a node that grounds a
+        frame the moment its images are matched has its pose by then."""
         h = self.header(stamp)
         H, W = color.shape[:2]
-        self.color.publish(conv.numpy_to_image(np.ascontiguousarray(color), "rgb8", header=h))
-        self.depth.publish(self.depth_msg(depth_m, h))
-        self.info.publish(conv.camera_info_from_K(K, W, H, header=h))
         if T_world_cam is not None:
             wh = Header(stamp=stamp, frame_id=self.world_frame)
             pose = conv.matrix_to_pose(T_world_cam)
@@ -153,6 +152,9 @@ class RgbdPublisher:
                     odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = map(float, v)
                 self._last_T = (t, T_world_cam)
                 self.odom.publish(odom)
+        self.color.publish(conv.numpy_to_image(np.ascontiguousarray(color), "rgb8", header=h))
+        self.depth.publish(self.depth_msg(depth_m, h))
+        self.info.publish(conv.camera_info_from_K(K, W, H, header=h))
         return h
 
 
