@@ -25,6 +25,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 
 from find_ros.ros import conversions as conv
+from find_ros.ros.endpoints import destroy_endpoints
 from find_ros.ros import frame_checks as checks
 from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.pose_buffer import PoseBuffer
@@ -120,8 +121,7 @@ class CameraInputs:
 
     def deactivate(self) -> None:
         """Drop the subscriptions, the matcher and the tf listener (any state, repeatedly)."""
-        for s in self._subs:
-            self._node.destroy_subscription(s)
+        destroy_endpoints(self._node, subscriptions=self._subs)
         self._subs = []
         self._sync = self._mf_sync = self._mf_relays = None
         self._tf_listener = self._tf_buffer = None

@@ -20,7 +20,6 @@ Owned by a lifecycle node (the perception node creates it when ``field_enable`` 
 """
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from pathlib import Path
@@ -37,6 +36,7 @@ from find_ros.field import FeatureField, FieldConfig, FieldEmbedder, FieldInputE
 from find_ros.field.config import FieldBridgeConfig
 from find_ros.instruction import Instruction, InstructionError, parse_instruction
 from find_ros.ros import conversions as conv
+from find_ros.ros.endpoints import answers_errors, destroy_endpoints
 from find_ros.ros.latest_worker import LatestWorker
 from find_ros.ros.params import PARAMS_BY_NAME
 from find_ros.ros.qos import LATCHED_QOS, OUTPUT_QOS
@@ -57,19 +57,7 @@ LOAD_SERVICE = "find/field/load"
 CLEAR_SERVICE = "find/field/clear"
 
 
-def _never_raises(fn):
-    """Service callbacks answer ``success=False`` with the error instead of raising (that would stop the node)."""
-    @functools.wraps(fn)
-    def wrapper(self, req, resp):
-        try:
-            return fn(self, req, resp)
-        except Exception as e:  # noqa: BLE001 - one bad request never takes the node down
-            what = fn.__name__.replace("_srv_", "field ")
-            self._node.get_logger().error(f"{what} failed: {type(e).__name__}: {e}")
-            resp.success, resp.message = False, f"{what} failed: {type(e).__name__}: {e}"
-            return resp
-
-    return wrapper
+_never_raises = answers_errors("field")  # service callbacks answer their errors (find_ros.ros.endpoints)
 
 
 FIELD_PREFIX = "field_"
@@ -203,8 +191,7 @@ class FieldBridge:
         self._worker.stop()
         if self._timer is not None:
             self._node.destroy_timer(self._timer)
-        for s in self._srvs:
-            self._node.destroy_service(s)
+        destroy_endpoints(self._node, services=self._srvs)
         self._timer, self._srvs = None, []
         self.embedder = None
 

@@ -24,6 +24,7 @@ from std_srvs.srv import Trigger
 from find_ros.instruction import InstructionError
 from find_ros.msg import InterleavedInstruction
 from find_ros.ros import conversions as conv
+from find_ros.ros.endpoints import destroy_endpoints
 from find_ros.ros.params import PARAMS_BY_NAME
 from find_ros.ros.references import references_from_msgs
 from find_ros.srv import SetInstruction
@@ -62,10 +63,7 @@ class InstructionInput:
                       n.create_service(Trigger, "find/clear_instruction", self._srv_clear, callback_group=group)]
 
     def deactivate(self) -> None:
-        for s in self._subs:
-            self._node.destroy_subscription(s)
-        for s in self._srvs:
-            self._node.destroy_service(s)
+        destroy_endpoints(self._node, subscriptions=self._subs, services=self._srvs)
         self._subs, self._srvs = [], []
 
     def _srv_set(self, req, resp):

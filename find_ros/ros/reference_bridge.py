@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from find_ros.instruction import Reference
 from find_ros.msg import ReferenceList
 from find_ros.msg import StoredReference as StoredReferenceMsg
 from find_ros.ros import conversions as conv
+from find_ros.ros.endpoints import answers_errors, destroy_endpoints
 from find_ros.ros.qos import LATCHED_QOS
 from find_ros.ros.references import references_from_msgs
 from find_ros.srv import AddReference, ListReferences, RemoveReference
@@ -81,19 +81,7 @@ class _Flash:
     frames_left: int
 
 
-def _answer(fn):
-    """Service callbacks answer ``success=False`` with the error instead of raising (that would stop the node)."""
-    @functools.wraps(fn)
-    def wrapper(self, req, resp):
-        try:
-            return fn(self, req, resp)
-        except Exception as e:  # noqa: BLE001 - one bad request never takes the node down
-            what = fn.__name__.replace("_srv_", "reference ")
-            self._node.get_logger().error(f"{what} failed: {type(e).__name__}: {e}")
-            resp.success, resp.message = False, f"{what} failed: {type(e).__name__}: {e}"
-            return resp
-
-    return wrapper
+_answer = answers_errors("reference")  # service callbacks answer their errors (find_ros.ros.endpoints)
 
 
 class ReferenceBridge:
@@ -154,10 +142,7 @@ class ReferenceBridge:
         self._pubs["markers"].publish(self._markers(refs, header))
 
     def deactivate(self) -> None:
-        for s in self._subs:
-            self._node.destroy_subscription(s)
-        for s in self._srvs:
-            self._node.destroy_service(s)
+        destroy_endpoints(self._node, subscriptions=self._subs, services=self._srvs)
         self._subs, self._srvs = [], []
         self._segment = self._model_lock = None
         with self._lock:
