@@ -61,8 +61,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``find-ros run`` entry point."""
+def _parser() -> argparse.ArgumentParser:
+    """The ``find-ros run`` argument parser."""
     ap = argparse.ArgumentParser(prog="find-ros run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--bag", required=True, type=Path, help="input rosbag2 folder (or its .db3 / .mcap file)")
@@ -89,21 +89,44 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="show the perception node's info log")
     bag_group = ap.add_argument_group("bag topics and pairing (find_ros.sim.bag.BagConfig)")
     for name, default, desc in config_fields():
-        bag_group.add_argument("--" + name.replace("_", "-"), dest="bag_" + name, default=default, metavar=name.split("_")[-1].upper(),
-                               type=type(default), help=desc)
+        bag_group.add_argument("--" + name.replace("_", "-"), dest="bag_" + name, default=default,
+                               metavar=name.split("_")[-1].upper(), type=type(default), help=desc)
+    return ap
+
+
+def _node_params(items: list[str]) -> dict:
+    """``--param NAME=VALUE`` items as parameter values (YAML-typed); RunError for one without ``=``."""
+    import yaml
+
+    node_params = {}
+    for item in items:
+        if "=" not in item:
+            raise RunError(f"--param {item!r} is not NAME=VALUE")
+        k, v = item.split("=", 1)
+        node_params[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return node_params
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    """The run's result in a few lines on stdout."""
+    print(f"find-ros run: {s['frames_in']} frames in, {s['frames_processed']} processed, {s['frames_skipped']} "
+          f"skipped; bag malformed {s['malformed_total']} ({s['malformed'] or 'none'}); "
+          f"{s['timing']['frames_per_s']} frames/s{' (interrupted)' if s['interrupted'] else ''}")
+    for ins in s["instructions"]:
+        frac = "n/a" if ins["found_fraction"] is None else f"{ins['found_fraction']:.2f}"
+        print(f"  {ins['id']} {ins['text']!r} from {ins['at_s']:g} s: found in {frac} of {ins['frames_grounded']} "
+              f"frames{'' if ins['accepted'] else ' (REJECTED: ' + ins['message'] + ')'}")
+    print(f"output bag: {out}  summary: {s['summary_path']}")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``find-ros run`` entry point."""
     try:
-        args = ap.parse_args(argv)
+        args = _parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        import yaml
-
-        node_params = {}
-        for item in args.param:
-            if "=" not in item:
-                raise RunError(f"--param {item!r} is not NAME=VALUE")
-            k, v = item.split("=", 1)
-            node_params[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        node_params = _node_params(args.param)
         config = BagConfig(**{name: getattr(args, "bag_" + name) for name, _, _ in config_fields()})
         plan = schedule(args.instruction, args.instruction_at)
     except (RunError, BagConfigError) as e:
@@ -118,13 +141,5 @@ def cli(argv: list[str] | None = None) -> int:
         except (RunError, BagError) as e:
             print(f"find-ros run: {e}", file=sys.stderr)
             return 2
-    print(f"find-ros run: {s['frames_in']} frames in, {s['frames_processed']} processed, {s['frames_skipped']} "
-          f"skipped; bag malformed {s['malformed_total']} ({s['malformed'] or 'none'}); "
-          f"{s['timing']['frames_per_s']} frames/s{' (interrupted)' if s['interrupted'] else ''}")
-    for ins in s["instructions"]:
-        frac = "n/a" if ins["found_fraction"] is None else f"{ins['found_fraction']:.2f}"
-        print(f"  {ins['id']} {ins['text']!r} from {ins['at_s']:g} s: found in {frac} of {ins['frames_grounded']} "
-              f"frames{'' if ins['accepted'] else ' (REJECTED: ' + ins['message'] + ')'}")
-    print(f"output bag: {args.out}  summary: {s['summary_path']}")
+    _print_summary(s, args.out)
     return 0
-

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import os
 import threading
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
-from geometry_msgs.msg import Point, PointStamped, Pose, Quaternion, Vector3
-from sensor_msgs.msg import RegionOfInterest
-from std_msgs.msg import ColorRGBA, Header
-from visualization_msgs.msg import Marker, MarkerArray
+from geometry_msgs.msg import PointStamped
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from find_ros.grounding.click import ClickError, check_pixel, mask_at_click, project_world_point, reference_crop
 from find_ros.grounding.geometry import backproject
@@ -37,10 +35,9 @@ from find_ros.grounding.reference_store import (ReferenceStore, ReferenceStoreEr
                                                 StoredReference, resolve_named_references)
 from find_ros.instruction import Reference
 from find_ros.msg import ReferenceList
-from find_ros.msg import StoredReference as StoredReferenceMsg
-from find_ros.ros import conversions as conv
 from find_ros.ros.endpoints import answers_errors, destroy_endpoints
 from find_ros.ros.qos import LATCHED_QOS
+from find_ros.ros.reference_msgs import reference_markers, reference_msg
 from find_ros.ros.references import references_from_msgs
 from find_ros.srv import AddReference, ListReferences, RemoveReference
 from find_ros.stamps import NS_PER_S, stamp_to_ns
@@ -138,8 +135,8 @@ class ReferenceBridge:
             return
         header = Header(stamp=self._node.get_clock().now().to_msg(), frame_id=str(self._p["world_frame"]))
         refs = self.store.references()
-        self._pubs["list"].publish(ReferenceList(header=header, references=[self._ref_msg(r) for r in refs]))
-        self._pubs["markers"].publish(self._markers(refs, header))
+        self._pubs["list"].publish(ReferenceList(header=header, references=[reference_msg(r) for r in refs]))
+        self._pubs["markers"].publish(reference_markers(refs, header))
 
     def deactivate(self) -> None:
         destroy_endpoints(self._node, subscriptions=self._subs, services=self._srvs)
@@ -188,7 +185,7 @@ class ReferenceBridge:
                 except (ReferenceStoreError, OSError) as e:
                     LOG.warning("reference %s: position not recorded: %s", names[0], e)
         if changed:
-            self._pubs["markers"].publish(self._markers(self.store.references(), Header(
+            self._pubs["markers"].publish(reference_markers(self.store.references(), Header(
                 stamp=self._node.get_clock().now().to_msg(), frame_id=str(self._p["world_frame"]))))
 
     def flashing(self) -> bool:
@@ -328,7 +325,7 @@ class ReferenceBridge:
                 float("nan")
             return resp
         resp.success, resp.name, resp.score = True, stored.name, float(stored.score)
-        resp.reference = self._ref_msg(stored)
+        resp.reference = reference_msg(stored)
         resp.message = (f"stored <{stored.name}> ({stored.origin}, {stored.crop.shape[1]}x{stored.crop.shape[0]} "
                         f"crop, score {stored.score:.2f})")
         self._node.get_logger().info(f"find/reference/add: {resp.message}")
@@ -349,7 +346,7 @@ class ReferenceBridge:
 
     @_answer
     def _srv_list(self, req, resp):
-        resp.references = [self._ref_msg(r) for r in (self.store.references() if self.store is not None else [])]
+        resp.references = [reference_msg(r) for r in (self.store.references() if self.store is not None else [])]
         return resp
 
     @_answer
@@ -366,37 +363,3 @@ class ReferenceBridge:
         self._node.get_logger().info(f"find/reference/remove: {resp.message}")
         self.publish()
         return resp
-
-    # ------------------------------------------------------------------ messages
-    def _ref_msg(self, r: StoredReference) -> StoredReferenceMsg:
-        thumb, tmask = r.thumbnail(max_side=128)
-        m = StoredReferenceMsg(name=r.name, thumbnail=conv.numpy_to_image(thumb, "rgb8"),
-                               mask=conv.numpy_to_image(np.where(tmask, 255, 0).astype(np.uint8), "mono8"),
-                               source_frame=r.source_frame, stamp=conv.stamp_from_ns(r.stamp_ns),
-                               score=float(r.score) if math.isfinite(r.score) else float("nan"), origin=r.origin)
-        if r.box is not None:
-            x0, y0, x1, y1 = r.box
-            m.box = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0)
-        if r.world_position is not None:
-            p = r.world_position
-            m.has_position, m.position = True, Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
-        return m
-
-    def _markers(self, refs: Sequence[StoredReference], header: Header) -> MarkerArray:
-        out = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
-        for i, r in enumerate(refs):
-            if r.world_position is None:
-                continue
-            p = r.world_position
-            pose = Pose(position=Point(x=float(p[0]), y=float(p[1]), z=float(p[2])), orientation=Quaternion(w=1.0))
-            out.markers.append(Marker(header=header, ns="find_references", id=2 * i, type=Marker.SPHERE,
-                                      action=Marker.ADD, pose=pose, scale=Vector3(x=0.08, y=0.08, z=0.08),
-                                      color=ColorRGBA(r=1.0, g=1.0, b=0.0, a=0.8)))
-            label = Pose(position=Point(x=float(p[0]), y=float(p[1]), z=float(p[2]) + 0.12),
-                         orientation=Quaternion(w=1.0))
-            out.markers.append(Marker(header=header, ns="find_reference_labels", id=2 * i + 1,
-                                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, pose=label,
-                                      scale=Vector3(z=0.07), color=ColorRGBA(r=1.0, g=1.0, b=0.0, a=1.0),
-                                      text=f"<{r.name}>"))
-        return out
-
