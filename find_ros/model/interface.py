@@ -159,18 +159,9 @@ class FindInterface(nn.Module):
         oh = oh * prompts.valid[..., None].to(x.dtype)
         return torch.einsum("bte,btc->bec", oh, x) / oh.sum(1)[..., None].clamp_min(1)
 
-    def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str, predict_masks):
-        """Run the layers. ``predict_masks(q_normed (B, Q+E, C)[, features]) -> (B, Q+E, h, w)`` logits (on
-        ``features``, default the mask features) drives the masked cross-attention: on the full-resolution
-        logits resampled to the memory grid, or, when ``features.attention_features`` is given, on the logits
-        over those cell-averaged features. Returns (final normed states (B, N, C), layout dict, list of
-        per-layer mask logits: full resolution, or on the memory grid with ``attention_features`` (then only
-        when training))."""
-        if task not in ATTENTION_TABLE:
-            raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
-        if task in ("ground", "interleaved", "separate", "interactive") and prompts is None:
-            raise InterfaceError(f"task {task!r} needs prompts")
-        mem = self.memory_norm(features.memory)
+    def _sequence(self, prompts: PromptBatch | None, *, task: str, mem: torch.Tensor) -> tuple:
+        """The token sequence ``[object queries | image query | entity queries | prompts]`` of a batch: states
+        (B, N, C), positions (B, N, C), self-attention mask (B, N, N), E, T and entity validity (B, E)."""
         B, _, C = mem.shape
         dev, dt = mem.device, mem.dtype
         Q = self.config.num_object_queries
@@ -200,38 +191,57 @@ class FindInterface(nn.Module):
             groups.append(torch.where(prompts.valid, g, _PAD))
             ents.append(prompts.entity)
             valid.append(prompts.valid)
-        x = torch.cat(parts, dim=1)
-        qpos = torch.cat(pos, dim=1)
-        groups_t = torch.cat(groups, dim=1)
-        ents_t = torch.cat(ents, dim=1)
-        valid_t = torch.cat(valid, dim=1)
-        self_mask = attention_mask(task, groups_t, ents_t, valid_t)
-        nq = Q + 1 + E
+        self_mask = attention_mask(task, torch.cat(groups, dim=1), torch.cat(ents, dim=1), torch.cat(valid, dim=1))
+        return torch.cat(parts, dim=1), torch.cat(pos, dim=1), self_mask, E, T, ent_valid
+
+    def _cross_mask(self, qn: torch.Tensor, features: ImageFeatures, *, predict_masks, preds: list, nq: int,
+                    mask_idx: torch.Tensor) -> torch.Tensor:
+        """(B, nq, hm*wm) bool cross-attention mask of one layer from the mask prediction of the normed queries
+        ``qn``; appends the prediction that is deep-supervised to ``preds``."""
         hm, wm = features.memory_hw
-        mask_idx = torch.cat([torch.arange(Q, device=dev), torch.arange(Q + 1, nq, device=dev)])
-        preds = []
         att = features.attention_features
-        for layer in self.layers:
-            qn = self.final_norm(x[:, mask_idx])
-            if att is None:
-                logits = predict_masks(qn)  # (B, Q+E, h, w)
-                preds.append(logits)
-                with torch.no_grad():
-                    low = F.interpolate(logits.detach().float(), size=(hm, wm), mode="bilinear", align_corners=False)
-            else:
-                # masks on the memory grid from the cell-averaged mask features (the mean logit of each cell);
-                # when training, the same low-resolution logits are the earlier layers' deep supervision
-                if self.training:
-                    logits = predict_masks(qn, att)
-                    preds.append(logits)
-                    low = logits.detach().float()
-                else:
-                    low = predict_masks(qn, att).float()
+        if att is None:
+            logits = predict_masks(qn)  # (B, Q+E, h, w)
+            preds.append(logits)
             with torch.no_grad():
-                m = low.flatten(2) > 0  # attend where the previous prediction says "object"
-                m = m | ~m.any(-1, keepdim=True)  # empty prediction: attend everywhere
-                cross = torch.ones(B, nq, hm * wm, dtype=torch.bool, device=dev)
-                cross[:, mask_idx] = m
+                low = F.interpolate(logits.detach().float(), size=(hm, wm), mode="bilinear", align_corners=False)
+        else:
+            # masks on the memory grid from the cell-averaged mask features (the mean logit of each cell);
+            # when training, the same low-resolution logits are the earlier layers' deep supervision
+            if self.training:
+                logits = predict_masks(qn, att)
+                preds.append(logits)
+                low = logits.detach().float()
+            else:
+                low = predict_masks(qn, att).float()
+        with torch.no_grad():
+            m = low.flatten(2) > 0  # attend where the previous prediction says "object"
+            m = m | ~m.any(-1, keepdim=True)  # empty prediction: attend everywhere
+            cross = torch.ones(qn.shape[0], nq, hm * wm, dtype=torch.bool, device=qn.device)
+            cross[:, mask_idx] = m
+        return cross
+
+    def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str, predict_masks):
+        """Run the layers. ``predict_masks(q_normed (B, Q+E, C)[, features]) -> (B, Q+E, h, w)`` logits (on
+        ``features``, default the mask features) drives the masked cross-attention: on the full-resolution
+        logits resampled to the memory grid, or, when ``features.attention_features`` is given, on the logits
+        over those cell-averaged features. Returns (final normed states (B, N, C), layout dict, list of
+        per-layer mask logits: full resolution, or on the memory grid with ``attention_features`` (then only
+        when training))."""
+        if task not in ATTENTION_TABLE:
+            raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
+        if task in ("ground", "interleaved", "separate", "interactive") and prompts is None:
+            raise InterfaceError(f"task {task!r} needs prompts")
+        mem = self.memory_norm(features.memory)
+        dt = mem.dtype
+        x, qpos, self_mask, E, T, ent_valid = self._sequence(prompts, task=task, mem=mem)
+        Q = self.config.num_object_queries
+        nq = Q + 1 + E
+        mask_idx = torch.cat([torch.arange(Q, device=mem.device), torch.arange(Q + 1, nq, device=mem.device)])
+        preds = []
+        for layer in self.layers:
+            cross = self._cross_mask(self.final_norm(x[:, mask_idx]), features, predict_masks=predict_masks,
+                                     preds=preds, nq=nq, mask_idx=mask_idx)
             x = layer(x, qpos, nq, mem, features.memory_pos[None].to(dt), cross, self_mask)
         out = self.final_norm(x)
         layout = {"Q": Q, "E": E, "T": T, "nq": nq, "entity_valid": ent_valid}

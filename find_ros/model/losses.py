@@ -117,6 +117,103 @@ def _info_nce(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return 0.5 * (F.cross_entropy(logits, lab) + F.cross_entropy(logits.T, lab))
 
 
+def _object_losses(output: FindOutput, targets: FindTargets, *, w: LossWeights,
+                   out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``object_bce``/``object_dice``/``objectness`` into ``out``; returns the final layer's (B, M) query matching."""
+    h, wd = output.object_masks.shape[-2:]
+    om = targets.object_masks.to(output.object_masks.dtype)
+    ov = targets.object_valid.bool()
+    if om.shape[-2:] != (h, wd) or om.shape[0] != output.object_masks.shape[0]:
+        raise LossError(f"object targets {tuple(om.shape)} do not fit object masks {tuple(output.object_masks.shape)}")
+    layers = [(output.object_masks, output.object_logits, 1.0)]
+    layers += [(a, None, w.aux) for a in output.aux_object_masks] if w.aux > 0 else []
+    bce_sum = dice_sum = 0.0
+    for i, (ml, ol, lw) in enumerate(layers):
+        x = ml.flatten(2)
+        t = _fit(om, ml.shape[-2:]).flatten(2)
+        idx = match_queries(x, ol, t, ov)
+        if i == 0:
+            matched = idx
+        bi, mi = ov.nonzero(as_tuple=True)
+        qi = idx[bi, mi]
+        bce, dice = _bce_dice(x[bi, qi], t[bi, mi])
+        bce_sum = bce_sum + lw * bce
+        dice_sum = dice_sum + lw * dice
+    out["object_bce"] = bce_sum
+    out["object_dice"] = dice_sum
+    tgt = torch.zeros_like(output.object_logits)
+    bi, mi = ov.nonzero(as_tuple=True)
+    tgt[bi, matched[bi, mi]] = 1.0
+    wt = torch.where(tgt > 0, 1.0, w.no_object)
+    out["objectness"] = (F.binary_cross_entropy_with_logits(output.object_logits, tgt, reduction="none") * wt).sum() / wt.sum()
+    return matched
+
+
+def _grounding(output: FindOutput, targets: FindTargets, *, bi: torch.Tensor, ei: torch.Tensor, t: torch.Tensor,
+               es: torch.Tensor, matched: torch.Tensor | None) -> torch.Tensor:
+    """Contrastive grounding of the valid entities (``bi``, ``ei``; target masks ``t`` (N, P), embeddings ``es``
+    (N, D)): entity embedding vs its grounding query, averaged with vs the object query matched to its target."""
+    scale = output.logit_scale
+    g = _info_nce(es, output.entity_query_sem[bi, ei], scale)
+    if matched is not None and bi.numel():
+        # the object each entity refers to (best IoU among the image's objects) and its matched query
+        om = targets.object_masks.to(t.dtype).flatten(2)[bi]  # (N, M, P)
+        inter = torch.einsum("np,nmp->nm", t, om)
+        union = t.sum(1, keepdim=True) + om.sum(2) - inter
+        iou = (inter / union.clamp_min(1e-6)).masked_fill(~targets.object_valid.bool()[bi], -1.0)
+        q = matched[bi, iou.argmax(1)]
+        ok = q >= 0
+        if bool(ok.any()):
+            logits = scale * torch.einsum("nd,nqd->nq", es[ok], output.object_sem[bi[ok]])
+            g = 0.5 * (g + F.cross_entropy(logits, q[ok]))
+    return g
+
+
+def _pixel(output: FindOutput, *, bi: torch.Tensor, t: torch.Tensor, es: torch.Tensor) -> torch.Tensor:
+    """Balanced BCE of pixel embeddings x entity embedding ``es`` (N, D) vs the entity masks ``t`` (N, P)."""
+    if not bi.numel():
+        return output.pixel_sem.sum() * 0.0
+    px = output.pixel_sem.flatten(1, 2)[bi]  # (N, P, D)
+    logit = output.logit_scale * torch.einsum("npd,nd->np", px, es)
+    bce = F.binary_cross_entropy_with_logits(logit, t, reduction="none")
+    pos = (bce * t).sum(1) / t.sum(1).clamp_min(1.0)
+    neg = (bce * (1 - t)).sum(1) / (1 - t).sum(1).clamp_min(1.0)
+    return (0.5 * (pos + neg)).mean()
+
+
+def _entity_losses(output: FindOutput, targets: FindTargets, *, w: LossWeights, out: dict[str, torch.Tensor],
+                   matched: torch.Tensor | None) -> None:
+    """``entity_bce``/``entity_dice``/``grounding``/``score``/``pixel`` into ``out``."""
+    h, wd = output.object_masks.shape[-2:]
+    em = targets.entity_masks.to(output.entity_masks.dtype)
+    ev = targets.entity_valid.bool()
+    E = output.entity_masks.shape[1]
+    if em.shape[1] != E or em.shape[-2:] != (h, wd) or em.shape[0] != output.entity_masks.shape[0]:
+        raise LossError(f"entity targets {tuple(em.shape)} do not fit entity masks {tuple(output.entity_masks.shape)}")
+    ev = ev & output.entity_valid
+    bi, ei = ev.nonzero(as_tuple=True)
+    t = em.flatten(2)[bi, ei]
+    bce_sum = dice_sum = 0.0
+    layers = [(output.entity_masks, 1.0)] + ([(a, w.aux) for a in output.aux_entity_masks] if w.aux > 0 else [])
+    for ml, lw in layers:
+        ta = t if ml.shape[-2:] == (h, wd) else _fit(em, ml.shape[-2:]).flatten(2)[bi, ei]
+        bce, dice = _bce_dice(ml.flatten(2)[bi, ei], ta)
+        bce_sum = bce_sum + lw * bce
+        dice_sum = dice_sum + lw * dice
+    out["entity_bce"] = bce_sum
+    out["entity_dice"] = dice_sum
+    es = output.entity_sem[bi, ei]
+    out["grounding"] = _grounding(output, targets, bi=bi, ei=ei, t=t, es=es, matched=matched)
+    with torch.no_grad():
+        pred = (output.entity_masks.flatten(2)[bi, ei] > 0).to(t.dtype)
+        inter = (pred * t).sum(1)
+        iou = inter / (pred.sum(1) + t.sum(1) - inter).clamp_min(1.0)
+        good = (iou > 0.5).to(t.dtype)
+    sl = output.entity_score_logits[bi, ei]
+    out["score"] = F.binary_cross_entropy_with_logits(sl, good) if bi.numel() else sl.sum() * 0.0
+    out["pixel"] = _pixel(output, bi=bi, t=t, es=es)
+
+
 def find_losses(output: FindOutput, targets: FindTargets, *, weights: LossWeights) -> dict[str, torch.Tensor]:
     """Loss terms present for these targets, plus ``total`` (their weighted sum).
 
@@ -126,88 +223,16 @@ def find_losses(output: FindOutput, targets: FindTargets, *, weights: LossWeight
     """
     w = weights
     out: dict[str, torch.Tensor] = {}
-    scale = output.logit_scale
-    h, wd = output.object_masks.shape[-2:]
     matched = None
     if targets.object_masks is not None:
-        om = targets.object_masks.to(output.object_masks.dtype)
-        ov = targets.object_valid.bool()
-        if om.shape[-2:] != (h, wd) or om.shape[0] != output.object_masks.shape[0]:
-            raise LossError(f"object targets {tuple(om.shape)} do not fit object masks {tuple(output.object_masks.shape)}")
-        layers = [(output.object_masks, output.object_logits, 1.0)]
-        layers += [(a, None, w.aux) for a in output.aux_object_masks] if w.aux > 0 else []
-        bce_sum = dice_sum = 0.0
-        for i, (ml, ol, lw) in enumerate(layers):
-            x = ml.flatten(2)
-            t = _fit(om, ml.shape[-2:]).flatten(2)
-            idx = match_queries(x, ol, t, ov)
-            if i == 0:
-                matched = idx
-            bi, mi = ov.nonzero(as_tuple=True)
-            qi = idx[bi, mi]
-            bce, dice = _bce_dice(x[bi, qi], t[bi, mi])
-            bce_sum = bce_sum + lw * bce
-            dice_sum = dice_sum + lw * dice
-        out["object_bce"] = bce_sum
-        out["object_dice"] = dice_sum
-        tgt = torch.zeros_like(output.object_logits)
-        bi, mi = ov.nonzero(as_tuple=True)
-        tgt[bi, matched[bi, mi]] = 1.0
-        wt = torch.where(tgt > 0, 1.0, w.no_object)
-        out["objectness"] = (F.binary_cross_entropy_with_logits(output.object_logits, tgt, reduction="none") * wt).sum() / wt.sum()
+        matched = _object_losses(output, targets, w=w, out=out)
     if targets.entity_masks is not None:
-        em = targets.entity_masks.to(output.entity_masks.dtype)
-        ev = targets.entity_valid.bool()
-        E = output.entity_masks.shape[1]
-        if em.shape[1] != E or em.shape[-2:] != (h, wd) or em.shape[0] != output.entity_masks.shape[0]:
-            raise LossError(f"entity targets {tuple(em.shape)} do not fit entity masks {tuple(output.entity_masks.shape)}")
-        ev = ev & output.entity_valid
-        bi, ei = ev.nonzero(as_tuple=True)
-        t = em.flatten(2)[bi, ei]
-        bce_sum = dice_sum = 0.0
-        layers = [(output.entity_masks, 1.0)] + ([(a, w.aux) for a in output.aux_entity_masks] if w.aux > 0 else [])
-        for ml, lw in layers:
-            ta = t if ml.shape[-2:] == (h, wd) else _fit(em, ml.shape[-2:]).flatten(2)[bi, ei]
-            bce, dice = _bce_dice(ml.flatten(2)[bi, ei], ta)
-            bce_sum = bce_sum + lw * bce
-            dice_sum = dice_sum + lw * dice
-        out["entity_bce"] = bce_sum
-        out["entity_dice"] = dice_sum
-        es = output.entity_sem[bi, ei]
-        g = _info_nce(es, output.entity_query_sem[bi, ei], scale)
-        if matched is not None and bi.numel():
-            # the object each entity refers to (best IoU among the image's objects) and its matched query
-            om = targets.object_masks.to(t.dtype).flatten(2)[bi]  # (N, M, P)
-            inter = torch.einsum("np,nmp->nm", t, om)
-            union = t.sum(1, keepdim=True) + om.sum(2) - inter
-            iou = (inter / union.clamp_min(1e-6)).masked_fill(~targets.object_valid.bool()[bi], -1.0)
-            q = matched[bi, iou.argmax(1)]
-            ok = q >= 0
-            if bool(ok.any()):
-                logits = scale * torch.einsum("nd,nqd->nq", es[ok], output.object_sem[bi[ok]])
-                g = 0.5 * (g + F.cross_entropy(logits, q[ok]))
-        out["grounding"] = g
-        with torch.no_grad():
-            pred = (output.entity_masks.flatten(2)[bi, ei] > 0).to(t.dtype)
-            inter = (pred * t).sum(1)
-            iou = inter / (pred.sum(1) + t.sum(1) - inter).clamp_min(1.0)
-            good = (iou > 0.5).to(t.dtype)
-        sl = output.entity_score_logits[bi, ei]
-        out["score"] = F.binary_cross_entropy_with_logits(sl, good) if bi.numel() else sl.sum() * 0.0
-        if bi.numel():
-            px = output.pixel_sem.flatten(1, 2)[bi]  # (N, P, D)
-            logit = scale * torch.einsum("npd,nd->np", px, es)
-            bce = F.binary_cross_entropy_with_logits(logit, t, reduction="none")
-            pos = (bce * t).sum(1) / t.sum(1).clamp_min(1.0)
-            neg = (bce * (1 - t)).sum(1) / (1 - t).sum(1).clamp_min(1.0)
-            out["pixel"] = (0.5 * (pos + neg)).mean()
-        else:
-            out["pixel"] = output.pixel_sem.sum() * 0.0
+        _entity_losses(output, targets, w=w, out=out, matched=matched)
     if targets.captions is not None:
         cap = targets.captions.sentence
         if cap.shape[0] != output.image_sem.shape[0]:
             raise LossError(f"{cap.shape[0]} captions for {output.image_sem.shape[0]} images")
-        out["retrieval"] = _info_nce(output.image_sem, cap, scale)
+        out["retrieval"] = _info_nce(output.image_sem, cap, output.logit_scale)
     wmap = {"object_bce": w.mask_bce, "object_dice": w.mask_dice, "objectness": w.objectness,
             "entity_bce": w.mask_bce, "entity_dice": w.mask_dice, "grounding": w.grounding, "score": w.score,
             "pixel": w.pixel, "retrieval": w.retrieval}

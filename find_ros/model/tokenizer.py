@@ -227,6 +227,57 @@ def _ref_id(tokenizer) -> int:
     return 0
 
 
+def _pieces(phrase: str, *, off: int, texts: list[str]) -> list[tuple[str, int]]:
+    """The pieces of one entity phrase: ``("text", i)`` (its text appended to ``texts`` at i) / ``("ref", off + j)``
+    per ``<j>`` placeholder."""
+    pieces, pos = [], 0
+    for m in _PLACEHOLDER.finditer(phrase):
+        seg = phrase[pos:m.start()].strip()
+        if seg:
+            pieces.append(("text", len(texts)))
+            texts.append(seg)
+        pieces.append(("ref", off + int(m.group(1))))
+        pos = m.end()
+    seg = phrase[pos:].strip()
+    if seg:
+        pieces.append(("text", len(texts)))
+        texts.append(seg)
+    return pieces
+
+
+def _row(pieces: list[tuple[str, int]], *, enc: list[list[int]], bos: int | None, eos: int | None, ref: int,
+         max_tokens: int) -> tuple[list[int], list[int]]:
+    """Token ids and reference slots (-1 on text) of one entity row, cut to ``max_tokens`` (EOS and slots kept)."""
+    ids, sl = [], []
+    if bos is not None:
+        ids.append(bos)
+        sl.append(-1)
+    for kind, v in pieces:
+        if kind == "text":
+            ids.extend(enc[v])
+            sl.extend([-1] * len(enc[v]))
+        else:
+            ids.append(ref)
+            sl.append(v)
+    budget = max_tokens - (1 if eos is not None else 0)
+    if len(ids) > budget:
+        # keep every reference slot: drop text tokens from the end first
+        keep = np.ones(len(ids), bool)
+        excess = len(ids) - budget
+        for i in range(len(ids) - 1, -1, -1):
+            if excess == 0:
+                break
+            if sl[i] < 0 and not (i == 0 and bos is not None):
+                keep[i] = False
+                excess -= 1
+        ids = [t for t, k in zip(ids, keep) if k][:budget]
+        sl = [s for s, k in zip(sl, keep) if k][:budget]
+    if eos is not None:
+        ids.append(eos)
+        sl.append(-1)
+    return ids, sl
+
+
 def tokenize_entities(tokenizer, phrases: list[list[str]], *, max_tokens: int, add_eos: bool = True,
                       ref_offsets: list[int] | None = None) -> EntityTokens:
     """Tokenise ``phrases[b][k]`` (entity k of instruction b, ``<j>`` placeholders allowed) one entity per row.
@@ -240,67 +291,26 @@ def tokenize_entities(tokenizer, phrases: list[list[str]], *, max_tokens: int, a
     eos = eos if add_eos else None
     ref = _ref_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
-    rows, slots, inst, ent = [], [], [], []
+    inst, ent = [], []
     texts: list[str] = []
     layout: list[list[tuple[str, int]]] = []  # per row: pieces ("text", idx into texts) / ("ref", j)
     for b, ents in enumerate(phrases):
         off = 0 if ref_offsets is None else int(ref_offsets[b])
         for k, phrase in enumerate(ents):
-            pieces, pos = [], 0
-            for m in _PLACEHOLDER.finditer(phrase):
-                seg = phrase[pos:m.start()].strip()
-                if seg:
-                    pieces.append(("text", len(texts)))
-                    texts.append(seg)
-                pieces.append(("ref", off + int(m.group(1))))
-                pos = m.end()
-            seg = phrase[pos:].strip()
-            if seg:
-                pieces.append(("text", len(texts)))
-                texts.append(seg)
-            layout.append(pieces)
+            layout.append(_pieces(phrase, off=off, texts=texts))
             inst.append(b)
             ent.append(k)
     vocab = word_vocabulary(tokenizer)
     if vocab is not None:
         texts = [normalize_text(t, vocab) for t in texts]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    for pieces in layout:
-        ids, sl = [], []
-        if bos is not None:
-            ids.append(bos)
-            sl.append(-1)
-        for kind, v in pieces:
-            if kind == "text":
-                ids.extend(enc[v])
-                sl.extend([-1] * len(enc[v]))
-            else:
-                ids.append(ref)
-                sl.append(v)
-        budget = max_tokens - (1 if eos is not None else 0)
-        if len(ids) > budget:
-            # keep every reference slot: drop text tokens from the end first
-            keep = np.ones(len(ids), bool)
-            excess = len(ids) - budget
-            for i in range(len(ids) - 1, -1, -1):
-                if excess == 0:
-                    break
-                if sl[i] < 0 and not (i == 0 and bos is not None):
-                    keep[i] = False
-                    excess -= 1
-            ids = [t for t, k in zip(ids, keep) if k][:budget]
-            sl = [s for s, k in zip(sl, keep) if k][:budget]
-        if eos is not None:
-            ids.append(eos)
-            sl.append(-1)
-        rows.append(ids)
-        slots.append(sl)
+    rows = [_row(pieces, enc=enc, bos=bos, eos=eos, ref=ref, max_tokens=max_tokens) for pieces in layout]
     n = len(rows)
-    L = max((len(r) for r in rows), default=1)
+    L = max((len(r) for r, _ in rows), default=1)
     ids = np.full((n, L), pad, np.int64)
     att = np.zeros((n, L), bool)
     slot = np.full((n, L), -1, np.int64)
-    for i, (r, s) in enumerate(zip(rows, slots)):
+    for i, (r, s) in enumerate(rows):
         ids[i, : len(r)] = r
         att[i, : len(r)] = True
         slot[i, : len(s)] = s

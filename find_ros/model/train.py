@@ -12,7 +12,6 @@ validation set's grounding / interleaved mIoU (``val/*`` keys) every ``eval_ever
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -23,277 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from find_ros.model.data import DataConfig, ShardDataset, SimSample, build_shards, vocabulary
+from find_ros.model.data import ShardDataset, build_shards
+from find_ros.model.train_batches import _mask_hw, _resize_masks, batch_losses, build_model, collate, validate  # noqa: F401
+from find_ros.model.train_config import TRAIN_TASKS, TrainConfig, TrainError
 
 __all__ = ["TrainConfig", "TrainError", "Trainer", "collate", "cli", "TRAIN_TASKS", "validate"]
 
 log = logging.getLogger(__name__)
-
-TRAIN_TASKS = ("segment", "ground", "interleaved", "retrieve")
-
-
-class TrainError(ValueError):
-    """Bad training configuration or checkpoint; the message names the offending value."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved next to every checkpoint)."""
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """How sim samples are rendered (resolution = model input)."""
-    data_dir: str = "~/.cache/find_ros/sim_find"
-    """Shard cache folder (``<data_dir>/<split>/shard_*.npz``); built on first use."""
-    n_train: int = 4096
-    """Training samples (rendered views) in the cache."""
-    model: dict = dataclasses.field(default_factory=dict)
-    """Model spec: ``{}`` / ``{"kind": "tiny", ...build_tiny kwargs}`` or ``{"kind": "config", "config": FindConfig dict}``
-    or ``{"kind": "pretrained", "path": DIR}``."""
-    steps: int = 3000
-    """Optimiser steps."""
-    batch_size: int = 16
-    """Samples per step (one task per step)."""
-    lr: float = 4e-4
-    """Peak AdamW learning rate (linear warm-up then cosine decay to 5%)."""
-    weight_decay: float = 0.05
-    """AdamW weight decay."""
-    warmup: int = 100
-    """Warm-up steps."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip (0 = off)."""
-    task_weights: dict = dataclasses.field(
-        default_factory=lambda: {"segment": 1.0, "ground": 2.0, "interleaved": 2.0, "retrieve": 1.0}
-    )
-    """Relative frequency of each task's batches."""
-    loss_weights: dict = dataclasses.field(default_factory=dict)
-    """Overrides of ``find_ros.model.losses.LossWeights`` fields (empty = the paper's defaults there)."""
-    max_entities: int = 4
-    """Most referring phrases per image in a ``ground`` batch."""
-    checkpoint_every: int = 250
-    """Steps between checkpoints."""
-    eval_every: int = 250
-    """Steps between validations on the fixed val set (``val/*`` keys in metrics.jsonl + learning_curve.png);
-    0 = never. A run also validates at its last step."""
-    val_samples: int = 64
-    """Size of the fixed validation set (the first samples of the ``val`` split, rendered once into
-    ``<data_dir>/val``)."""
-    feature_cache: str = ""
-    """Folder of a frozen-encoder feature cache (``find_ros.model.feature_cache``): the vision encoder's maps of
-    every training view and reference crop are computed once there and training runs only the pixel decoder,
-    interface and heads. Needs frozen encoders (model spec ``"freeze_encoders": true``); "" = off."""
-    max_seconds: float = 0.0
-    """Stop (checkpointed, final model written) once this many seconds of training steps have run; 0 = no limit.
-    Validation time is not counted. For equal-wall-time comparisons; the lr schedule still follows ``steps``."""
-    max_cpu_seconds: float = 0.0
-    """The same cap on the process CPU time of the training steps (``time.process_time``): equal-compute
-    comparisons that other jobs on a shared machine do not skew; 0 = no limit."""
-    log_every: int = 10
-    """Steps between metrics lines."""
-    num_threads: int = 1
-    """``torch.set_num_threads`` (CPU)."""
-    seed: int = 0
-    """Seed of model init, batch order and task order."""
-    device: str = "cpu"
-    """Torch device string."""
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["data"] = self.data.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-        if "data" in d:
-            d["data"] = DataConfig.from_dict(d["data"])
-        cfg = cls(**d)
-        bad = sorted(set(cfg.task_weights) - set(TRAIN_TASKS))
-        if bad:
-            raise TrainError(f"unknown tasks in task_weights: {bad} (tasks: {TRAIN_TASKS})")
-        if cfg.steps < 0 or cfg.batch_size < 1:
-            raise TrainError(f"steps must be >= 0 and batch_size >= 1, got {cfg.steps}, {cfg.batch_size}")
-        if cfg.eval_every < 0 or cfg.val_samples < 1 or cfg.max_seconds < 0 or cfg.max_cpu_seconds < 0:
-            raise TrainError(f"eval_every and max_seconds must be >= 0 and val_samples >= 1, got "
-                             f"{cfg.eval_every}, {cfg.max_seconds}, {cfg.val_samples}")
-        return cfg
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def _resize_masks(masks: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(N, H, W) bool -> (N, h, w) float32 area fractions (integer downsampling factor)."""
-    n, H, W = masks.shape
-    if (H, W) == (h, w):
-        return masks.astype(np.float32)
-    if H % h or W % w:
-        raise TrainError(f"mask size {H}x{W} is not a multiple of the target {h}x{w}")
-    return masks.reshape(n, h, H // h, w, W // w).mean(axis=(2, 4), dtype=np.float32)
-
-
-def collate(samples: list[SimSample], *, task: str, mask_hw: tuple[int, int], max_entities: int,
-            rng: np.random.Generator) -> dict:
-    """Numpy batch for one task.
-
-    Returns ``images`` (B,3,H,W) float32 in [0,1], ``texts`` per sample (entity phrases / instruction
-    text / caption), ``instructions`` (Instruction per sample, for ground/interleaved), ``entity_masks``
-    (B,E,h,w), ``entity_valid`` (B,E), ``object_masks`` (B,M,h,w), ``object_valid`` (B,M),
-    ``object_names`` (per sample, per object: category), ``captions`` (B,).
-    """
-    from find_ros.instruction import parse_instruction
-
-    h, w = mask_hw
-    B = len(samples)
-    images = np.stack([s.image for s in samples]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    M = max(len(s.objects) for s in samples)
-    object_masks = np.zeros((B, M, h, w), np.float32)
-    object_valid = np.zeros((B, M), bool)
-    names = []
-    for b, s in enumerate(samples):
-        ids = np.array([o.id for o in s.objects])
-        object_masks[b, : len(ids)] = _resize_masks(s.instance[None] == ids[:, None, None], h, w)
-        object_valid[b, : len(ids)] = True
-        names.append([o.category for o in s.objects])
-    out = {"task": task, "images": images, "object_masks": object_masks, "object_valid": object_valid,
-           "object_names": names, "captions": [s.caption for s in samples], "instructions": None}
-    if task in ("ground", "interleaved"):
-        instrs, ent_ids = [], []
-        for s in samples:
-            if task == "ground":
-                k = min(max_entities, len(s.referring))
-                pick = sorted(rng.choice(len(s.referring), size=k, replace=False))
-                refs = [s.referring[i] for i in pick]
-                instrs.append(parse_instruction(", ".join(r.phrase for r in refs)))
-                ent_ids.append([r.object_id for r in refs])
-            else:
-                instrs.append(s.instruction(mode="interleaved"))
-                ent_ids.append(list(s.interleaved.object_ids))
-        E = max(len(e) for e in ent_ids)
-        em = np.zeros((B, E, h, w), np.float32)
-        ev = np.zeros((B, E), bool)
-        for b, (s, ids) in enumerate(zip(samples, ent_ids)):
-            if len(instrs[b].entities) != len(ids):
-                raise TrainError(f"sample {s.index}: instruction {instrs[b].text!r} parsed into "
-                                 f"{len(instrs[b].entities)} entities, expected {len(ids)}")
-            arr = np.array(ids)
-            em[b, : len(ids)] = _resize_masks(s.instance[None] == arr[:, None, None], h, w)
-            ev[b, : len(ids)] = True
-        out.update(instructions=instrs, entity_masks=em, entity_valid=ev)
-    return out
-
-
-# ----------------------------------------------------------------------------- model glue
-
-
-def build_model(spec: dict, *, seed: int, image_size: tuple[int, int]):
-    """Make the model named by ``TrainConfig.model`` (``"freeze_encoders": true/false`` in the spec overrides the
-    model's setting: stage 2 of FIND's recipe trains the interface over frozen encoders)."""
-    from find_ros.model.find import FindModel
-
-    spec = dict(spec or {})
-    kind = spec.pop("kind", "tiny")
-    freeze = spec.pop("freeze_encoders", None)
-    if kind == "tiny":
-        model = FindModel.build_tiny(vocab=vocabulary(), image_size=tuple(image_size), seed=seed, **spec)
-    elif kind == "config":
-        from find_ros.model.config import FindConfig
-
-        torch.manual_seed(seed)
-        model = FindModel(config=FindConfig.from_dict(spec["config"]))
-    elif kind == "pretrained":
-        model = FindModel.from_pretrained(spec["path"])
-    else:
-        raise TrainError(f"unknown model kind {kind!r} (tiny, config, pretrained)")
-    if freeze is not None:
-        model.set_frozen_encoders(bool(freeze))
-    return model
-
-
-def _mask_hw(model, image_size: tuple[int, int]) -> tuple[int, int]:
-    stride = int(model.config.interface.mask_stride)
-    return image_size[0] // stride, image_size[1] // stride
-
-
-def batch_losses(model, batch: dict, *, device: str, weights, cache=None) -> dict[str, torch.Tensor]:
-    """Forward one collated batch through ``model`` for its task and return ``find_losses``. With a
-    :class:`~find_ros.model.feature_cache.FeatureCache` (frozen encoders) the vision maps of the batch's
-    ``indices`` and of their references come from it instead of the encoder."""
-    from find_ros.model.losses import FindTargets, find_losses
-
-    task = batch["task"]
-    images = torch.from_numpy(batch["images"]).to(device)
-    ref_maps = None
-    if cache is not None:
-        if not model.config.freeze_encoders:
-            raise TrainError("a feature cache needs frozen encoders (model spec freeze_encoders: true)")
-        feats = model.encode_image(images, maps=[m.to(device) for m in cache.maps(batch["indices"])])
-        if task == "interleaved":
-            rm = cache.reference_maps(batch["indices"])
-            ref_maps = None if rm is None else [m.to(device) for m in rm]
-    else:
-        feats = model.encode_image(images)
-    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    captions = None
-    if task == "segment":
-        # class names of the visible objects as the prompts: the object queries classify against them
-        prompts = None
-        out = model(feats, prompts, task="segment")
-        targets = FindTargets(entity_masks=None, entity_valid=None, object_masks=t(batch["object_masks"]),
-                              object_valid=t(batch["object_valid"]), captions=None)
-    elif task in ("ground", "interleaved"):
-        prompts = model.encode_instructions(batch["instructions"], reference_maps=ref_maps)
-        out = model(feats, prompts, task=task)
-        targets = FindTargets(entity_masks=t(batch["entity_masks"]), entity_valid=t(batch["entity_valid"]),
-                              object_masks=t(batch["object_masks"]), object_valid=t(batch["object_valid"]),
-                              captions=None)
-    elif task == "retrieve":
-        captions = model.encode_text(batch["captions"])
-        out = model(feats, None, task="retrieve")
-        targets = FindTargets(entity_masks=None, entity_valid=None, object_masks=t(batch["object_masks"]),
-                              object_valid=t(batch["object_valid"]), captions=captions)
-    else:
-        raise TrainError(f"unknown training task {task!r}")
-    return find_losses(out, targets, weights=weights)
-
-
-@torch.no_grad()
-def validate(model, samples: list[SimSample], *, device: str = "cpu", batch_size: int = 16) -> dict[str, float]:
-    """Grounding mIoU (every referring phrase of each image, task ``ground``) and interleaved mIoU (the sample's
-    interleaved instruction) on ``samples``, with masks upsampled to the image and thresholded at 0, as
-    ``find-ros eval`` scores them. Keys ``val/grounding_miou``, ``val/interleaved_miou``."""
-    from find_ros.instruction import parse_instruction
-
-    was = model.training
-    model.eval()
-    ious: dict[str, list[float]] = {"grounding": [], "interleaved": []}
-    try:
-        for i in range(0, len(samples), batch_size):
-            chunk = samples[i : i + batch_size]
-            H, W = chunk[0].image.shape[:2]
-            x = torch.from_numpy(np.stack([s.image for s in chunk]).transpose(0, 3, 1, 2).copy()).float().div(255)
-            feats = model.encode_image(x.to(device))
-            for name, task, instrs, ids in (
-                ("grounding", "ground", [parse_instruction(", ".join(r.phrase for r in s.referring)) for s in chunk],
-                 [[r.object_id for r in s.referring] for s in chunk]),
-                ("interleaved", "interleaved", [s.instruction(mode="interleaved") for s in chunk],
-                 [list(s.interleaved.object_ids) for s in chunk]),
-            ):
-                out = model(feats, model.encode_instructions(instrs), task=task)
-                up = torch.nn.functional.interpolate(out.entity_masks.float(), size=(H, W), mode="bilinear",
-                                                     align_corners=False) > 0
-                for b, (s, obj) in enumerate(zip(chunk, ids)):
-                    for e, oid in enumerate(obj[: up.shape[1]]):
-                        pred = up[b, e].cpu().numpy()
-                        gt = s.instance == oid
-                        u = np.logical_or(pred, gt).sum()
-                        ious[name].append(float(np.logical_and(pred, gt).sum() / u) if u else 1.0)
-    finally:
-        model.train(was)
-    return {f"val/{k}_miou": round(float(np.mean(v)), 5) if v else float("nan") for k, v in ious.items()}
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -424,11 +159,75 @@ class Trainer:
             return {}
         return validate(self.model, self.val_samples, device=self.config.device)
 
+    def _write(self, log_f, rec: dict) -> None:
+        log_f.write(json.dumps(rec) + "\n")
+        log_f.flush()
+
+    def _validated(self, rec: dict) -> dict:
+        """``rec`` with the ``val/*`` metrics and the seconds they took (``val_s``)."""
+        tv = time.perf_counter()
+        rec.update(self.validate())
+        rec["val_s"] = round(time.perf_counter() - tv, 1)
+        return rec
+
+    def _progress(self, rec: dict, rate: float) -> None:
+        """One progress-bar line on stderr (overwritten by the next)."""
+        c = self.config
+        eta = (c.steps - self.step) / max(rate, 1e-9)
+        bar = "#" * int(30 * self.step / max(1, c.steps))
+        tot = [v for k, v in rec.items() if k.endswith("/total")]
+        val = " ".join(f"{k[4:]} {v:.3f}" for k, v in rec.items() if k.startswith("val/"))
+        print(f"\r[{bar:<30}] {self.step}/{c.steps} {rate:.2f} it/s eta {eta / 60:.1f} min "
+              f"loss {np.mean(tot) if tot else float('nan'):.3f} {val}", end="", file=sys.stderr,
+              flush=True)
+
+    def _log_step(self, *, log_f, metrics_path: Path, acc: dict[str, list[float]], do_val: bool, rate: float,
+                  train_s: float, cpu_s: float, progress: bool) -> None:
+        """Write the metrics line of the current step (mean losses since the last line, ``val/*`` when
+        ``do_val``), redraw the learning curve after a validation, print progress."""
+        from find_ros.model.curves import CURVE_FILE, plot_learning_curve, read_metrics
+
+        rec = {"step": self.step, "lr": self.lr_at(self.step - 1), "elapsed_s": round(train_s, 1),
+               "cpu_s": round(cpu_s, 1), **{k: round(float(np.mean(v)), 5) for k, v in sorted(acc.items())}}
+        if do_val:
+            rec = self._validated(rec)
+        self._write(log_f, rec)
+        acc.clear()
+        if do_val:
+            plot_learning_curve(read_metrics(metrics_path), self.out / CURVE_FILE)
+        if progress:
+            self._progress(rec, rate)
+
+    def _loop(self, *, end: int, log_f, metrics_path: Path, progress: bool) -> tuple[bool, float, float]:
+        """Train steps up to ``end`` (or the time caps); returns (timed out, train seconds, CPU seconds)."""
+        c = self.config
+        train_s = cpu_s = 0.0
+        start = self.step
+        acc: dict[str, list[float]] = {}
+        timed_out = False
+        while self.step < end and not timed_out:
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = self.train_step()
+            train_s += time.perf_counter() - t0
+            cpu_s += time.process_time() - c0
+            timed_out = (c.max_seconds > 0 and train_s >= c.max_seconds) or \
+                (c.max_cpu_seconds > 0 and cpu_s >= c.max_cpu_seconds)
+            for k, v in m.items():
+                if k != "task":
+                    acc.setdefault(f"{m['task']}/{k}", []).append(v)
+            last = self.step == end or timed_out
+            do_log = self.step % c.log_every == 0 or self.step == c.steps or last
+            do_val = bool(self.val_samples) and ((c.eval_every > 0 and self.step % c.eval_every == 0) or last)
+            if do_log or do_val:
+                self._log_step(log_f=log_f, metrics_path=metrics_path, acc=acc, do_val=do_val, train_s=train_s,
+                               rate=(self.step - start) / max(train_s, 1e-9), cpu_s=cpu_s, progress=progress)
+            if self.step % c.checkpoint_every == 0:
+                self.save_checkpoint()
+        return timed_out, train_s, cpu_s
+
     def run(self, *, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
         """Train to ``config.steps``; ``stop_at`` ends early (checkpointed) without changing the lr schedule;
         so does ``config.max_seconds`` (then the final model is written too)."""
-        from find_ros.model.curves import CURVE_FILE, plot_learning_curve, read_metrics
-
         c = self.config
         end = c.steps if stop_at is None else min(c.steps, int(stop_at))
         if resume:
@@ -436,54 +235,10 @@ class Trainer:
         (self.out / "train_config.json").write_text(json.dumps(c.to_dict(), indent=1))
         metrics_path = self.out / "metrics.jsonl"
         log_f = metrics_path.open("a")
-        train_s = cpu_s = 0.0
-        start = self.step
-        acc: dict[str, list[float]] = {}
-        timed_out = False
         if self.step == 0 and self.val_samples and c.eval_every > 0 and end > 0:  # the curve's origin
-            tv = time.perf_counter()
-            rec = {"step": 0, **self.validate()}
-            rec["val_s"] = round(time.perf_counter() - tv, 1)
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
+            self._write(log_f, self._validated({"step": 0}))
         try:
-            while self.step < end and not timed_out:
-                t0, c0 = time.perf_counter(), time.process_time()
-                m = self.train_step()
-                train_s += time.perf_counter() - t0
-                cpu_s += time.process_time() - c0
-                timed_out = (c.max_seconds > 0 and train_s >= c.max_seconds) or \
-                    (c.max_cpu_seconds > 0 and cpu_s >= c.max_cpu_seconds)
-                for k, v in m.items():
-                    if k != "task":
-                        acc.setdefault(f"{m['task']}/{k}", []).append(v)
-                last = self.step == end or timed_out
-                do_log = self.step % c.log_every == 0 or self.step == c.steps or last
-                do_val = bool(self.val_samples) and ((c.eval_every > 0 and self.step % c.eval_every == 0) or last)
-                if do_log or do_val:
-                    rate = (self.step - start) / max(train_s, 1e-9)
-                    rec = {"step": self.step, "lr": self.lr_at(self.step - 1), "elapsed_s": round(train_s, 1),
-                           "cpu_s": round(cpu_s, 1),
-                           **{k: round(float(np.mean(v)), 5) for k, v in sorted(acc.items())}}
-                    if do_val:
-                        tv = time.perf_counter()
-                        rec.update(self.validate())
-                        rec["val_s"] = round(time.perf_counter() - tv, 1)
-                    log_f.write(json.dumps(rec) + "\n")
-                    log_f.flush()
-                    acc.clear()
-                    if do_val:
-                        plot_learning_curve(read_metrics(metrics_path), self.out / CURVE_FILE)
-                    if progress:
-                        eta = (c.steps - self.step) / max(rate, 1e-9)
-                        bar = "#" * int(30 * self.step / max(1, c.steps))
-                        tot = [v for k, v in rec.items() if k.endswith("/total")]
-                        val = " ".join(f"{k[4:]} {v:.3f}" for k, v in rec.items() if k.startswith("val/"))
-                        print(f"\r[{bar:<30}] {self.step}/{c.steps} {rate:.2f} it/s eta {eta / 60:.1f} min "
-                              f"loss {np.mean(tot) if tot else float('nan'):.3f} {val}", end="", file=sys.stderr,
-                              flush=True)
-                if self.step % c.checkpoint_every == 0:
-                    self.save_checkpoint()
+            timed_out, train_s, cpu_s = self._loop(end=end, log_f=log_f, metrics_path=metrics_path, progress=progress)
         finally:
             log_f.close()
             if progress:
