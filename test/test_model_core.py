@@ -459,3 +459,23 @@ def test_conv_backbone_loaded_from_a_directory_like_a_real_one(tmp_path):
         a = m(m.encode_image(x), None, task="segment")
         b = again(again.encode_image(x), None, task="segment")
     assert torch.equal(a.object_masks, b.object_masks)
+
+
+def test_grounder_warm_up_runs_every_branch_and_leaves_the_instruction_alone(model):
+    from find_ros.model.grounder import FindGrounder
+
+    g = FindGrounder(model=model)
+    ins = parse_instruction("the red cube, the <0>", [_ref(4)])
+    g.set_instruction(ins)
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    before = g.ground(rgb)
+    calls = g.embed_calls
+    assert g.warm_up(width=64, height=48) > 0.0
+    after = g.ground(rgb)
+    assert g._instruction is ins and g.embed_calls == calls  # the cached prompts are still the ones in force
+    for a, b in zip(before.entities, after.entities):
+        assert np.array_equal(a.mask, b.mask) and a.score == b.score
+    g.clear_instruction()
+    g.warm_up()  # no instruction needed
+    with pytest.raises(Exception, match="no instruction"):
+        g.ground(rgb)

@@ -100,14 +100,18 @@ def test_pose_msg():
 
 def test_frame_messages_in_publishing_order_with_optional_outputs():
     res = _result([_entity(0, score=0.7, found=True), _entity(1, score=0.1, found=False)])
-    overlay = res.overlay(np.zeros((H, W, 3), np.uint8))
-    g, msgs = build.frame_messages(HDR, INS, res, grounder="find", world_frame="map", overlay=overlay)
-    assert [k for k, _ in msgs] == ["mask", "overlay", "target_pose", "target_pose_world", "markers"]
+    g, msgs = build.frame_messages(HDR, INS, res, grounder="find", world_frame="map")
+    # what a consumer acts on first: the target poses, then the mask; the display outputs come after
+    assert [k for k, _ in msgs] == ["target_pose", "target_pose_world", "mask"]
     d = dict(msgs)
     assert g.entities[0].found and d["target_pose"].pose == g.entities[0].pose
-    assert all(m.header == HDR for k, m in msgs if k not in ("markers", "target_pose_world"))
-    assert d["markers"].markers  # a cube and a label for the found entity
+    assert all(m.header == HDR for k, m in msgs if k != "target_pose_world")
+    overlay = res.overlay(np.zeros((H, W, 3), np.uint8))
+    disp = build.display_messages(HDR, g, overlay=overlay)
+    assert [k for k, _ in disp] == ["overlay", "markers"]
+    assert dict(disp)["overlay"].header == HDR and dict(disp)["overlay"].encoding == "rgb8"
+    assert dict(disp)["markers"].markers  # a cube and a label for the found entity
+    assert build.display_messages(HDR, g, markers=False) == []
     res = _result([_entity(0, score=0.2, found=False)])
-    _, msgs = build.frame_messages(HDR, parse_instruction("thing 0"), res, grounder="find", world_frame="map",
-                                   markers=False)
+    g, msgs = build.frame_messages(HDR, parse_instruction("thing 0"), res, grounder="find", world_frame="map")
     assert [k for k, _ in msgs] == ["mask"]

@@ -270,7 +270,9 @@ def test_markers_are_in_the_world_frame_when_the_camera_pose_is_known(h):
     assert cube.pose.orientation == e.world_pose.pose.orientation
     assert label.pose.position.z > cube.pose.position.z + cube.scale.z / 2  # above the box, world z up
     assert "red cube" in label.text and f"#{e.track_id}" in label.text
-    # no camera pose for this frame: the optical frame, at the camera-frame pose
+    # no camera pose for this frame: the optical frame, at the camera-frame pose (stamped well beyond sync_slop_s
+    # of the last pose, which would otherwise be its nearest pose)
+    h.spin_until(lambda: False, 0.2)
     stamp = h.frame(pose=False)
     e = _wait_grounding(h, stamp).entities[0]
     assert e.found and e.pose_valid and not e.world_pose_valid

@@ -5,8 +5,9 @@ Starts ``sim_camera_node`` and ``perception_node`` (``autostart:=true``) as sepa
 (:mod:`find_ros.ros.dds`), and runs a driver node in this
 process that reads the sim ground truth (``camera/gt/objects``, ``camera/gt/instance``), publishes
 instructions naming scene objects (two by text, then one interleaved ``"the <0>"`` with a reference
-crop cut from a camera frame), and collects ``find/grounding``, ``find/mask``, ``find/overlay`` and
-``find/status``. It writes ``DIR/report.json`` (frames in / processed / dropped, latency = receipt
+crop cut from a camera frame), and collects ``find/grounding``, ``find/mask`` and ``find/status``, and
+``find/overlay`` for the last second of each instruction only (a snapshot: the node builds the overlay only for
+subscribers, so the run measures a headless consumer). It writes ``DIR/report.json`` (frames in / processed / dropped, latency = receipt
 of the Grounding here minus its header stamp, first vs last quarter, per-instruction IoU of the
 published mask against the sim instance ground truth) plus overlay PNGs and the two nodes' logs.
 """
@@ -29,6 +30,8 @@ from find_ros.ros.shutdown import StopSignals
 __all__ = ["cli", "run_demo", "DemoError", "DemoInterrupted"]
 
 _COLOURS_FIRST = ("red",)
+OVERLAY_SNAPSHOT_S = 1.0
+"""Seconds at the end of each instruction during which the driver subscribes to ``find/overlay``."""
 
 
 def _percentile(x: list[float], q: float) -> float | None:
@@ -102,7 +105,11 @@ def _drive_script(g: DemoGraph, *, out: Path, seconds: float) -> tuple[list[dict
         script.append({"id": iid, "text": text, "target": {key: obj.get(key) for key in
                                                           ("id", "category", "colour", "size", "description")},
                        "interleaved": text == "the <0>", "t_s": round(time.monotonic() - t0, 2)})
-        g.spin_until(lambda: False, min(period, max(seconds - (time.monotonic() - t0), 0.0)))
+        hold = min(period, max(seconds - (time.monotonic() - t0), 0.0))
+        g.spin_until(lambda: False, max(hold - OVERLAY_SNAPSHOT_S, 0.0))
+        d.watch_overlay(True)  # the overlay snapshot: subscribed for the last second only
+        g.spin_until(lambda: False, min(hold, OVERLAY_SNAPSHOT_S))
+        d.watch_overlay(False)
         if d.overlay_last is not None:
             png = out / f"overlay_{iid}.png"
             cv2.imwrite(str(png), cv2.cvtColor(d.overlay_last, cv2.COLOR_RGB2BGR))

@@ -47,9 +47,10 @@ class DemoDriver:
         n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
         n.create_subscription(Grounding, "find/grounding", self._on_grounding, OUTPUT_QOS)
         n.create_subscription(Image, "find/mask", self._on_mask, OUTPUT_QOS)
-        n.create_subscription(Image, "find/overlay", self._on_overlay, OUTPUT_QOS)
         n.create_subscription(String, "find/status", self._on_status, OUTPUT_QOS)
         self._color_sub = n.create_subscription(Image, "camera/color/image_raw", self._on_color, SENSOR_QOS)
+        self._overlay_sub: Any = None  # only while a snapshot is taken (watch_overlay): the node builds the overlay
+        # for subscribers only, and a headless consumer is what the e2e benchmark measures
         self.pub = n.create_publisher(InterleavedInstruction, "find/instruction", OUTPUT_QOS)
 
     # -- callbacks (thin: store, then match by stamp)
@@ -130,6 +131,19 @@ class DemoDriver:
             msg.reference_masks = [numpy_to_image(mask.astype(np.uint8) * 255, "mono8")]
         self.targets[iid] = target
         self.pub.publish(msg)
+
+    def watch_overlay(self, on: bool) -> None:
+        """Subscribe to ``find/overlay`` (``on``; :attr:`overlay_last` is reset and then holds the newest) or drop
+        the subscription. The demo watches it only for the snapshot at the end of each instruction."""
+        from find_ros.ros.qos import OUTPUT_QOS
+        from sensor_msgs.msg import Image
+
+        if on and self._overlay_sub is None:
+            self.overlay_last = None
+            self._overlay_sub = self.node.create_subscription(Image, "find/overlay", self._on_overlay, OUTPUT_QOS)
+        elif not on and self._overlay_sub is not None:
+            self.node.destroy_subscription(self._overlay_sub)
+            self._overlay_sub = None
 
     def stop_color(self) -> None:
         """No more colour frames (reference crops are cut from them): drop the subscription."""

@@ -20,7 +20,7 @@ from find_ros.ros import conversions as conv
 from find_ros.ros.markers import marker_array
 
 __all__ = ["pose_msg", "entity_msg", "grounding_msg", "label_mask_msg", "overlay_msg", "target_pose_msgs",
-           "frame_messages"]
+           "frame_messages", "display_messages"]
 
 
 def pose_msg(position: Sequence[float] | np.ndarray, orientation_xyzw: Sequence[float] | np.ndarray) -> Pose:
@@ -93,21 +93,30 @@ def target_pose_msgs(header: Header, best: GroundedEntity | None) -> tuple[PoseS
 
 
 def frame_messages(header: Header, instruction: Any, result: Any, *, grounder: str, world_frame: str,
-                   overlay: np.ndarray | None = None, resolved: Any = None,
-                   markers: bool = True) -> tuple[Grounding, list[tuple[str, Any]]]:
-    """Every message of one grounded frame: the ``Grounding`` (see :func:`grounding_msg`) and, in publishing order,
-    ``(output, message)`` for ``mask``, ``overlay`` (when given), ``target_pose`` / ``target_pose_world`` (when there
-    is a target) and ``markers`` (when ``markers``; :func:`find_ros.ros.markers.marker_array`)."""
+                   resolved: Any = None) -> tuple[Grounding, list[tuple[str, Any]]]:
+    """The messages a consumer acts on, first: the ``Grounding`` (see :func:`grounding_msg`) and, in publishing
+    order, ``(output, message)`` for ``target_pose`` / ``target_pose_world`` (when there is a target) and ``mask``.
+    The display outputs follow them (:func:`display_messages`)."""
     out, best = grounding_msg(header, instruction, result, grounder=grounder, world_frame=world_frame,
                               resolved=resolved)
-    msgs: list[tuple[str, Any]] = [("mask", label_mask_msg(result.label_mask, header))]
-    if overlay is not None:
-        msgs.append(("overlay", overlay_msg(overlay, header)))
+    msgs: list[tuple[str, Any]] = []
     target, target_world = target_pose_msgs(header, best)
     if target is not None:
         msgs.append(("target_pose", target))
     if target_world is not None:
         msgs.append(("target_pose_world", target_world))
-    if markers:  # world frame when the camera pose is known
-        msgs.append(("markers", marker_array(out.entities, header)))
+    msgs.append(("mask", label_mask_msg(result.label_mask, header)))
     return out, msgs
+
+
+def display_messages(header: Header, grounding: Grounding, *, overlay: np.ndarray | None = None,
+                     markers: bool = True) -> list[tuple[str, Any]]:
+    """The display outputs of a grounded frame, published after :func:`frame_messages` (off the latency path of the
+    grounding): ``overlay`` (when given) and ``markers`` (when ``markers``; world frame when the camera pose is
+    known, :func:`find_ros.ros.markers.marker_array`)."""
+    msgs: list[tuple[str, Any]] = []
+    if overlay is not None:
+        msgs.append(("overlay", overlay_msg(overlay, header)))
+    if markers:
+        msgs.append(("markers", marker_array(grounding.entities, header)))
+    return msgs

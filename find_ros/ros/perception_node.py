@@ -17,9 +17,10 @@ Frame path: the camera side checks each message on arrival and matches colour, d
 the matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single
 worker thread, so the newest frame wins and inference never queues behind the camera (a set replaced before the
 worker took it counts as dropped). The worker converts and checks the set (:mod:`find_ros.ros.frame_checks`),
-looks the camera pose up by stamp, grounds it and publishes every output with the colour image's header
-(:func:`find_ros.ros.grounding_msgs.frame_messages`); the overlay and markers are built only when enabled and
-subscribed. Bad input is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped
+looks the camera pose up by stamp, grounds it and publishes every output with the colour image's header: first
+the grounding, the target poses and the mask (:func:`find_ros.ros.grounding_msgs.frame_messages`; the grounding's
+``processing_ms`` is frame receipt -> this publish), then the overlay and the markers, built only when enabled and
+subscribed (:func:`~find_ros.ros.grounding_msgs.display_messages`), then the field hand-off. Bad input is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped
 and the node keeps running (no callback raises). Counters, and the frame path's per-stage medians (``stage_ms``,
 :class:`find_ros.ros.stage_timer.StageTimer`), are published as JSON on ``find/status``.
 """
@@ -337,31 +338,42 @@ class PerceptionNode(LifecycleNode):
             st.record_many(getattr(self._grounder, "last_timings", None) or
                            {"ground": self._pipeline.last_timings.get("ground", 0.0)})
             st.record("pose_tracking", self._pipeline.last_timings.get("pose_tracking", 0.0))
-            with st.stage("overlay"):
-                overlay = result.overlay(rgb) if self._wanted("overlay") else None
-        if overlay is not None and refs is not None and refs.flashing():
-            refs.decorate(overlay)
+        grounding = self._publish(color.header, instruction, result, t_receipt, resolved)
+        self._count("processed")
+        # after the grounding is out: the display outputs, the field hand-off, the references' last positions
+        self._publish_display(color.header, grounding, result, rgb)
         if self._field is not None:  # field hook: fuse with the grounder's own pixel embeddings (its thread)
             with st.stage("field_handoff"):
                 self._field.feed(rgb, depth_m, K, T_world_cam, result.pixel_embeddings)  # field hook
-        self._publish(color.header, instruction, result, overlay, t_receipt, resolved)
-        self._count("processed")
+        if resolved is not None and resolved.names and refs is not None:  # last known reference positions
+            with st.stage("ref_observe"):
+                refs.observe(resolved, grounding.entities)
         st.record("total", (time.perf_counter() - t_start) * 1e3)
 
     # ------------------------------------------------------------------ outputs
-    def _publish(self, header, instruction, result, overlay, t_receipt: float, resolved=None) -> None:
+    def _publish(self, header, instruction, result, t_receipt: float, resolved=None):
+        """The grounding, the target poses and the mask; ``processing_ms`` = frame receipt -> this publish."""
         st = self._stages
         with st.stage("build_msgs"):
-            out, msgs = build.frame_messages(header, instruction, result, overlay=overlay, resolved=resolved,
+            out, msgs = build.frame_messages(header, instruction, result, resolved=resolved,
                                              grounder=str(getattr(self._grounder, "name", self._p["grounder"])),
-                                             world_frame=self._p["world_frame"], markers=self._wanted("markers"))
+                                             world_frame=self._p["world_frame"])
         out.processing_ms = float((time.monotonic() - t_receipt) * 1e3)  # frame receipt -> publish
         with st.stage("publish"):
             for name, msg in [("grounding", out), *msgs]:
                 self._pubs[name].publish(msg)
-        if resolved is not None and resolved.names and self._refs is not None:  # last known reference positions
-            with st.stage("ref_observe"):
-                self._refs.observe(resolved, out.entities)
+        return out
+
+    def _publish_display(self, header, grounding, result, rgb) -> None:
+        """The overlay and the markers, each only when enabled and subscribed (after the grounding is out)."""
+        refs = self._refs
+        with self._stages.stage("display"):
+            overlay = result.overlay(rgb) if self._wanted("overlay") else None
+            if overlay is not None and refs is not None and refs.flashing():
+                refs.decorate(overlay)
+            for name, msg in build.display_messages(header, grounding, overlay=overlay,
+                                                    markers=self._wanted("markers")):
+                self._pubs[name].publish(msg)
 
     def _wanted(self, output: str) -> bool:
         """Build the overlay / markers only when enabled (publish_overlay, publish_markers) and subscribed."""
