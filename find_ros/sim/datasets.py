@@ -143,6 +143,62 @@ def _tum_sequence_dir(root: Path, rel: str) -> Path:
     raise DatasetError(f"TUM folder {root}: image {rel} not found in it or its sub-folders")
 
 
+def _tum_items_from_associations(root: Path, assoc: Path) -> tuple[Path, list[dict]]:
+    """Frames of an ``associations_subset.txt`` (4 or 12 columns) and the sequence folder its images are in."""
+    rows = _read_table(assoc)
+    if not rows:
+        raise DatasetError(f"{assoc} has no rows")
+    base = _tum_sequence_dir(root, rows[0][1])
+    items: list[dict] = []
+    for r in rows:
+        if len(r) not in (4, 12):
+            raise DatasetError(f"{assoc}: expected 4 or 12 columns, got {len(r)}: {' '.join(r)}")
+        pose = quat_to_matrix([float(v) for v in r[5:8]], [float(v) for v in r[8:12]]) if len(r) == 12 else None
+        items.append({"rgb": base / r[1], "depth": base / r[3], "stamp": float(r[0]), "pose": pose})
+    return base, items
+
+
+def _tum_ground_truth(root: Path) -> np.ndarray:
+    """``groundtruth.txt`` rows (t tx ty tz qx qy qz qw) sorted by stamp; (0, 8) when the file is absent."""
+    gt_path = root / "groundtruth.txt"
+    gt = np.array([[float(v) for v in r] for r in _read_table(gt_path)]) if gt_path.is_file() else np.zeros((0, 8))
+    if gt.size and gt.shape[1] != 8:
+        raise DatasetError(f"{gt_path}: expected 8 columns (t tx ty tz qx qy qz qw), got {gt.shape[1]}")
+    return gt[np.argsort(gt[:, 0])] if gt.size else gt
+
+
+def _tum_items_from_lists(root: Path, max_dt: float) -> list[dict]:
+    """Frames of rgb.txt / depth.txt / groundtruth.txt, paired by nearest stamp within ``max_dt`` s."""
+    for name in ("rgb.txt", "depth.txt"):
+        if not (root / name).is_file():
+            raise DatasetError(f"TUM folder {root} has neither associations_subset.txt nor {name}")
+    rgb = [(float(r[0]), r[1]) for r in _read_table(root / "rgb.txt")]
+    dep = [(float(r[0]), r[1]) for r in _read_table(root / "depth.txt")]
+    rgb = [e for e in rgb if (root / e[1]).is_file()]
+    dep = [e for e in dep if (root / e[1]).is_file()]
+    dep.sort()
+    rs = np.array([e[0] for e in rgb])
+    di = _nearest(np.array([e[0] for e in dep]), rs, max_dt)
+    gt = _tum_ground_truth(root)
+    gi = _nearest(gt[:, 0], rs, max_dt) if gt.size else np.full(len(rs), -1)
+    items: list[dict] = []
+    for (ts, f), k, g in zip(rgb, di, gi):
+        if k < 0:
+            continue
+        pose = quat_to_matrix(gt[g, 1:4], gt[g, 4:8]) if g >= 0 else None
+        items.append({"rgb": root / f, "depth": root / dep[k][1], "stamp": ts, "pose": pose})
+    return items
+
+
+def _tum_intrinsics(root: Path, base: Path) -> np.ndarray:
+    """``intrinsics.txt`` in the folder or its parent, else by the freiburg number in the sequence folder name."""
+    kfile = next((p for p in (root / "intrinsics.txt", root.parent / "intrinsics.txt") if p.is_file()), None)
+    if kfile is not None:
+        return _read_K_file(kfile)
+    key = next((k for k in TUM_INTRINSICS if k in str(base)), None)
+    return _K(*(TUM_INTRINSICS[key] if key else TUM_DEFAULT))
+
+
 def read_tum(path, *, max_frames: int | None = None, stride: int = 1, depth_scale: float = 5000.0,
              K: np.ndarray | None = None, max_dt: float = 0.02) -> FrameSequence:
     """TUM RGB-D folder as a lazy sequence of ``RGBDFrame``.
@@ -156,49 +212,12 @@ def read_tum(path, *, max_frames: int | None = None, stride: int = 1, depth_scal
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"TUM folder {root} does not exist")
-    items: list[dict] = []
     assoc = root / "associations_subset.txt"
     if assoc.is_file():
-        rows = _read_table(assoc)
-        if not rows:
-            raise DatasetError(f"{assoc} has no rows")
-        base = _tum_sequence_dir(root, rows[0][1])
-        for r in rows:
-            if len(r) not in (4, 12):
-                raise DatasetError(f"{assoc}: expected 4 or 12 columns, got {len(r)}: {' '.join(r)}")
-            pose = quat_to_matrix([float(v) for v in r[5:8]], [float(v) for v in r[8:12]]) if len(r) == 12 else None
-            items.append({"rgb": base / r[1], "depth": base / r[3], "stamp": float(r[0]), "pose": pose})
+        base, items = _tum_items_from_associations(root, assoc)
     else:
-        base = root
-        for name in ("rgb.txt", "depth.txt"):
-            if not (root / name).is_file():
-                raise DatasetError(f"TUM folder {root} has neither associations_subset.txt nor {name}")
-        rgb = [(float(r[0]), r[1]) for r in _read_table(root / "rgb.txt")]
-        dep = [(float(r[0]), r[1]) for r in _read_table(root / "depth.txt")]
-        rgb = [e for e in rgb if (root / e[1]).is_file()]
-        dep = [e for e in dep if (root / e[1]).is_file()]
-        dep.sort()
-        rs = np.array([e[0] for e in rgb])
-        di = _nearest(np.array([e[0] for e in dep]), rs, max_dt)
-        gt_path = root / "groundtruth.txt"
-        gt = np.array([[float(v) for v in r] for r in _read_table(gt_path)]) if gt_path.is_file() else np.zeros((0, 8))
-        if gt.size and gt.shape[1] != 8:
-            raise DatasetError(f"{gt_path}: expected 8 columns (t tx ty tz qx qy qz qw), got {gt.shape[1]}")
-        gt = gt[np.argsort(gt[:, 0])] if gt.size else gt
-        gi = _nearest(gt[:, 0], rs, max_dt) if gt.size else np.full(len(rs), -1)
-        for (ts, f), k, g in zip(rgb, di, gi):
-            if k < 0:
-                continue
-            pose = quat_to_matrix(gt[g, 1:4], gt[g, 4:8]) if g >= 0 else None
-            items.append({"rgb": root / f, "depth": root / dep[k][1], "stamp": ts, "pose": pose})
-    if K is None:
-        kfile = next((p for p in (root / "intrinsics.txt", root.parent / "intrinsics.txt") if p.is_file()), None)
-        if kfile is not None:
-            K = _read_K_file(kfile)
-        else:
-            key = next((k for k in TUM_INTRINSICS if k in str(base)), None)
-            K = _K(*(TUM_INTRINSICS[key] if key else TUM_DEFAULT))
-    K = np.asarray(K, dtype=np.float64)
+        base, items = root, _tum_items_from_lists(root, max_dt)
+    K = np.asarray(_tum_intrinsics(root, base) if K is None else K, dtype=np.float64)
     items = _select(items, max_frames, stride)
     missing = [str(it["rgb"]) for it in items if not it["rgb"].is_file()][:3]
     if missing:

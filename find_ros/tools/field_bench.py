@@ -15,11 +15,12 @@ of the first and last windows (latency drift).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import open3d as o3d
@@ -121,6 +122,93 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _memory_embedder(*, embed: str, seed: int, width: int, height: int,
+                     dim: int) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
+    """(embedding length, rgb -> pixel embeddings) for ``embed`` ("hsv" or "random")."""
+    if embed == "hsv":
+        from find_ros.field.embedder import FieldEmbedder
+        from find_ros.grounding.baseline import HsvBaselineGrounder
+
+        embedder = FieldEmbedder(grounder=HsvBaselineGrounder())
+        return embedder.dim, embedder.pixel_embeddings
+    if embed == "random":
+        rng = np.random.default_rng(seed)
+
+        def embed_fn(rgb):
+            e = rng.standard_normal((height // 8, width // 8, dim)).astype(np.float32)
+            return e / np.linalg.norm(e, axis=-1, keepdims=True)
+        return dim, embed_fn
+    raise ValueError(f"embed must be 'hsv' or 'random', got {embed!r}")
+
+
+@dataclasses.dataclass
+class _MemoryTrace:
+    """What a memory run recorded while fusing."""
+
+    samples: list[tuple[float, float, int, int]] = dataclasses.field(default_factory=list)
+    """(t s, rss MB, active blocks, frames) every ``sample_s``."""
+    ms: list[float] = dataclasses.field(default_factory=list)
+    ms_t: list[float] = dataclasses.field(default_factory=list)
+    """Time of each fused frame (s since start)."""
+    frames: int = 0
+    evicted: int = 0
+    peak_blocks: int = 0
+    t_cap: float | None = None
+
+
+def _fuse_for(ff: FeatureField, *, render: Callable[[int], Any], embed_fn: Callable[[np.ndarray], np.ndarray],
+              duration: float, sample_s: float, log: Callable[[str], None] | None) -> _MemoryTrace:
+    """Fuse ``render(i)`` frames into ``ff`` for ``duration`` s, sampling RSS every ``sample_s`` s."""
+    tr = _MemoryTrace()
+    t_start = time.monotonic()
+    next_sample = 0.0
+    while True:
+        t = time.monotonic() - t_start
+        if t >= next_sample:
+            tr.samples.append((t, rss_mb(), ff.active_blocks, tr.frames))
+            if log is not None and len(tr.samples) % max(1, int(60 / sample_s)) == 1:
+                log(f"t={t:6.0f} s rss={tr.samples[-1][1]:.1f} MB blocks={ff.active_blocks} frames={tr.frames} "
+                    f"evicted={tr.evicted}")
+            next_sample += sample_s
+        if t >= duration:
+            return tr
+        f = render(tr.frames)
+        st = ff.integrate(f.depth, f.K, f.T_world_cam, pixel_embeddings=embed_fn(f.color), color=f.color)
+        tr.frames += 1
+        tr.evicted += st.evicted_blocks
+        if tr.t_cap is None and st.evicted_blocks:
+            tr.t_cap = time.monotonic() - t_start
+        tr.peak_blocks = max(tr.peak_blocks, st.active_blocks)
+        tr.ms.append(st.ms)
+        tr.ms_t.append(time.monotonic() - t_start)
+
+
+def _window_figures(tr: _MemoryTrace, *, duration: float) -> dict:
+    """RSS and fusion-latency figures of the first and last windows (and the first window after the cap)."""
+    ts = np.array([s[0] for s in tr.samples])
+    rss = np.array([s[1] for s in tr.samples])
+    win = min(60.0, duration / 3.0)
+    first = rss[ts <= win]
+    last = rss[ts >= duration - win]
+    mt, msa = np.array(tr.ms_t), np.array(tr.ms)
+    ms_first, ms_last = msa[mt <= win], msa[mt >= duration - win]
+    t_cap = tr.t_cap
+    after_cap = rss[(ts >= t_cap) & (ts <= t_cap + win)] if t_cap is not None else np.zeros(0)
+    return {"fuse_ms_median": float(np.median(tr.ms)) if tr.ms else 0.0,
+            "fuse_ms_first_window_median": float(np.median(ms_first)) if ms_first.size else None,
+            "fuse_ms_last_window_median": float(np.median(ms_last)) if ms_last.size else None,
+            "fuse_ms_ratio_last_vs_first": (float(np.median(ms_last) / np.median(ms_first))
+                                            if ms_first.size and ms_last.size else None),
+            "window_s": win, "rss_first_window_mb": float(first.mean()), "rss_last_window_mb": float(last.mean()),
+            "rss_ratio_last_vs_first": float(last.mean() / first.mean()),
+            "t_cap_s": t_cap,
+            "rss_first_window_after_cap_mb": float(after_cap.mean()) if after_cap.size else None,
+            "rss_ratio_last_vs_first_after_cap": (float(last.mean() / after_cap.mean()) if after_cap.size
+                                                  else None),
+            "rss_min_mb": float(rss.min()), "rss_max_mb": float(rss.max()),
+            "rss_samples": [[round(a, 1), round(b, 1), c, d] for a, b, c, d in tr.samples]}
+
+
 def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, max_blocks: int = 400,
                voxel: float = 0.05, embed: str = "hsv", dim: int = 64, seed: int = 0, loop_frames: int = 600,
                sample_s: float = 5.0, memory_mb: float | None = None,
@@ -138,76 +226,18 @@ def run_memory(*, minutes: float = 10.0, width: int = 320, height: int = 240, ma
     scene = Scene.generate(seed)
     poses = walkthrough_trajectory(scene, loop_frames, seed=seed)
     renderer = SimRenderer(scene, width=width, height=height)
-    if embed == "hsv":
-        from find_ros.field.embedder import FieldEmbedder
-        from find_ros.grounding.baseline import HsvBaselineGrounder
-
-        embedder = FieldEmbedder(grounder=HsvBaselineGrounder())
-        dim = embedder.dim
-        embed_fn = embedder.pixel_embeddings
-    elif embed == "random":
-        rng = np.random.default_rng(seed)
-
-        def embed_fn(rgb):
-            e = rng.standard_normal((height // 8, width // 8, dim)).astype(np.float32)
-            return e / np.linalg.norm(e, axis=-1, keepdims=True)
-    else:
-        raise ValueError(f"embed must be 'hsv' or 'random', got {embed!r}")
+    dim, embed_fn = _memory_embedder(embed=embed, seed=seed, width=width, height=height, dim=dim)
     ff = FeatureField(config=FieldConfig(voxel_size=voxel, embedding_dim=dim, max_blocks=max_blocks,
                                          memory_mb=memory_mb))
     duration = minutes * 60.0
-    t_start = time.monotonic()
-    next_sample = 0.0
-    samples: list[tuple[float, float, int, int]] = []  # (t s, rss MB, active blocks, frames)
-    frames = evicted = peak_blocks = 0
-    ms: list[float] = []
-    ms_t: list[float] = []  # time of each fused frame (s since start)
-    t_cap: float | None = None
-    while True:
-        t = time.monotonic() - t_start
-        if t >= next_sample:
-            samples.append((t, rss_mb(), ff.active_blocks, frames))
-            if log is not None and len(samples) % max(1, int(60 / sample_s)) == 1:
-                log(f"t={t:6.0f} s rss={samples[-1][1]:.1f} MB blocks={ff.active_blocks} frames={frames} "
-                    f"evicted={evicted}")
-            next_sample += sample_s
-        if t >= duration:
-            break
-        f = renderer.render(poses[frames % len(poses)], index=frames)
-        st = ff.integrate(f.depth, f.K, f.T_world_cam, pixel_embeddings=embed_fn(f.color), color=f.color)
-        frames += 1
-        evicted += st.evicted_blocks
-        if t_cap is None and st.evicted_blocks:
-            t_cap = time.monotonic() - t_start
-        peak_blocks = max(peak_blocks, st.active_blocks)
-        ms.append(st.ms)
-        ms_t.append(time.monotonic() - t_start)
-    ts = np.array([s[0] for s in samples])
-    rss = np.array([s[1] for s in samples])
-    win = min(60.0, duration / 3.0)
-    first = rss[ts <= win]
-    last = rss[ts >= duration - win]
-    mt, msa = np.array(ms_t), np.array(ms)
-    ms_first, ms_last = msa[mt <= win], msa[mt >= duration - win]
-    after_cap = rss[(ts >= t_cap) & (ts <= t_cap + win)] if t_cap is not None else np.zeros(0)
+    tr = _fuse_for(ff, render=lambda i: renderer.render(poses[i % len(poses)], index=i), embed_fn=embed_fn,
+                   duration=duration, sample_s=sample_s, log=log)
     return {"minutes": minutes, "resolution": [height, width], "voxel_size": voxel, "embedding": embed,
             "embedding_dim": dim, "max_blocks": max_blocks, "memory_mb": memory_mb, "block_cap": ff.block_cap,
-            "frames": frames, "evicted_blocks": int(evicted),
-            "peak_active_blocks": int(peak_blocks), "final_voxels": ff.num_voxels,
+            "frames": tr.frames, "evicted_blocks": int(tr.evicted),
+            "peak_active_blocks": int(tr.peak_blocks), "final_voxels": ff.num_voxels,
             "field_memory_mb": ff.memory_bytes / 2**20, "field_allocated_mb": ff.allocated_bytes / 2**20,
-            "field_capacity_mb": ff.capacity_bytes / 2**20, "fuse_ms_median": float(np.median(ms)) if ms else 0.0,
-            "fuse_ms_first_window_median": float(np.median(ms_first)) if ms_first.size else None,
-            "fuse_ms_last_window_median": float(np.median(ms_last)) if ms_last.size else None,
-            "fuse_ms_ratio_last_vs_first": (float(np.median(ms_last) / np.median(ms_first))
-                                            if ms_first.size and ms_last.size else None),
-            "window_s": win, "rss_first_window_mb": float(first.mean()), "rss_last_window_mb": float(last.mean()),
-            "rss_ratio_last_vs_first": float(last.mean() / first.mean()),
-            "t_cap_s": t_cap,
-            "rss_first_window_after_cap_mb": float(after_cap.mean()) if after_cap.size else None,
-            "rss_ratio_last_vs_first_after_cap": (float(last.mean() / after_cap.mean()) if after_cap.size
-                                                  else None),
-            "rss_min_mb": float(rss.min()), "rss_max_mb": float(rss.max()),
-            "rss_samples": [[round(a, 1), round(b, 1), c, d] for a, b, c, d in samples]}
+            "field_capacity_mb": ff.capacity_bytes / 2**20, **_window_figures(tr, duration=duration)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,81 @@ def _pct(xs, q) -> float | None:
     return float(np.percentile(xs, q)) if len(xs) else None
 
 
+@dataclasses.dataclass
+class _Tally:
+    """Per-frame figures of one run, accumulated by :meth:`add`."""
+
+    centre: np.ndarray
+    in_view: int = 0
+    found_in_view: int = 0
+    found_out_of_view: int = 0
+    err_centre: list[float] = dataclasses.field(default_factory=list)
+    err_visible: list[float] = dataclasses.field(default_factory=list)
+    err_track: list[float] = dataclasses.field(default_factory=list)
+    ious: list[float] = dataclasses.field(default_factory=list)
+    ids_in_view: list[int] = dataclasses.field(default_factory=list)
+    id_changes: int = 0
+    prev_id: int | None = None
+    ms: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, *, frame, entity, gt: np.ndarray, visible: bool, track_centre) -> None:
+        """Count one grounded frame: ``entity`` (the target's) against the ground-truth mask ``gt``."""
+        if visible:
+            self.in_view += 1
+        if not entity.found:
+            return
+        if not visible:
+            self.found_out_of_view += 1
+            return
+        self.found_in_view += 1
+        self.ious.append(float((entity.mask & gt).sum() / max((entity.mask | gt).sum(), 1)))
+        if entity.track_id is not None:
+            self.ids_in_view.append(entity.track_id)
+            if self.prev_id is not None and entity.track_id != self.prev_id:
+                self.id_changes += 1
+            self.prev_id = entity.track_id
+        if entity.pose_world is None:
+            return
+        p = entity.pose_world.position
+        self.err_centre.append(float(np.linalg.norm(p - self.centre)))
+        pts = backproject(frame.depth, frame.K, gt)
+        if len(pts) >= 10:
+            vis_c, _ = robust_centre(pts @ frame.T_world_cam[:3, :3].T + frame.T_world_cam[:3, 3])
+            self.err_visible.append(float(np.linalg.norm(p - vis_c)))
+        tp = track_centre()
+        if tp is not None:
+            self.err_track.append(float(np.linalg.norm(tp - self.centre)))
+
+
+def _report(cfg: EvalConfig, *, vg: VideoGrounder, scene, target, text: str, n_frames: int, t: _Tally) -> dict:
+    """The report dict of one run."""
+    tr = vg.trackers[0]
+    size = np.subtract(target.box_max, target.box_min)
+    return {
+        "grounder": getattr(vg.grounder, "name", cfg.grounder),
+        "seed": cfg.seed, "trajectory": cfg.trajectory, "frames": n_frames,
+        "resolution": [cfg.width, cfg.height],
+        "scene_objects": [o.describe() for o in scene.objects],
+        "instruction": text, "target": {"id": target.id, "description": target.describe(),
+                                        "center": t.centre.tolist(), "size": size.tolist()},
+        "frames_in_view": t.in_view, "frames_found_in_view": t.found_in_view,
+        "recall_in_view": t.found_in_view / t.in_view if t.in_view else None,
+        "frames_found_out_of_view": t.found_out_of_view,
+        "mask_iou_median": _median(t.ious),
+        "position_error_vs_centre_m": {"median": _median(t.err_centre), "p90": _pct(t.err_centre, 90),
+                                       "n": len(t.err_centre)},
+        "position_error_vs_visible_m": {"median": _median(t.err_visible), "p90": _pct(t.err_visible, 90),
+                                        "n": len(t.err_visible)},
+        "track_position_error_vs_centre_m": {"median": _median(t.err_track), "final": t.err_track[-1]
+                                             if t.err_track else None},
+        "distinct_track_ids_in_view": len(set(t.ids_in_view)), "track_id_changes_in_view": t.id_changes,
+        "tracks_started": tr.tracks_started, "lost": tr.losses, "reacquired": tr.reacquisitions,
+        "switches": tr.switches,
+        "pipeline_ms_median": _median(t.ms), "pipeline_ms_p95": _pct(t.ms, 95),
+        "config": dataclasses.asdict(vg.config),
+    }
+
+
 def run(cfg: EvalConfig, pipeline_config: PipelineConfig | None = None) -> dict:
     """Run one evaluation and return its report (a JSON-able dict)."""
     from find_ros.sim import Scene, SimRenderer, orbit_trajectory, walkthrough_trajectory
@@ -120,71 +195,16 @@ def run(cfg: EvalConfig, pipeline_config: PipelineConfig | None = None) -> dict:
              else orbit_trajectory(scene, cfg.frames))
     vg = VideoGrounder(_build_grounder(cfg), config=pipeline_config or PipelineConfig())
     vg.set_instruction(parse_instruction(text, id="sim-eval"))
-    centre = np.asarray(target.center, dtype=np.float64)
-
-    in_view = found_in_view = found_out_of_view = 0
-    err_centre, err_visible, err_track, ious = [], [], [], []
-    ids_in_view: list[int] = []
-    id_changes, prev_id = 0, None
-    ms = []
+    tally = _Tally(centre=np.asarray(target.center, dtype=np.float64))
     for i, T in enumerate(poses):
         f = renderer.render(T, index=i)
         gt = f.instance == target.id
-        visible = int(gt.sum()) >= cfg.min_visible_px
         t0 = time.perf_counter()
         res = vg.process(f.color, f.depth, f.K, f.T_world_cam)
-        ms.append((time.perf_counter() - t0) * 1e3)
-        e = res.entities[0]
-        if visible:
-            in_view += 1
-        if not e.found:
-            continue
-        if not visible:
-            found_out_of_view += 1
-            continue
-        found_in_view += 1
-        ious.append(float((e.mask & gt).sum() / max((e.mask | gt).sum(), 1)))
-        if e.track_id is not None:
-            ids_in_view.append(e.track_id)
-            if prev_id is not None and e.track_id != prev_id:
-                id_changes += 1
-            prev_id = e.track_id
-        if e.pose_world is None:
-            continue
-        p = e.pose_world.position
-        err_centre.append(float(np.linalg.norm(p - centre)))
-        pts = backproject(f.depth, f.K, gt)
-        if len(pts) >= 10:
-            vis_c, _ = robust_centre(pts @ f.T_world_cam[:3, :3].T + f.T_world_cam[:3, 3])
-            err_visible.append(float(np.linalg.norm(p - vis_c)))
-        tp = vg.trackers[0].centre
-        if tp is not None:
-            err_track.append(float(np.linalg.norm(tp - centre)))
-    tr = vg.trackers[0]
-    size = np.subtract(target.box_max, target.box_min)
-    return {
-        "grounder": getattr(vg.grounder, "name", cfg.grounder),
-        "seed": cfg.seed, "trajectory": cfg.trajectory, "frames": len(poses),
-        "resolution": [cfg.width, cfg.height],
-        "scene_objects": [o.describe() for o in scene.objects],
-        "instruction": text, "target": {"id": target.id, "description": target.describe(),
-                                        "center": centre.tolist(), "size": size.tolist()},
-        "frames_in_view": in_view, "frames_found_in_view": found_in_view,
-        "recall_in_view": found_in_view / in_view if in_view else None,
-        "frames_found_out_of_view": found_out_of_view,
-        "mask_iou_median": _median(ious),
-        "position_error_vs_centre_m": {"median": _median(err_centre), "p90": _pct(err_centre, 90),
-                                       "n": len(err_centre)},
-        "position_error_vs_visible_m": {"median": _median(err_visible), "p90": _pct(err_visible, 90),
-                                        "n": len(err_visible)},
-        "track_position_error_vs_centre_m": {"median": _median(err_track), "final": err_track[-1] if err_track
-                                             else None},
-        "distinct_track_ids_in_view": len(set(ids_in_view)), "track_id_changes_in_view": id_changes,
-        "tracks_started": tr.tracks_started, "lost": tr.losses, "reacquired": tr.reacquisitions,
-        "switches": tr.switches,
-        "pipeline_ms_median": _median(ms), "pipeline_ms_p95": _pct(ms, 95),
-        "config": dataclasses.asdict(vg.config),
-    }
+        tally.ms.append((time.perf_counter() - t0) * 1e3)
+        tally.add(frame=f, entity=res.entities[0], gt=gt, visible=int(gt.sum()) >= cfg.min_visible_px,
+                  track_centre=lambda: vg.trackers[0].centre)
+    return _report(cfg, vg=vg, scene=scene, target=target, text=text, n_frames=len(poses), t=tally)
 
 
 def main(argv: list[str] | None = None) -> int:

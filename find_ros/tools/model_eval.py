@@ -27,6 +27,7 @@ expressible at all (IR@k = 0, every gallery caption counted). FIND reports the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -206,12 +207,8 @@ def _data_config(checkpoint) -> DataConfig:
     return DataConfig.from_dict(json.loads(tc.read_text())["data"]) if tc and tc.is_file() else DataConfig()
 
 
-def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "test", seed: int = 0,
-             scenes: int = 200, gallery: int | None = None, device: str = "cpu",
-             data_config: DataConfig | None = None, timing: bool = True, grounder: str = "find") -> dict:
-    """Evaluate ``model`` (or the checkpoint), or the HSV baseline on the same samples; returns the metrics
-    dict (:data:`METRIC_KEYS` plus counts). ``grounder="hsv-baseline"`` needs no model: the checkpoint (if
-    given) only supplies the data config (``train_config.json``), so both grounders see the same samples."""
+def _check_arguments(*, split: str, scenes: int, seed: int, grounder: str) -> None:
+    """Raise :class:`EvalError` naming the first bad argument."""
     if split not in ("test", "heldout", "val"):
         raise EvalError(f"split must be test, heldout or val, got {split!r}")
     if scenes < 1:
@@ -220,47 +217,75 @@ def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "
         raise EvalError(f"seed must be >= 0, got {seed}")
     if grounder not in GROUNDERS:
         raise EvalError(f"grounder must be one of {GROUNDERS}, got {grounder!r}")
+
+
+def _find_scorer(*, model, checkpoint, device: str, out_hw: tuple[int, int]):
+    """(scorer, model) for FIND: ``model`` as given, else loaded from ``checkpoint``."""
+    from find_ros.model.find import FindModel
+
+    if model is None:
+        if checkpoint is None:
+            raise EvalError("give a checkpoint directory or a model")
+        model = FindModel.from_pretrained(checkpoint, device=device)
+    model.eval()
+    return _FindScorer(model, device, out_hw), model
+
+
+@dataclasses.dataclass
+class _Scores:
+    """IoU tallies per task and the entities each grounder could not express."""
+
+    g: _IoU = dataclasses.field(default_factory=_IoU)
+    il: _IoU = dataclasses.field(default_factory=_IoU)
+    sep: _IoU = dataclasses.field(default_factory=_IoU)
+    txt: _IoU = dataclasses.field(default_factory=_IoU)
+    missing: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(TASKS, 0))
+    n_vis: int = 0
+
+    def add(self, scorer, s: SimSample) -> None:
+        """Score one sample: its referring phrases, interleaved, text-only and separate instructions."""
+        scorer.begin(s)
+        phrases = [r.phrase for r in s.referring]
+        gt_ref = [s.mask(r.object_id) for r in s.referring]
+        [(m, ok)] = scorer.masks([parse_instruction(", ".join(phrases))], task="ground")
+        self.missing["grounding"] += ok.count(False)
+        for e, gt in enumerate(gt_ref):
+            self.g.add(m[e], gt)
+        gts = [s.mask(o) for o in s.interleaved.object_ids]
+        [(mi, oki), (mt, okt)] = scorer.masks([s.instruction(mode="interleaved"), s.instruction(mode="text_only")],
+                                              task="interleaved")
+        seps = scorer.masks(_separate_instructions(s), task="interleaved")
+        self.missing["interleaved"] += oki.count(False)
+        self.missing["text_only"] += okt.count(False)
+        self.missing["separate"] += sum(not ok[0] for _, ok in seps)
+        for e, gt in enumerate(gts):
+            self.il.add(mi[e], gt)
+            self.txt.add(mt[e], gt)
+            self.sep.add(seps[e][0][0], gt)
+        self.n_vis += sum(s.interleaved.visual)
+
+
+def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "test", seed: int = 0,
+             scenes: int = 200, gallery: int | None = None, device: str = "cpu",
+             data_config: DataConfig | None = None, timing: bool = True, grounder: str = "find") -> dict:
+    """Evaluate ``model`` (or the checkpoint), or the HSV baseline on the same samples; returns the metrics
+    dict (:data:`METRIC_KEYS` plus counts). ``grounder="hsv-baseline"`` needs no model: the checkpoint (if
+    given) only supplies the data config (``train_config.json``), so both grounders see the same samples."""
+    _check_arguments(split=split, scenes=scenes, seed=seed, grounder=grounder)
     cfg = data_config if data_config is not None else _data_config(checkpoint)
     H, W = cfg.height, cfg.width
     if grounder == "find":
-        from find_ros.model.find import FindModel
-
-        if model is None:
-            if checkpoint is None:
-                raise EvalError("give a checkpoint directory or a model")
-            model = FindModel.from_pretrained(checkpoint, device=device)
-        model.eval()
-        scorer = _FindScorer(model, device, (H, W))
+        scorer, model = _find_scorer(model=model, checkpoint=checkpoint, device=device, out_hw=(H, W))
     else:
         scorer = _HsvScorer((H, W))
     ds = SimFindDataset(split=split, config=cfg)
     start = int(seed) * 10_000
     n_gal = max(scenes, gallery or 0)
     samples = [ds[start + i] for i in range(n_gal)]
-    g, il, sep, txt = _IoU(), _IoU(), _IoU(), _IoU()
-    missing = dict.fromkeys(TASKS, 0)
-    n_vis = 0
+    sc = _Scores()
     t0 = time.perf_counter()
     for s in samples[:scenes]:
-        scorer.begin(s)
-        phrases = [r.phrase for r in s.referring]
-        gt_ref = [s.mask(r.object_id) for r in s.referring]
-        [(m, ok)] = scorer.masks([parse_instruction(", ".join(phrases))], task="ground")
-        missing["grounding"] += ok.count(False)
-        for e, gt in enumerate(gt_ref):
-            g.add(m[e], gt)
-        gts = [s.mask(o) for o in s.interleaved.object_ids]
-        [(mi, oki), (mt, okt)] = scorer.masks([s.instruction(mode="interleaved"), s.instruction(mode="text_only")],
-                                              task="interleaved")
-        seps = scorer.masks(_separate_instructions(s), task="interleaved")
-        missing["interleaved"] += oki.count(False)
-        missing["text_only"] += okt.count(False)
-        missing["separate"] += sum(not ok[0] for _, ok in seps)
-        for e, gt in enumerate(gts):
-            il.add(mi[e], gt)
-            txt.add(mt[e], gt)
-            sep.add(seps[e][0][0], gt)
-        n_vis += sum(s.interleaved.visual)
+        sc.add(scorer, s)
     eval_s = time.perf_counter() - t0
     if grounder == "find":
         ir5, ir10, n_gallery = _retrieval(model, samples, device)
@@ -271,20 +296,20 @@ def evaluate(*, checkpoint: str | Path | None = None, model=None, split: str = "
             ms = _timing(FindGrounder.from_pretrained(checkpoint, device=device), samples[0])
     else:
         ir5, ir10, n_gallery = 0.0, 0.0, len(samples)
-        missing["retrieval"] = n_gallery
+        sc.missing["retrieval"] = n_gallery
         ms = _timing(scorer.g, samples[0]) if timing else float("nan")
-    res = {
+    g, il = sc.g, sc.il
+    return {
         "grounding_miou": g.miou(), "grounding_ciou": g.ciou(), "grounding_acc50": g.acc50(),
         "interleaved_ciou": il.ciou(), "interleaved_miou": il.miou(),
-        "separate_ciou": sep.ciou(), "text_only_ciou": txt.ciou(),
+        "separate_ciou": sc.sep.ciou(), "text_only_ciou": sc.txt.ciou(),
         "ir_at_5": ir5, "ir_at_10": ir10,
         "ms_per_frame_median": ms,
         "grounder": grounder, "split": split, "seed": int(seed), "scenes": scenes, "gallery_size": n_gallery,
         "n_grounding_phrases": len(g.ious), "n_interleaved_entities": len(il.ious),
-        "n_visual_entities": n_vis, "n_staged_samples": sum(s.staged for s in samples),
-        "not_expressible": missing, "eval_seconds": round(eval_s, 1),
+        "n_visual_entities": sc.n_vis, "n_staged_samples": sum(s.staged for s in samples),
+        "not_expressible": sc.missing, "eval_seconds": round(eval_s, 1),
     }
-    return res
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -29,13 +29,17 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+from find_ros.grounding.geometry import backproject
+
+if TYPE_CHECKING:
+    from find_ros.tools.reference_rig import ReferenceRig
 
 __all__ = ["EvalConfig", "run", "main"]
 
@@ -85,289 +89,223 @@ def _reference_iou(node, name: str, instance_mask: np.ndarray) -> float:
     return _iou(full, instance_mask)
 
 
+def _camera_point(f, u: int, v: int) -> np.ndarray:
+    """The surface point (camera frame) under the centre of pixel (u, v)."""
+    z = float(f.depth[v, u])
+    return np.array([(u + 0.5 - f.K[0, 2]) * z / f.K[0, 0], (v + 0.5 - f.K[1, 2]) * z / f.K[1, 1], z])
+
+
+def _to_world(f, pc: np.ndarray) -> np.ndarray:
+    return f.T_world_cam[:3, :3] @ pc + f.T_world_cam[:3, 3]
+
+
+@dataclasses.dataclass
+class _Totals:
+    """Figures over every scene, for the summary."""
+
+    point: list[float] = dataclasses.field(default_factory=list)
+    pixel: list[float] = dataclasses.field(default_factory=list)
+    ground: list[float] = dataclasses.field(default_factory=list)
+    pos: list[float] = dataclasses.field(default_factory=list)
+    oracle: list[float] = dataclasses.field(default_factory=list)
+    goals_ok: int = 0
+    goals_n: int = 0
+
+
 def run(cfg: EvalConfig) -> dict:
     """The evaluation (see the module docstring); returns the report dict. Does not touch ``os.environ``."""
-    import rclpy
-    from geometry_msgs.msg import PointStamped, PoseStamped
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.logging import LoggingSeverity
-    from rclpy.parameter import Parameter
-    from rclpy.signals import SignalHandlerOptions
-    from sensor_msgs.msg import Image
-    from std_msgs.msg import Header
-    from std_srvs.srv import Trigger
-
-    from find_ros.msg import Grounding, InterleavedInstruction
-    from find_ros.ros import conversions as conv
-    from find_ros.grounding.geometry import backproject
-    from find_ros.ros.dds import claim_domain_id
-    from find_ros.ros.perception_node import PerceptionNode
-    from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS
-    from find_ros.ros.shutdown import release_context
-    from find_ros.ros.sim_camera_node import RgbdPublisher
-    from find_ros.sim import Scene, SimRenderer, orbit_trajectory
-    from find_ros.srv import AddReference, QueryField, RemoveReference, SetInstruction
+    from find_ros.tools.reference_rig import ReferenceRig
 
     t0 = time.monotonic()
-    tmp = tempfile.TemporaryDirectory(prefix="find_ros_ref_eval_")
-    lease = claim_domain_id()
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=lease.domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    executor = SingleThreadedExecutor(context=ctx)
-    node = feeder = saved_level = None
-    report: dict[str, Any] = {"config": dataclasses.asdict(cfg), "scenes": []}
-    try:
-        params = [Parameter("grounder", value="find"), Parameter("reference_dir", value=str(Path(tmp.name) / "refs")),
-                  Parameter("max_stamp_age_s", value=0.0), Parameter("publish_overlay", value=False),
-                  Parameter("publish_markers", value=False), Parameter("field_enable", value=bool(cfg.field)),
-                  Parameter("field_publish_period_s", value=1000.0), Parameter("status_period_s", value=1000.0)]
-        if cfg.model_path:
-            params.append(Parameter("model_path", value=str(cfg.model_path)))
-        node = PerceptionNode(context=ctx, parameter_overrides=params)
-        saved_level = node.get_logger().get_effective_level()  # logger levels are per process: restored below
-        node.get_logger().set_level(LoggingSeverity.ERROR)
-        feeder = rclpy.create_node("find_ros_reference_eval", context=ctx)
-        for n in (node, feeder):
-            executor.add_node(n)
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
-                node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError("the perception node did not activate (its log says why)")
-        camera = RgbdPublisher(feeder, frame_id="camera_color_optical_frame", world_frame="map",
-                               depth_encoding="32FC1", publish_odom=False, publish_tf=False)
-        pose_pub = feeder.create_publisher(PoseStamped, "camera/pose", SENSOR_QOS)
-        groundings: dict[int, Any] = {}
-        masks: dict[int, Any] = {}
-        feeder.create_subscription(Grounding, "find/grounding",
-                                   lambda m: groundings.__setitem__(conv.stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
-        feeder.create_subscription(Image, "find/mask",
-                                   lambda m: masks.__setitem__(conv.stamp_to_ns(m.header.stamp), m), OUTPUT_QOS)
-        clients = {"add": feeder.create_client(AddReference, "find/reference/add"),
-                   "remove": feeder.create_client(RemoveReference, "find/reference/remove"),
-                   "set": feeder.create_client(SetInstruction, "find/set_instruction")}
-        if cfg.field:
-            clients["query"] = feeder.create_client(QueryField, "find/field/query")
-            clients["clear"] = feeder.create_client(Trigger, "find/field/clear")
-
-        def spin_until(cond, timeout_s: float) -> bool:
-            end = time.monotonic() + timeout_s
-            while not cond():
-                if time.monotonic() > end:
-                    return bool(cond())
-                executor.spin_once(timeout_sec=0.01)
-            return True
-
-        def call(name: str, req):
-            fut = clients[name].call_async(req)
-            if not spin_until(fut.done, 60.0):
-                raise RuntimeError(f"{name}: no answer in 60 s")
-            return fut.result()
-
-        pubs = [camera.color, camera.depth, camera.info, pose_pub]
-        if not spin_until(lambda: all(c.service_is_ready() for c in clients.values())
-                          and all(p.get_subscription_count() > 0 for p in pubs), 30.0):
-            raise RuntimeError("the node's services and subscriptions did not come up in 30 s")
-        stamp_ns = [time.time_ns()]
-
-        def publish(frame, *, wait_output: bool) -> int:
-            """Publish one frame (pose first), wait until the node took it; returns its stamp (ns)."""
-            stamp_ns[0] += 100_000_000
-            stamp = conv.stamp_from_ns(stamp_ns[0])
-            c = node.counters()
-            before = c.get("processed", 0) + c.get("idle", 0) + c.get("rejected", 0)
-            pose_pub.publish(PoseStamped(header=Header(stamp=stamp, frame_id="map"),
-                                         pose=conv.matrix_to_pose(frame.T_world_cam)))
-            camera.publish(stamp=stamp, color=frame.color, depth_m=frame.depth, K=frame.K, T_world_cam=None)
-
-            def taken():
-                c = node.counters()
-                return c.get("processed", 0) + c.get("idle", 0) + c.get("rejected", 0) > before
-            if not spin_until(taken, cfg.frame_timeout_s):
-                raise RuntimeError("the node did not take a frame in time")
-            if wait_output and not spin_until(lambda: stamp_ns[0] in groundings and stamp_ns[0] in masks,
-                                              cfg.frame_timeout_s):
-                raise RuntimeError("no grounding for a frame")
-            return stamp_ns[0]
-
-        all_point, all_pixel, all_ground, all_pos, all_oracle, goals_ok, goals_n = [], [], [], [], [], 0, 0
+    with ReferenceRig(frame_timeout_s=cfg.frame_timeout_s) as rig:
+        report: dict[str, Any] = {"config": dataclasses.asdict(cfg), "scenes": []}
+        rig.start(field=cfg.field, model_path=cfg.model_path)
+        totals = _Totals()
         for seed in cfg.seeds:
-            scene = Scene.generate(seed)
-            renderer = SimRenderer(scene, width=cfg.width, height=cfg.height)
-            poses = orbit_trajectory(scene, cfg.n_views)
-            views = {i: renderer.render(poses[i], index=i) for i in sorted({0, *cfg.ground_views})}
-            f0 = views[0]
-            if cfg.field:  # every scene is built around the same origin: start from an empty field
-                r = call("clear", Trigger.Request())
-                if not r.success:
-                    raise RuntimeError(f"find/field/clear: {r.message}")
-            publish(f0, wait_output=False)
-            publish(f0, wait_output=False)  # the pose of the newest frame is in the buffer by now
-            ids, areas = np.unique(f0.instance, return_counts=True)
-            objs = [(int(i), int(a)) for i, a in zip(ids, areas) if i != 0 and a >= cfg.min_area]
-            objs = sorted(objs, key=lambda x: -x[1])[:cfg.max_objects_per_scene]
-            scene_rep = {"seed": seed, "objects": []}
-            for oid, area in objs:
-                gt = f0.instance == oid
-                u, v = _deepest_pixel(gt)
-                z = float(f0.depth[v, u])
-                pc = np.array([(u + 0.5 - f0.K[0, 2]) * z / f0.K[0, 0], (v + 0.5 - f0.K[1, 2]) * z / f0.K[1, 1], z])
-                pw = f0.T_world_cam[:3, :3] @ pc + f0.T_world_cam[:3, 3]
-                name = f"s{seed}o{oid}"
-                req = AddReference.Request(name=name, source=AddReference.Request.SOURCE_POINT)
-                req.point = PointStamped()
-                req.point.header.frame_id = "map"
-                req.point.point.x, req.point.point.y, req.point.point.z = map(float, pw)
-                r = call("add", req)
-                o = {"id": oid, "object": scene.object(oid).describe(), "area": area, "point_ok": bool(r.success),
-                     "point_message": r.message}
-                o["point_iou"] = _reference_iou(node, name, gt) if r.success else 0.0
-                all_point.append(o["point_iou"])
-                req = AddReference.Request(name=name + "px", source=AddReference.Request.SOURCE_PIXEL)
-                req.pixel = PointStamped()
-                req.pixel.point.x, req.pixel.point.y = float(u), float(v)
-                r2 = call("add", req)
-                o["pixel_iou"] = _reference_iou(node, name + "px", gt) if r2.success else 0.0
-                all_pixel.append(o["pixel_iou"])
-                if r2.success:
-                    call("remove", RemoveReference.Request(name=name + "px"))
-                scene_rep["objects"].append(o)
-            # "the <name>" in later views
-            for o in scene_rep["objects"]:
-                if not o["point_ok"]:
-                    continue
-                name = f"s{seed}o{o['id']}"
-                r = call("set", SetInstruction.Request(instruction=InterleavedInstruction(text=f"the <{name}>")))
-                if not r.success:
-                    o["ground_message"] = r.message
-                    continue
-                ious, last_pos, seen, view_errors = [], None, [], []
-                centre = np.asarray(scene.object(o["id"]).center, dtype=float)
-                for i in cfg.ground_views:
-                    f = views[i]
-                    s = publish(f, wait_output=True)
-                    gt = f.instance == o["id"]
-                    if gt.sum() >= cfg.min_visible:  # the oracle: ground-truth masks of the same views
-                        seen.append(backproject(f.depth, f.K, gt) @ f.T_world_cam[:3, :3].T + f.T_world_cam[:3, 3])
-                    g = groundings[s]
-                    e = g.entities[0] if g.entities else None
-                    label = conv.image_to_numpy(masks[s])
-                    if gt.sum() >= cfg.min_visible:
-                        ious.append(_iou(label == 1, gt))
-                    if e is not None and e.found and e.world_pose_valid:
-                        p = e.world_pose.pose.position
-                        last_pos = np.array([p.x, p.y, p.z])
-                        view_errors.append(round(float(np.linalg.norm(last_pos - centre)), 3))
-                    else:
-                        view_errors.append(None)
-                o["ground_ious"] = [round(x, 3) for x in ious]
-                o["ground_miou"] = float(np.mean(ious)) if ious else None
-                all_ground.extend(ious)
-                o["view_position_errors_m"] = view_errors
-                o["position_error_m"] = float(np.linalg.norm(last_pos - centre)) if last_pos is not None else None
-                if o["position_error_m"] is not None:
-                    all_pos.append(o["position_error_m"])
-                if seen:  # what these views allow: the robust (5..95 %) box centre of the object's visible surface
-                    P = np.concatenate(seen)
-                    oracle = (np.percentile(P, 5, axis=0) + np.percentile(P, 95, axis=0)) / 2
-                    o["oracle_position_error_m"] = float(np.linalg.norm(oracle - centre))
-                    all_oracle.append(o["oracle_position_error_m"])
-                if cfg.field:
-                    q = call("query", QueryField.Request(text=f"the <{name}>", max_goals=1))
-                    ob = scene.object(o["id"])
-                    lo, hi = np.asarray(ob.box_min) - cfg.goal_margin_m, np.asarray(ob.box_max) + cfg.goal_margin_m
-                    ok = bool(q.success and q.goals)
-                    gv = None
-                    if ok:
-                        gp = q.goals[0].pose.position
-                        gv = np.array([gp.x, gp.y, gp.z])
-                        ok = bool(np.all(gv >= lo) and np.all(gv <= hi))
-                    o["field_goal_on_object"] = ok
-                    o["field_message"] = q.message
-                    o["field_goal"] = [round(float(v), 3) for v in gv] if q.success and q.goals else None
-                    o["box"] = [np.round(lo, 3).tolist(), np.round(hi, 3).tolist()]
-                    goals_ok += ok
-                    goals_n += 1
+            scene, views = _render_scene(cfg, seed=seed)
+            scene_rep = _measure_scene(rig, cfg, seed=seed, scene=scene, views=views, totals=totals)
             report["scenes"].append(scene_rep)
             log.info("seed %d: %s", seed, [(o["object"], round(o["point_iou"], 2), o.get("ground_miou"))
                                            for o in scene_rep["objects"]])
-        report["bad_clicks"] = _bad_clicks(call, publish, spin_until, views, AddReference, PointStamped,
-                                           conv, node, cfg)
-        report["summary"] = {
-            "objects": len(all_point), "scenes": len(cfg.seeds),
-            "point_click_mean_iou": float(np.mean(all_point)) if all_point else None,
-            "point_click_median_iou": float(np.median(all_point)) if all_point else None,
-            "pixel_click_mean_iou": float(np.mean(all_pixel)) if all_pixel else None,
-            "ground_views": len(all_ground),
-            "ground_mean_iou": float(np.mean(all_ground)) if all_ground else None,
-            "position_error_median_m": float(np.median(all_pos)) if all_pos else None,
-            "position_within_5cm": f"{sum(p <= 0.05 for p in all_pos)}/{len(all_pos)}",
-            "oracle_position_error_median_m": float(np.median(all_oracle)) if all_oracle else None,
-            "oracle_position_within_5cm": f"{sum(p <= 0.05 for p in all_oracle)}/{len(all_oracle)}",
-            "field_goal_on_object": f"{goals_ok}/{goals_n}",
-            "bad_clicks_refused": f"{sum(_refused_cleanly(b) for b in report['bad_clicks'])}/{len(report['bad_clicks'])}",
-            "model": node.counters().get("model", ""),
-            "wall_s": round(time.monotonic() - t0, 1),
-        }
+        report["bad_clicks"] = _bad_clicks(rig, views=views, cfg=cfg)
+        report["summary"] = _summary(cfg, totals=totals, bad_clicks=report["bad_clicks"],
+                                     model=rig.counters().get("model", ""), wall_s=round(time.monotonic() - t0, 1))
         return report
-    finally:
-        if node is not None and saved_level is not None:
-            node.get_logger().set_level(saved_level)
-        executor.shutdown()
-        for n in (node, feeder):
-            if n is not None:
-                n.destroy_node()
-        node = feeder = executor = None
-        release_context(ctx)
-        lease.release()
-        tmp.cleanup()
 
 
-def _bad_clicks(call, publish, spin_until, views, AddReference, PointStamped, conv, node, cfg) -> list[dict]:
-    """Each bad click: refused (success false, a message naming the problem) and nothing stored."""
-    f = views[0]
-    publish(f, wait_output=False)
-    publish(f, wait_output=False)
+def _render_scene(cfg: EvalConfig, *, seed: int) -> tuple[Any, dict[int, Any]]:
+    """The scene of ``seed`` and its rendered views: 0 (clicked) and ``ground_views``."""
+    from find_ros.sim import Scene, SimRenderer, orbit_trajectory
+
+    scene = Scene.generate(seed)
+    renderer = SimRenderer(scene, width=cfg.width, height=cfg.height)
+    poses = orbit_trajectory(scene, cfg.n_views)
+    return scene, {i: renderer.render(poses[i], index=i) for i in sorted({0, *cfg.ground_views})}
+
+
+def _measure_scene(rig: ReferenceRig, cfg: EvalConfig, *, seed: int, scene: Any, views: dict[int, Any],
+                   totals: _Totals) -> dict:
+    """One scene: clicks in view 0, then "the <name>" (and the field query) for each object clicked."""
+    f0 = views[0]
+    if cfg.field:  # every scene is built around the same origin: start from an empty field
+        rig.clear_field()
+    rig.publish(f0, wait_output=False)
+    rig.publish(f0, wait_output=False)  # the pose of the newest frame is in the buffer by now
+    ids, areas = np.unique(f0.instance, return_counts=True)
+    objs = [(int(i), int(a)) for i, a in zip(ids, areas) if i != 0 and a >= cfg.min_area]
+    objs = sorted(objs, key=lambda x: -x[1])[:cfg.max_objects_per_scene]
+    scene_rep = {"seed": seed, "objects": [_click(rig, seed=seed, scene=scene, f0=f0, oid=oid, area=area,
+                                                  totals=totals) for oid, area in objs]}
+    for o in scene_rep["objects"]:  # "the <name>" in later views
+        if o["point_ok"]:
+            _name_object(rig, cfg, o=o, name=f"s{seed}o{o['id']}", scene=scene, views=views, totals=totals)
+    return scene_rep
+
+
+def _click(rig: ReferenceRig, *, seed: int, scene: Any, f0: Any, oid: int, area: int, totals: _Totals) -> dict:
+    """A 3D click and a pixel click under the object's deepest pixel; the pixel click's reference is removed."""
+    gt = f0.instance == oid
+    u, v = _deepest_pixel(gt)
+    pw = _to_world(f0, _camera_point(f0, u, v))
+    name = f"s{seed}o{oid}"
+    r = rig.call("add", rig.point_request(pw, name=name))
+    o = {"id": oid, "object": scene.object(oid).describe(), "area": area, "point_ok": bool(r.success),
+         "point_message": r.message}
+    o["point_iou"] = _reference_iou(rig.node, name, gt) if r.success else 0.0
+    totals.point.append(o["point_iou"])
+    r2 = rig.call("add", rig.pixel_request(u, v, name=name + "px"))
+    o["pixel_iou"] = _reference_iou(rig.node, name + "px", gt) if r2.success else 0.0
+    totals.pixel.append(o["pixel_iou"])
+    if r2.success:
+        rig.remove(name + "px")
+    return o
+
+
+def _name_object(rig: ReferenceRig, cfg: EvalConfig, *, o: dict, name: str, scene: Any, views: dict[int, Any],
+                 totals: _Totals) -> None:
+    """Ground "the <name>" over the later views, then (field on) query the field; figures go into ``o``."""
+    r = rig.set_instruction(f"the <{name}>")
+    if not r.success:
+        o["ground_message"] = r.message
+        return
+    _ground_views(rig, cfg, o=o, centre=np.asarray(scene.object(o["id"]).center, dtype=float), views=views,
+                  totals=totals)
+    if cfg.field:
+        _field_goal(rig, cfg, o=o, name=name, obj=scene.object(o["id"]), totals=totals)
+
+
+def _ground_views(rig: ReferenceRig, cfg: EvalConfig, *, o: dict, centre: np.ndarray, views: dict[int, Any],
+                  totals: _Totals) -> None:
+    """Mask IoU per view where the object is visible, the position error per view and at the last one found, and
+    the oracle: the robust (5..95 %) box centre of the object's visible surface in the same views."""
+    ious, last_pos, seen, view_errors = [], None, [], []
+    for i in cfg.ground_views:
+        f = views[i]
+        s = rig.publish(f, wait_output=True)
+        gt = f.instance == o["id"]
+        visible = gt.sum() >= cfg.min_visible
+        if visible:  # the oracle: ground-truth masks of the same views
+            seen.append(backproject(f.depth, f.K, gt) @ f.T_world_cam[:3, :3].T + f.T_world_cam[:3, 3])
+        g, label = rig.output(s)
+        e = g.entities[0] if g.entities else None
+        if visible:
+            ious.append(_iou(label == 1, gt))
+        if e is not None and e.found and e.world_pose_valid:
+            p = e.world_pose.pose.position
+            last_pos = np.array([p.x, p.y, p.z])
+            view_errors.append(round(float(np.linalg.norm(last_pos - centre)), 3))
+        else:
+            view_errors.append(None)
+    o["ground_ious"] = [round(x, 3) for x in ious]
+    o["ground_miou"] = float(np.mean(ious)) if ious else None
+    totals.ground.extend(ious)
+    o["view_position_errors_m"] = view_errors
+    o["position_error_m"] = float(np.linalg.norm(last_pos - centre)) if last_pos is not None else None
+    if o["position_error_m"] is not None:
+        totals.pos.append(o["position_error_m"])
+    if seen:  # what these views allow: the robust (5..95 %) box centre of the object's visible surface
+        P = np.concatenate(seen)
+        oracle = (np.percentile(P, 5, axis=0) + np.percentile(P, 95, axis=0)) / 2
+        o["oracle_position_error_m"] = float(np.linalg.norm(oracle - centre))
+        totals.oracle.append(o["oracle_position_error_m"])
+
+
+def _field_goal(rig: ReferenceRig, cfg: EvalConfig, *, o: dict, name: str, obj: Any, totals: _Totals) -> None:
+    """``find/field/query`` "the <name>": is the first goal inside the object's box grown by ``goal_margin_m``?"""
+    q = rig.query_field(f"the <{name}>")
+    lo, hi = np.asarray(obj.box_min) - cfg.goal_margin_m, np.asarray(obj.box_max) + cfg.goal_margin_m
+    ok = bool(q.success and q.goals)
+    gv = None
+    if ok:
+        gp = q.goals[0].pose.position
+        gv = np.array([gp.x, gp.y, gp.z])
+        ok = bool(np.all(gv >= lo) and np.all(gv <= hi))
+    o["field_goal_on_object"] = ok
+    o["field_message"] = q.message
+    o["field_goal"] = [round(float(v), 3) for v in gv] if q.success and q.goals else None
+    o["box"] = [np.round(lo, 3).tolist(), np.round(hi, 3).tolist()]
+    totals.goals_ok += ok
+    totals.goals_n += 1
+
+
+def _summary(cfg: EvalConfig, *, totals: _Totals, bad_clicks: list[dict], model: str, wall_s: float) -> dict:
+    """The report's summary figures."""
+    t = totals
+    return {
+        "objects": len(t.point), "scenes": len(cfg.seeds),
+        "point_click_mean_iou": float(np.mean(t.point)) if t.point else None,
+        "point_click_median_iou": float(np.median(t.point)) if t.point else None,
+        "pixel_click_mean_iou": float(np.mean(t.pixel)) if t.pixel else None,
+        "ground_views": len(t.ground),
+        "ground_mean_iou": float(np.mean(t.ground)) if t.ground else None,
+        "position_error_median_m": float(np.median(t.pos)) if t.pos else None,
+        "position_within_5cm": f"{sum(p <= 0.05 for p in t.pos)}/{len(t.pos)}",
+        "oracle_position_error_median_m": float(np.median(t.oracle)) if t.oracle else None,
+        "oracle_position_within_5cm": f"{sum(p <= 0.05 for p in t.oracle)}/{len(t.oracle)}",
+        "field_goal_on_object": f"{t.goals_ok}/{t.goals_n}",
+        "bad_clicks_refused": f"{sum(_refused_cleanly(b) for b in bad_clicks)}/{len(bad_clicks)}",
+        "model": model,
+        "wall_s": wall_s,
+    }
+
+
+def _bad_click_cases(rig: ReferenceRig, f: Any, cfg: EvalConfig) -> tuple[list[tuple[str, Any, str]], int, int]:
+    """(what, request, kind the refusal must name) for each bad click on frame ``f``, and the control pixel."""
     H, W = f.depth.shape
     floor = cv2.erode((f.instance == 0).astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
     ys, xs = np.nonzero(floor[H // 2:])
     fu, fv = int(xs[len(xs) // 2]), int(ys[len(ys) // 2]) + H // 2
     objs = [i for i in np.unique(f.instance) if i != 0 and (f.instance == i).sum() >= cfg.min_area]
     u, v = _deepest_pixel(f.instance == objs[0])
-    z = float(f.depth[v, u])
-    pc = np.array([(u + 0.5 - f.K[0, 2]) * z / f.K[0, 0], (v + 0.5 - f.K[1, 2]) * z / f.K[1, 1], z])
-    pw = f.T_world_cam[:3, :3] @ pc + f.T_world_cam[:3, 3]
-    behind = f.T_world_cam[:3, :3] @ (pc * 0.5) + f.T_world_cam[:3, 3]  # half-way to the camera: free space
-
-    def pixel(x, y, *, stamp_offset_s=None, name=""):
-        r = AddReference.Request(name=name, source=AddReference.Request.SOURCE_PIXEL)
-        r.pixel = PointStamped()
-        r.pixel.point.x, r.pixel.point.y = float(x), float(y)
-        if stamp_offset_s is not None:
-            r.pixel.header.stamp = conv.stamp_from_ns(_newest_stamp(node) + int(stamp_offset_s * 1e9))
-        return r
-
-    def point(p, *, frame="map", name=""):
-        r = AddReference.Request(name=name, source=AddReference.Request.SOURCE_POINT)
-        r.point = PointStamped()
-        r.point.header.frame_id = frame
-        r.point.point.x, r.point.point.y, r.point.point.z = map(float, p)
-        return r
-
+    pc = _camera_point(f, u, v)
+    pw = _to_world(f, pc)
+    behind = _to_world(f, pc * 0.5)  # half-way to the camera: free space
+    newest = _newest_stamp(rig.node)
+    pixel, point = rig.pixel_request, rig.point_request
     cases = [("outside the image", pixel(W + 10, 5), "outside_image"),
              ("on the floor", pixel(fu, fv), "no_object"),
-             ("stale stamp", pixel(u, v, stamp_offset_s=-30.0), "stale_stamp"),
-             ("future stamp", pixel(u, v, stamp_offset_s=30.0), "future_stamp"),
+             ("stale stamp", pixel(u, v, stamp_ns=newest + int(-30.0 * 1e9)), "stale_stamp"),
+             ("future stamp", pixel(u, v, stamp_ns=newest + int(30.0 * 1e9)), "future_stamp"),
              ("unknown frame", point(pw, frame="base_link"), "unknown_frame"),
              ("off the visible surface", point(behind), "occluded"),
              ("oversize name", pixel(u, v, name="x" * 100), "BadReferenceName"),
              ("bad name", pixel(u, v, name="my mug"), "BadReferenceName")]
-    first = call("add", pixel(u, v, name="dupe"))
-    cases.append(("duplicate name", pixel(u, v, name="dupe"), "DuplicateReferenceName"))
+    return cases, u, v
+
+
+def _bad_clicks(rig: ReferenceRig, *, views: dict[int, Any], cfg: EvalConfig) -> list[dict]:
+    """Each bad click: refused (success false, a message naming the problem) and nothing stored."""
+    f = views[0]
+    rig.publish(f, wait_output=False)
+    rig.publish(f, wait_output=False)
+    cases, u, v = _bad_click_cases(rig, f, cfg)
+    first = rig.call("add", rig.pixel_request(u, v, name="dupe"))
+    cases.append(("duplicate name", rig.pixel_request(u, v, name="dupe"), "DuplicateReferenceName"))
     out = []
     for what, req, kind in cases:
-        before = node.counters().get("references", 0)
-        r = call("add", req)
-        after = node.counters().get("references", 0)
+        before = rig.counters().get("references", 0)
+        r = rig.call("add", req)
+        after = rig.counters().get("references", 0)
         out.append({"case": what, "refused": not r.success, "kind_named": kind in r.message,
                     "stored_nothing": after == before, "message": r.message})
     if not first.success:  # the control: the same click, well named, must be stored
