@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 MAX_POSE_POINTS = 4096
 """Most inlier points a :class:`TargetPose` keeps (an even subsample)."""
+STATS_SAMPLE = 8192
+"""Most points the robust centre's median / MAD and the extent percentiles are computed on (an evenly strided
+sample of a larger mask; a 40k-pixel mask then costs about half): on sim objects of 10k-54k pixels the position is
+within a millimetre and the extent within 0.5 % of the all-points figures (test_grounding_geometry)."""
 _PCT_LO, _PCT_HI = 5.0, 95.0
 _MAD_K = 3.0
 """Inlier radius of the robust centre, in robust standard deviations (1.4826 MAD) per axis."""
@@ -129,11 +133,19 @@ def backproject(depth_m: np.ndarray, K: np.ndarray, mask: np.ndarray | None = No
     K = _check_K(K)
     m = _check_mask(mask, d.shape)
     keep = _valid(d) if m is None else (m & _valid(d))
+    return np.ascontiguousarray(_backproject_rows(d, K, keep).T)
+
+
+def _backproject_rows(d: np.ndarray, K: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(3, N) float64 rows x, y, z of the pixels in ``keep`` (checked inputs, see :func:`backproject`): per-axis
+    statistics then run on contiguous rows."""
     v, u = np.nonzero(keep)
-    z = d[v, u].astype(np.float64)
-    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    return np.stack([x, y, z], axis=1)
+    out = np.empty((3, v.size))
+    z = out[2]
+    z[:] = d[v, u]
+    out[0] = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) * z / K[0, 0]
+    out[1] = (v - K[1, 2]) * z / K[1, 1]
+    return out
 
 
 def depth_edges(depth_m: np.ndarray, threshold_m: float) -> np.ndarray:
@@ -150,13 +162,26 @@ def depth_edges(depth_m: np.ndarray, threshold_m: float) -> np.ndarray:
 
 def robust_centre(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median + per-axis MAD outlier rejection, then the mean of the inliers. Returns (centre, inlier mask)."""
-    med = np.median(points, axis=0)
-    dev = np.abs(points - med)
-    sigma = np.maximum(1.4826 * np.median(dev, axis=0), _MAD_FLOOR_M)
-    inl = np.all(dev <= _MAD_K * sigma, axis=1)
+    return _robust_centre_rows(np.ascontiguousarray(np.asarray(points, dtype=np.float64).T))
+
+
+def _sample(c: np.ndarray) -> np.ndarray:
+    """Every k-th column of (3, N) ``c``, k = ceil(N / STATS_SAMPLE): at most STATS_SAMPLE columns, spread evenly
+    over the mask in pixel order; ``c`` itself when it is that small."""
+    n = c.shape[1]
+    return c if n <= STATS_SAMPLE else c[:, :: -(-n // STATS_SAMPLE)]
+
+
+def _robust_centre_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`robust_centre` of (3, N) rows x, y, z. Beyond :data:`STATS_SAMPLE` points the median and the MAD
+    come from an evenly strided sample of about that many (the inlier test and the mean still use every point)."""
+    s = _sample(c)
+    med = np.median(s, axis=1)
+    sigma = np.maximum(1.4826 * np.median(np.abs(s - med[:, None]), axis=1), _MAD_FLOOR_M)
+    inl = np.all(np.abs(c - med[:, None]) <= _MAD_K * sigma[:, None], axis=0)
     if not inl.any():  # cannot happen (the median point is within 0 of itself) but stay safe
-        inl = np.ones(len(points), bool)
-    return points[inl].mean(axis=0), inl
+        inl = np.ones(c.shape[1], bool)
+    return c[:, inl].mean(axis=1), inl
 
 
 # ---------------------------------------------------------------------------------------------- rotations
@@ -189,6 +214,21 @@ _CAM_UP = np.array([0.0, -1.0, 0.0])
 _WORLD_UP = np.array([0.0, 0.0, 1.0])
 
 
+def _mask_box_crop(m: np.ndarray, d: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(mask, depth, K) cut to the mask's box plus the 1-pixel ring :func:`depth_edges` reads (the same result as on
+    the whole image, whose depth edges cost ~4 ms per mask at 640x480), K shifted to the crop (exact: integer
+    offsets); None for an empty mask."""
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, d.shape[0])
+    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, d.shape[1])
+    K = K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    return m[y0:y1, x0:x1], d[y0:y1, x0:x1], K
+
+
 def target_pose_from_mask(
     mask: np.ndarray,
     depth_m: np.ndarray,
@@ -214,17 +254,10 @@ def target_pose_from_mask(
     if erode_px < 0 or min_points < 1 or depth_edge_m < 0:
         raise GeometryError(f"erode_px={erode_px} must be >= 0, min_points={min_points} >= 1, "
                             f"depth_edge_m={depth_edge_m} >= 0")
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
+    crop = _mask_box_crop(m, d, K)
+    if crop is None:
         return None
-    # work on the mask's box plus the 1-pixel ring depth_edges reads (same result as on the whole image, whose
-    # depth edges cost ~4 ms per mask at 640x480); K is shifted to the crop (exact: integer offsets)
-    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, d.shape[0])
-    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, d.shape[1])
-    d, m = d[y0:y1, x0:x1], m[y0:y1, x0:x1]
-    K = K.copy()
-    K[0, 2] -= x0
-    K[1, 2] -= y0
+    m, d, K = crop
     usable = _valid(d)
     if depth_edge_m > 0:
         usable &= ~depth_edges(d, depth_edge_m)
@@ -237,17 +270,17 @@ def target_pose_from_mask(
             keep = keep_eroded
     if int(keep.sum()) < min_points:
         return None
-    pts = backproject(d, K, keep)
-    centre, inl = robust_centre(pts)
+    rows = _backproject_rows(d, K, keep)  # (3, N)
+    centre, inl = _robust_centre_rows(rows)
     n = int(inl.sum())
     if n < min_points:
         return None
     R = facing_rotation(-centre, _CAM_UP)
-    local = (pts[inl] - centre) @ R
-    lo, hi = np.percentile(local, [_PCT_LO, _PCT_HI], axis=0)
-    kept = pts[inl]
-    if len(kept) > MAX_POSE_POINTS:
-        kept = kept[np.linspace(0, len(kept) - 1, MAX_POSE_POINTS).astype(np.int64)]
+    kept = rows[:, inl]
+    lo, hi = np.percentile(R.T @ (_sample(kept) - centre[:, None]), [_PCT_LO, _PCT_HI], axis=1)  # target axes
+    if n > MAX_POSE_POINTS:
+        kept = kept[:, np.linspace(0, n - 1, MAX_POSE_POINTS).astype(np.int64)]
+    kept = np.ascontiguousarray(kept.T)
     return TargetPose(position=centre, orientation_xyzw=quaternion_from_matrix(R), extent=hi - lo,
                       num_points=n, frame="camera", points=kept)
 
