@@ -186,6 +186,48 @@ def test_import_graph_reader_sees_lazy_relative_and_dynamic_imports(tmp_path):
     assert _find_cycle({("a", "b"), ("b", "c")}) is None
 
 
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+LONG_REASON = "# long:"
+
+
+def _oversized(root: Path) -> list[str]:
+    """Modules of ``root``/find_ros over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES (def to its
+    last line, decorators excluded) without a ``# long: <reason>`` comment on the line above them."""
+    out = []
+    for path in sorted((root / "find_ros").rglob("*.py")):
+        src = path.read_text()
+        rel = path.relative_to(root)
+        if src.count("\n") > MAX_MODULE_LINES:
+            out.append(f"{rel}: {src.count(chr(10))} lines")
+        lines = src.splitlines()
+        for node in ast.walk(ast.parse(src)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            n = node.end_lineno - node.lineno + 1
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            reason = lines[first - 2].strip() if first >= 2 else ""
+            if n > MAX_FUNCTION_LINES and not (reason.startswith(LONG_REASON) and len(reason) > len(LONG_REASON) + 5):
+                out.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    return out
+
+
+def test_modules_and_functions_stay_small():
+    """One job per module and per function: no module over 400 lines, no function over 60 unless the line above
+    it says why (``# long: <reason>``)."""
+    assert _oversized(ROOT) == []
+
+
+def test_size_check_sees_long_modules_and_functions_and_honours_reasons(tmp_path):
+    pkg = tmp_path / "find_ros"
+    pkg.mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    (pkg / "a.py").write_text(f"def long_one():\n{body}\n\n# long: a recipe read top to bottom\n"
+                              f"@staticmethod\ndef excused():\n{body}\n\ndef short():\n    return 1\n")
+    (pkg / "b.py").write_text("x = 1\n" * 401)
+    assert _oversized(tmp_path) == ["find_ros/a.py:1 long_one: 62 lines", "find_ros/b.py: 401 lines"]
+
+
 def test_interfaces_and_sources_merge_into_one_package():
     import find_ros
     import find_ros.instruction

@@ -12,7 +12,7 @@ They import whichever layers they measure; no layer imports them (test/test_pack
 - :mod:`find_ros.tools.field_bench`: field integration speed and memory (``python -m find_ros.tools.field_bench``);
 - :mod:`find_ros.tools.sim_bench`: render timing (``python -m find_ros.tools.sim_bench``);
 - :mod:`find_ros.tools.reference_eval`: ``find-ros reference-eval``, clicks -> stored references -> "the <name>",
-  measured over DDS against simulator ground truth.
+  measured over DDS against simulator ground truth (:mod:`~find_ros.tools.reference_rig`: the ROS rig it drives).
 
 Submodules are imported on demand.
 """
