@@ -114,7 +114,8 @@ class DemoGraph:
             return
         self.samples.append({"t_s": round(now - self.t_start, 3), "node_rss_mb": _rss_mb(self.procs[1].pid),
                              "camera_rss_mb": _rss_mb(self.procs[0].pid),
-                             "latency_count": len(self.driver.latency)})
+                             "latency_count": len(self.driver.latency),
+                             "dropped": int(self.driver.status.get("dropped", 0))})
 
     def spin_until(self, cond: Callable[[], Any], timeout_s: float) -> bool:
         """Spin the driver until ``cond()`` or the timeout; a stop signal or a dead child raises."""
