@@ -274,3 +274,19 @@ def test_connected_components_26_matches_a_breadth_first_search():
         pairs = set(zip(lab.tolist(), ref.tolist()))
         assert len(pairs) == len(set(lab.tolist())) == len(set(ref.tolist())) == comp
 
+
+
+def test_fusion_projects_voxels_to_the_nearest_pixel_as_float64_does_away_from_pixel_borders():
+    """The fusion projects in float32 (one multiply by 1/z): the nearest pixel is the float64 one except within
+    float32 rounding of a pixel border."""
+    from find_ros.field.fusion import _nearest_pixel
+
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-3, 3, 200_000).astype(np.float32)
+    z = rng.uniform(0.2, 6, 200_000).astype(np.float32)
+    f, centre = 525.3, 319.7
+    exact = c.astype(np.float64) * f / z.astype(np.float64) + centre + 0.5
+    got = _nearest_pixel(c, (1.0 / z).astype(np.float32), f, centre)
+    near_border = np.abs(exact - np.round(exact)) < 1e-3
+    assert np.array_equal(got[~near_border], np.floor(exact[~near_border]).astype(np.int64))
+    assert np.all(np.abs(got - np.floor(exact)) <= 1) and near_border.mean() < 0.01

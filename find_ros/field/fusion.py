@@ -21,34 +21,42 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
     cfg = config
     H, W = depth.shape
     r3 = local.shape[0]
-    idx = (buf[:, None] * r3 + np.arange(r3, dtype=np.int64)[None, :]).ravel()
     keys = block_keys.astype(np.float64)
     origin = keys * (cfg.block_resolution * cfg.voxel_size)
     R = T_cw[:3, :3]
-    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul)
-    pc = ((origin @ R.T + T_cw[:3, 3]).astype(np.float32)[:, None, :]
-          + (local @ R.T.astype(np.float32))[None, :, :]).reshape(-1, 3)
-    z = pc[:, 2]
-    zs = np.where(z > 1e-6, z, 1.0)
-    u = np.floor(pc[:, 0] * (K[0, 0] / zs) + K[0, 2] + 0.5).astype(np.int64)  # nearest pixel
-    v = np.floor(pc[:, 1] * (K[1, 1] / zs) + K[1, 2] + 0.5).astype(np.int64)
-    ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    idx, z, u, v = idx[ok], z[ok], u[ok], v[ok]
-    d = depth[v, u]
+    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul), one contiguous
+    # float32 row per axis
+    o = (origin @ R.T + T_cw[:3, 3]).astype(np.float32)
+    off = local @ R.T.astype(np.float32)
+    x, y, z = ((o[:, None, k] + off[None, :, k]).ravel() for k in range(3))
+    inv_z = np.divide(1.0, z, out=np.ones_like(z), where=z > 1e-6)  # float32
+    u = _nearest_pixel(x, inv_z, K[0, 0], K[0, 2])
+    v = _nearest_pixel(y, inv_z, K[1, 1], K[1, 2])
+    blk, vox = np.nonzero(((z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)).reshape(-1, r3))  # in view
+    seen = blk * r3 + vox
+    first = buf[blk] * r3  # the first attribute row of each such voxel's block
+    idx = first + vox  # their own rows
+    z, pix = z[seen], v[seen] * W + u[seen]
+    d = depth.reshape(-1)[pix]
     sdf = d - z
     valid = d > 0
     vs = cfg.voxel_size
     band = _fuse_tsdf(store, idx, sdf, valid, trunc=cfg.trunc_voxels * vs) if cfg.use_tsdf else None
     surf = valid & (np.abs(sdf) <= cfg.surface_voxels * vs)
-    si, su, sv = idx[surf], u[surf], v[surf]
+    si, spix = idx[surf], pix[surf]
     if si.size == 0:
         return
+    sv, su = np.divmod(spix, W)
     obs = store["obs"]
     o_old = obs[si, 0:1]
     inv = 1.0 / (o_old + 1.0)
     if color is not None:
         col = store["color"]
-        col[si] = (col[si] * o_old + color[sv, su].astype(np.float32)) * inv
+        c = col[si]
+        c *= o_old
+        c += color[sv, su]
+        c *= inv
+        col[si] = c
     emb = store["embedding"]
     if pe is not None:
         h, w_ = pe.shape[:2]
@@ -60,9 +68,21 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
     else:
         e_new = None
     if e_new is not None:
-        emb[si] = ((emb[si].astype(np.float32) * o_old + e_new) * inv).astype(np.float16)
+        e = emb[si].astype(np.float32)  # running mean in float32, stored as float16 (in place: no temporaries)
+        e *= o_old
+        e += e_new
+        e *= inv
+        emb[si] = e
     obs[si, 0] = o_old[:, 0] + 1.0
-    store["seen"][idx[band if cfg.use_tsdf else surf] // r3 * r3, 0] = float(frame + 1)
+    store["seen"][first[band if cfg.use_tsdf else surf], 0] = float(frame + 1)
+
+
+def _nearest_pixel(c: np.ndarray, inv_z: np.ndarray, f: float, centre: float) -> np.ndarray:
+    """floor(c * inv_z * f + centre + 0.5) as int64 (float32 arithmetic)."""
+    p = c * inv_z
+    p *= np.float32(f)
+    p += np.float32(centre + 0.5)
+    return np.floor(p, out=p).astype(np.int64)
 
 
 def _fuse_tsdf(store: dict[str, np.ndarray], idx: np.ndarray, sdf: np.ndarray, valid: np.ndarray, *,

@@ -207,8 +207,8 @@ class FeatureField:
             color = np.asarray(color)
             if color.shape != (H, W, 3) or color.dtype != np.uint8:
                 raise FieldInputError(f"color must be ({H},{W},3) uint8, got {color.shape} {color.dtype}")
-        depth = np.where((depth >= cfg.depth_min) & (depth <= cfg.depth_max) & np.isfinite(depth), depth, 0.0
-                         ).astype(np.float32)
+        depth = depth.copy()  # out of [depth_min, depth_max] (NaN and +-inf included) -> 0
+        depth[~((depth >= cfg.depth_min) & (depth <= cfg.depth_max))] = 0.0
         T_cam_world = np.linalg.inv(T)
         hm = self._hm
         trunc_mult = cfg.trunc_voxels if cfg.use_tsdf else cfg.surface_voxels + 1.0
