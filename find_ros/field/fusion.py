@@ -20,23 +20,7 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
     """
     cfg = config
     H, W = depth.shape
-    r3 = local.shape[0]
-    keys = block_keys.astype(np.float64)
-    origin = keys * (cfg.block_resolution * cfg.voxel_size)
-    R = T_cw[:3, :3]
-    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul), one contiguous
-    # float32 row per axis
-    o = (origin @ R.T + T_cw[:3, 3]).astype(np.float32)
-    off = local @ R.T.astype(np.float32)
-    x, y, z = ((o[:, None, k] + off[None, :, k]).ravel() for k in range(3))
-    inv_z = np.divide(1.0, z, out=np.ones_like(z), where=z > 1e-6)  # float32
-    u = _nearest_pixel(x, inv_z, K[0, 0], K[0, 2])
-    v = _nearest_pixel(y, inv_z, K[1, 1], K[1, 2])
-    blk, vox = np.nonzero(((z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)).reshape(-1, r3))  # in view
-    seen = blk * r3 + vox
-    first = buf[blk] * r3  # the first attribute row of each such voxel's block
-    idx = first + vox  # their own rows
-    z, pix = z[seen], v[seen] * W + u[seen]
+    idx, first, z, pix = _voxels_in_view(buf, block_keys, local, depth.shape, K, T_cw, config=cfg)
     d = depth.reshape(-1)[pix]
     sdf = d - z
     valid = d > 0
@@ -75,6 +59,29 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
         emb[si] = e
     obs[si, 0] = o_old[:, 0] + 1.0
     store["seen"][first[band if cfg.use_tsdf else surf], 0] = float(frame + 1)
+
+
+def _voxels_in_view(buf: np.ndarray, block_keys: np.ndarray, local: np.ndarray, shape: tuple[int, int],
+                    K: np.ndarray, T_cw: np.ndarray, *, config: FieldConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The voxels of blocks ``buf`` that project into the ``shape`` image, in front of the camera: (their
+    attribute rows, the first row of their block, their camera z, their nearest pixel's flat index)."""
+    H, W = shape
+    r3 = local.shape[0]
+    origin = block_keys.astype(np.float64) * (config.block_resolution * config.voxel_size)
+    R = T_cw[:3, :3]
+    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul), one contiguous
+    # float32 row per axis
+    o = (origin @ R.T + T_cw[:3, 3]).astype(np.float32)
+    off = local @ R.T.astype(np.float32)
+    x, y, z = ((o[:, None, k] + off[None, :, k]).ravel() for k in range(3))
+    inv_z = np.divide(1.0, z, out=np.ones_like(z), where=z > 1e-6)  # float32
+    u = _nearest_pixel(x, inv_z, K[0, 0], K[0, 2])
+    v = _nearest_pixel(y, inv_z, K[1, 1], K[1, 2])
+    blk, vox = np.nonzero(((z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)).reshape(-1, r3))  # in view
+    seen = blk * r3 + vox
+    first = buf[blk] * r3
+    return first + vox, first, z[seen], v[seen] * W + u[seen]
 
 
 def _nearest_pixel(c: np.ndarray, inv_z: np.ndarray, f: float, centre: float) -> np.ndarray:

@@ -19,7 +19,6 @@ A stage whose layer is missing from the install is reported with ``"error"`` ins
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -32,57 +31,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from find_ros.tools.timing import StageTiming, peak_rss_mb, reset_peak_rss, time_stage
+
 __all__ = ["cli", "run_bench", "time_stage", "StageTiming", "peak_rss_mb", "reset_peak_rss"]
-
-
-@dataclasses.dataclass
-class StageTiming:
-    """Timings of one callable, in milliseconds."""
-
-    median_ms: float
-    p95_ms: float
-    n: int
-    peak_rss_mb: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"median_ms": round(self.median_ms, 4), "p95_ms": round(self.p95_ms, 4), "n": self.n,
-                "peak_rss_mb": None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1)}
-
-
-def reset_peak_rss() -> None:
-    """Reset the kernel's peak-RSS mark of this process (Linux; silently nothing elsewhere)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process since the last reset, MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def time_stage(fn: Callable[[], Any], *, warmup: int, repeat: int, min_s: float = 0.0) -> StageTiming:
-    """Call ``fn`` ``warmup`` times, then at least ``repeat`` times (and at least ``min_s`` seconds)."""
-    for _ in range(warmup):
-        fn()
-    reset_peak_rss()
-    times: list[float] = []
-    t_end = time.perf_counter() + min_s
-    while len(times) < repeat or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 50 * max(repeat, 1):
-            break
-    arr = np.asarray(times)
-    return StageTiming(float(np.median(arr)), float(np.percentile(arr, 95)), len(times), peak_rss_mb())
 
 
 def _ratio(a: dict, b: dict) -> float | None:

@@ -38,6 +38,7 @@ import torch
 
 from find_ros.instruction import Reference, parse_instruction
 from find_ros.model.data import DataConfig, SimFindDataset, SimSample
+from find_ros.tools.timing import time_stage
 
 __all__ = ["evaluate", "cli", "EvalError", "METRIC_KEYS", "GROUNDERS", "TASKS"]
 
@@ -192,14 +193,7 @@ def _timing(grounder, sample: SimSample, frames: int = 30) -> float:
 
     grounder.set_instruction(sample.instruction(mode="interleaved"))
     rgb = cv2.resize(sample.image, _CAMERA_WH, interpolation=cv2.INTER_LINEAR)
-    for _ in range(3):
-        grounder.ground(rgb)
-    ts = []
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        grounder.ground(rgb)
-        ts.append((time.perf_counter() - t0) * 1000)
-    return float(np.median(ts))
+    return time_stage(lambda: grounder.ground(rgb), warmup=3, repeat=frames).median_ms
 
 
 def _data_config(checkpoint) -> DataConfig:

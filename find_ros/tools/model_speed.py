@@ -7,10 +7,11 @@ the default tiny config with random weights (same cost as the trained one); ``--
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+
+from find_ros.tools.timing import time_stage
 
 
 def measure(*, checkpoint: str | None = None, threads: int = 2, frames: int = 50, width: int = 640,
@@ -31,14 +32,7 @@ def measure(*, checkpoint: str | None = None, threads: int = 2, frames: int = 50
     g.set_instruction(parse_instruction("the small red cube left of the blue torus, the <0> behind the green sphere",
                                         [ref]))
     rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    for _ in range(5):
-        g.ground(rgb)
-    ts = []
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        g.ground(rgb)
-        ts.append((time.perf_counter() - t0) * 1000.0)
-    ts = np.asarray(ts)
+    ts = np.asarray(time_stage(lambda: g.ground(rgb), warmup=5, repeat=frames).samples_ms)
     if checkpoint:
         from pathlib import Path
 
