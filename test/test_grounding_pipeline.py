@@ -196,3 +196,18 @@ def test_new_instruction_resets_tracks_with_fresh_ids():
     vg.set_instruction(parse_instruction("the blue one"))
     e = vg.process(rgb, depth, K).entities[0]
     assert e.found and e.box == (10, 10, 30, 30) and e.track_id != a
+
+
+def test_warm_up_leaves_tracks_ids_and_instruction_alone():
+    """VideoGrounder.warm_up runs the per-entity path on a synthetic frame (the node calls it at activation): the
+    results of a real run afterwards are those of a pipeline that never warmed up."""
+    rgb, depth = frame([(60, 40, 30, RED)])
+    plain, warmed = pipeline(), pipeline()
+    assert warmed.warm_up(width=W, height=H) > 0.0 and warmed.warm_up() > 0.0  # also at another size
+    assert warmed.frames == 0 and len(warmed.trackers) == 1 and warmed.trackers[0].track_id is None
+    for _ in range(3):
+        a, b = plain.process(rgb, depth, K), warmed.process(rgb, depth, K)
+        (ea,), (eb,) = a.entities, b.entities
+        assert (ea.track_id, ea.found, ea.score, ea.box) == (eb.track_id, eb.found, eb.score, eb.box)
+        np.testing.assert_array_equal(ea.pose_cam.position, eb.pose_cam.position)
+    assert warmed.instruction.text == "the red cube"

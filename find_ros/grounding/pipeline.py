@@ -212,6 +212,32 @@ class VideoGrounder:
         self._instruction = None
         self._trackers = []
 
+    def warm_up(self, *, width: int = 640, height: int = 480) -> float:
+        """Run the per-entity path once (mask -> pose, world transform, mean embedding, a throwaway track with its
+        shape memory, the overlay) on a synthetic ``width`` x ``height`` frame, so the first grounded frame costs
+        what later ones do (first calls cost ~10 ms more); tracks, ids and the instruction are untouched.
+        Returns the milliseconds it took."""
+        t0 = time.perf_counter()
+        cfg = self._config
+        depth = np.full((height, width), 2.0, np.float32)
+        mask = np.zeros((height, width), bool)
+        mask[height // 4: height // 2, width // 4: width // 2] = True
+        K = np.array([[width * 0.8, 0.0, width / 2.0], [0.0, width * 0.8, height / 2.0], [0.0, 0.0, 1.0]])
+        pose = target_pose_from_mask(mask, depth, K, erode_px=int(cfg.erode_px), min_points=int(cfg.min_points),
+                                     depth_edge_m=cfg.depth_edge_m)
+        world = None if pose is None else transform_pose(pose, np.eye(4))
+        emb = mean_embedding(np.ones((max(height // 8, 1), max(width // 8, 1), 8), np.float32), mask)
+        tracker = EntityTracker(config=cfg, id_source=itertools.count(1))
+        tracker.update(Detection(score=1.0, box=(width // 4, height // 4, width // 2, height // 2), embedding=emb,
+                                 position=None if world is None else world.position,
+                                 extent=None if pose is None else pose.extent,
+                                 points=None if world is None else world.points))
+        entity = TrackedEntity(phrase="warm-up", entity_index=0, score=1.0, raw_score=1.0, mask=mask,
+                               box=(width // 4, height // 4, width // 2, height // 2), track_id=1, lost=False,
+                               pose_cam=pose, pose_world=world, found=True)
+        FrameResult(entities=[entity], label_mask=mask.astype(np.uint8)).overlay(np.zeros((height, width, 3), np.uint8))
+        return (time.perf_counter() - t0) * 1e3
+
     @staticmethod
     def _check(rgb: np.ndarray, depth_m: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None) -> None:
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

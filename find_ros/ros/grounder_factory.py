@@ -68,8 +68,11 @@ def build_grounder(params: dict[str, Any]) -> tuple[Any, str]:
 
 
 def build_pipeline(grounder: Any, params: dict[str, Any]) -> Any:
-    """The :class:`~find_ros.grounding.pipeline.VideoGrounder` of ``grounder`` with the node's pipeline parameters."""
+    """The :class:`~find_ros.grounding.pipeline.VideoGrounder` of ``grounder`` with the node's pipeline parameters,
+    warmed up."""
     from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
 
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    return VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(params, fields)))
+    pipeline = VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(params, fields)))
+    pipeline.warm_up()  # the per-entity path (pose, tracks, overlay) once now, not on the first grounded frame
+    return pipeline
