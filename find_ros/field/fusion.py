@@ -97,12 +97,18 @@ def _fuse_tsdf(store: dict[str, np.ndarray], idx: np.ndarray, sdf: np.ndarray, v
     """Running TSDF average over the voxels ``idx`` within the truncation band; returns the band mask."""
     band = valid & (sdf >= -trunc)
     bi = idx[band]
-    tsdf_new = np.minimum(sdf[band] / trunc, 1.0).astype(np.float32)
-    tsdf = store["tsdf"]
-    w = store["weight"]
-    w_old = w[bi, 0]
-    tsdf[bi, 0] = (tsdf[bi, 0] * w_old + tsdf_new) / (w_old + 1.0)
-    w[bi, 0] = w_old + 1.0
+    tsdf_new = sdf[band]  # float32, in place from here on (no temporaries)
+    tsdf_new /= trunc
+    np.minimum(tsdf_new, 1.0, out=tsdf_new)
+    tsdf, w = store["tsdf"], store["weight"]
+    w_new = w[bi, 0]
+    t = tsdf[bi, 0]
+    t *= w_new
+    t += tsdf_new
+    w_new += 1.0
+    t /= w_new
+    tsdf[bi, 0] = t
+    w[bi, 0] = w_new
     return band
 
 
