@@ -242,7 +242,9 @@ def test_replay_node_recorded_stamps_and_clock_feed_a_node_on_sim_time(ros, proc
     assert ros.spin_until(lambda: node.counters()["instructions"] == 1, 10)
     proc = procs.node("find_ros.ros.replay_node",
                       ["-p", "format:=rosbag2", "-p", f"path:={b.path}", "-p", "stamps:=recorded",
-                       "-p", "publish_clock:=true", "-p", "rate:=0.1", "-p", "delay_s:=2.0"], "replay.log")
+                       "-p", "publish_clock:=true", "-p", "rate:=0.1", "-p", "delay_s:=5.0"], "replay.log")
+    # each frame is played once: the delay covers discovery of the replay's publishers (over 2 s once, in a full
+    # suite run: the first 3 of 5 frames went out before the node's subscription matched)
     assert ros.spin_until(lambda: proc.poll() is not None and len(grounded) >= N_FRAMES, 40), (
         node.counters(), procs.log_text(proc)[-3000:])
     assert proc.returncode == 0  # played once and ended

@@ -88,3 +88,34 @@ def test_stop_from_the_worker_thread_itself_does_not_deadlock():
     w.start()
     w.put(1)
     assert done.wait(5.0) and not w.running
+
+
+def test_on_start_runs_in_the_thread_before_the_first_item_and_a_failing_one_costs_nothing():
+    order, gate = [], threading.Event()
+
+    def warm():
+        gate.wait(5.0)
+        order.append(("warm", threading.current_thread().name))
+
+    w = LatestWorker(lambda x: order.append((x, threading.current_thread().name)), name="t-warm", on_start=warm)
+    try:
+        w.start()
+        w.put("a")  # waits in the slot while the warm-up runs
+        assert not w.wait_idle(0.2)  # busy warming up
+        gate.set()
+        assert w.wait_idle(5.0)
+        assert order == [("warm", "t-warm"), ("a", "t-warm")]
+    finally:
+        w.stop()
+
+    def broken():
+        raise RuntimeError("no warm-up today")
+
+    got = []
+    w = LatestWorker(got.append, name="t-broken", on_start=broken)
+    try:
+        w.start()
+        w.put(1)
+        assert w.wait_idle(5.0) and got == [1]
+    finally:
+        w.stop()

@@ -253,3 +253,23 @@ def test_sim_camera_node_refuses_bad_values_when_declaring(ros):
     assert "trajectory must be orbit or walk, got 'spiral'" in str(e.value)
     assert "width must be >= 8, got 4" in str(e.value)
     assert node.get_parameter("rate_hz").value == 10.0 and not node.has_parameter("trajectory")
+
+
+def test_parameter_changes_apply_live_values_and_refuse_invalid_ones():
+    from find_ros.grounding.pipeline import PipelineConfig
+
+    class Pipeline:
+        config = PipelineConfig()
+
+    values = {"score_threshold": 0.5, "max_image_pixels": 100, "log_throttle_s": 5.0}
+    pipe = Pipeline()
+    ok = [Parameter("score_threshold", value=0.8), Parameter("log_throttle_s", value=1.0),
+          Parameter("max_image_pixels", value=50), Parameter("not_ours", value=1)]
+    assert P.apply_parameter_changes(ok, values, pipe) is None
+    # live ones apply at once (score_threshold reaches the pipeline too); others wait for the next configure
+    assert values == {"score_threshold": 0.8, "max_image_pixels": 100, "log_throttle_s": 1.0}
+    assert pipe.config.score_threshold == 0.8
+    reason = P.apply_parameter_changes([Parameter("score_threshold", value=1.5)], values, pipe)
+    assert reason and "score_threshold" in reason and values["score_threshold"] == 0.8
+    before = {}
+    assert P.apply_parameter_changes(ok, before, None) is None and before == {}  # nothing in force before configure

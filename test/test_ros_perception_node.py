@@ -506,3 +506,32 @@ def test_unknown_words_of_the_instruction_are_reported_in_status(ros, capfd):
     assert n.counters()["unknown_words"] == ["fire", "extinguisher"]
     r = ros.call(client, SetInstruction.Request(instruction=InterleavedInstruction(text="the red cubes")))
     assert r.success and n.counters()["unknown_words"] == []  # plural normalised: every word known
+
+
+def test_the_executable_node_freezes_its_warm_objects_and_release_context_unfreezes_them(ros):
+    """PerceptionNode(freeze_gc=True) (what the executable builds) takes the objects alive after its warm-up out of
+    the collector's full passes (50-130 ms each with the GIL held, measured in the node); releasing the context
+    gives them back, so a destroyed node's reference cycles are still collected."""
+    import gc
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from find_ros.ros.perception_node import PerceptionNode
+    from find_ros.ros.shutdown import release_context
+
+    gc.unfreeze()
+    try:
+        n = ros.adopt(PerceptionNode(context=ros.context, freeze_gc=True,
+                                     parameter_overrides=[Parameter("grounder", value="hsv-baseline")]))
+        assert n.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert n.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert ros.spin_until(lambda: gc.get_freeze_count() > 1000, 10)  # frozen by the worker after its warm-up
+        import rclpy
+
+        other = rclpy.Context()
+        rclpy.init(context=other, domain_id=ros.domain)
+        release_context(other)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()

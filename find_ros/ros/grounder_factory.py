@@ -1,8 +1,7 @@
 """The perception node's grounder and video pipeline, built from its parameters at activation.
 
 :func:`build_grounder` gives the grounder of the ``grounder`` parameter (``find``: the FIND model of ``model_path``,
-default the shipped checkpoint, on ``device`` with ``torch_threads``, warmed up on a blank frame so the first camera
-frames cost what the later ones do; ``hsv-baseline``: the colour baseline) and
+default the shipped checkpoint, on ``device`` with ``torch_threads``; ``hsv-baseline``: the colour baseline) and
 what it loaded (``find/status`` ``model``); :func:`build_pipeline` wraps it in a
 :class:`~find_ros.grounding.pipeline.VideoGrounder` configured from the same parameters. Errors are
 :class:`RuntimeError` naming the parameter and the directory / file at fault. No node, no rclpy.
@@ -56,9 +55,7 @@ def build_grounder(params: dict[str, Any]) -> tuple[Any, str]:
 
         torch.set_num_threads(int(params["torch_threads"]))
     try:
-        grounder = FindGrounder.from_pretrained(path, device=params["device"])
-        grounder.warm_up()  # kernels picked and memory allocated now, not on the first camera frames
-        return grounder, str(path.resolve())
+        return FindGrounder.from_pretrained(path, device=params["device"]), str(path.resolve())
     except Exception as e:
         culprit = {"JSONDecodeError": "config.json", "UnicodeDecodeError": "config.json",
                    "SafetensorError": "model.safetensors"}.get(type(e).__name__)
@@ -68,11 +65,8 @@ def build_grounder(params: dict[str, Any]) -> tuple[Any, str]:
 
 
 def build_pipeline(grounder: Any, params: dict[str, Any]) -> Any:
-    """The :class:`~find_ros.grounding.pipeline.VideoGrounder` of ``grounder`` with the node's pipeline parameters,
-    warmed up."""
+    """The :class:`~find_ros.grounding.pipeline.VideoGrounder` of ``grounder`` with the node's pipeline parameters."""
     from find_ros.grounding.pipeline import PipelineConfig, VideoGrounder
 
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    pipeline = VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(params, fields)))
-    pipeline.warm_up()  # the per-entity path (pose, tracks, overlay) once now, not on the first grounded frame
-    return pipeline
+    return VideoGrounder(grounder, config=PipelineConfig(**pipeline_kwargs(params, fields)))

@@ -3,7 +3,8 @@
 The perception node hands matched frame sets to its grounding worker this way, and the field bridge hands grounded
 frames to its fusion thread: a camera callback (or the grounding worker) calls :meth:`LatestWorker.put`, which
 replaces an item the thread has not taken yet (``put`` returns True then: the caller counts a dropped frame); the
-thread calls ``handle(item)`` for each item it takes. ``handle`` should catch its own errors (the owners count and
+thread calls ``handle(item)`` for each item it takes (after ``on_start()``, when given, in the same thread: a warm-up
+there also warms the thread's own allocator arena). ``handle`` should catch its own errors (the owners count and
 log them); one that escapes is logged here and the thread keeps running. Pure threading: no node, no rclpy.
 """
 from __future__ import annotations
@@ -23,8 +24,10 @@ T = TypeVar("T")
 class LatestWorker(Generic[T]):
     """One daemon thread calling ``handle`` on the newest :meth:`put` item (see the module docstring)."""
 
-    def __init__(self, handle: Callable[[T], None], *, name: str, poll_s: float = 0.5) -> None:
+    def __init__(self, handle: Callable[[T], None], *, name: str, poll_s: float = 0.5,
+                 on_start: Callable[[], None] | None = None) -> None:
         self._handle = handle
+        self._on_start = on_start  # run in the thread before its first item (e.g. a warm-up of the work's path)
         self.name = name
         self._poll_s = float(poll_s)
         self._cv = threading.Condition()
@@ -77,6 +80,17 @@ class LatestWorker(Generic[T]):
         return True
 
     def _loop(self) -> None:
+        if self._on_start is not None:
+            with self._cv:
+                self._busy = True
+            try:
+                self._on_start()
+            except Exception:  # noqa: BLE001 - a failed warm-up costs speed, not the thread
+                LOG.exception("%s: on_start failed", self.name)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
         while not self._stop.is_set():
             with self._cv:
                 while self._item is None and not self._stop.is_set():

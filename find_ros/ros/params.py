@@ -24,6 +24,7 @@ from find_ros.ros.param_spec import (ParameterError, ParamSpec, declare_one, dec
                                      from_setting, validate_value)
 
 __all__ = [
+    "apply_parameter_changes",
     "ParamSpec",
     "from_setting",
     "declare_one",
@@ -176,3 +177,27 @@ def pipeline_kwargs(values: dict[str, Any], allowed: set[str] | None = None) -> 
         if f is not None and spec.name in values and (allowed is None or f in allowed):
             out[f] = values[spec.name]
     return out
+
+
+def apply_parameter_changes(changes: Any, values: dict[str, Any], pipeline: Any = None) -> str | None:
+    """Check ``set_parameters`` changes (objects with ``name`` and ``value``) against :data:`PARAMS`; store each
+    valid ``live`` one in ``values`` (the node's values in force; nothing before configure) and a new
+    ``score_threshold`` in ``pipeline``'s config too. Returns why the first invalid change is refused, or None."""
+    for prm in changes:
+        spec = PARAMS_BY_NAME.get(prm.name)
+        if spec is None:
+            continue
+        try:
+            value = validate_value(spec, prm.value)
+        except ParameterError as e:
+            return str(e)
+        if spec.live and values:
+            values[prm.name] = value
+            cfg = getattr(pipeline, "config", None)
+            if prm.name == "score_threshold" and cfg is not None and hasattr(cfg, "score_threshold"):
+                try:
+                    cfg.score_threshold = value
+                except dataclasses.FrozenInstanceError:
+                    pass
+    return None
+

@@ -26,7 +26,7 @@ and the node keeps running (no callback raises). Counters, and the frame path's 
 """
 from __future__ import annotations
 
-import dataclasses
+import gc
 import json
 import sys
 import threading
@@ -49,8 +49,8 @@ from find_ros.ros.grounder_factory import build_grounder, build_pipeline
 from find_ros.ros import frame_checks as checks
 from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.latest_worker import LatestWorker
-from find_ros.ros.params import NODE_NAME, PARAMS_BY_NAME, ParameterError, declare_one, declare_parameters
-from find_ros.ros.params import validate_value
+from find_ros.ros.params import (NODE_NAME, PARAMS_BY_NAME, ParameterError, apply_parameter_changes, declare_one,
+                                 declare_parameters)
 from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
 from find_ros.ros.shutdown import entry_point, run_lifecycle_node
@@ -61,8 +61,9 @@ __all__ = ["PerceptionNode", "main", "Counters"]
 class PerceptionNode(LifecycleNode):
     """Lifecycle node grounding interleaved instructions in an RGB-D stream (see the module docstring)."""
 
-    def __init__(self, *, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+    def __init__(self, *, node_name: str = NODE_NAME, freeze_gc: bool = False, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._freeze_gc = bool(freeze_gc)  # the executable's: gc.freeze() after each warm-up (see _warm_up)
         declare_one(self, PARAMS_BY_NAME["autostart"])  # read before configure (run_lifecycle_node)
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
@@ -74,7 +75,8 @@ class PerceptionNode(LifecycleNode):
         self._pipeline: Any = None
         self._instruction: Any = None
         self._pipeline_lock = threading.Lock()
-        self._worker = LatestWorker(self._work, name="find_ros-worker")  # one-slot mailbox: newest frame set wins
+        self._worker = LatestWorker(self._work, name="find_ros-worker",  # one-slot mailbox: newest frame set wins
+                                    on_start=self._warm_up)
         self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
         self._stages = StageTimer(window=200)  # find/status stage_ms: rolling medians of the frame path's stages
         self._field: Any = None  # field hook: FieldBridge when field_enable
@@ -119,24 +121,8 @@ class PerceptionNode(LifecycleNode):
     def _on_set_parameters(self, params) -> Any:
         from rcl_interfaces.msg import SetParametersResult
 
-        for prm in params:
-            spec = PARAMS_BY_NAME.get(prm.name)
-            if spec is None:
-                continue
-            try:
-                value = validate_value(spec, prm.value)
-            except ParameterError as e:
-                return SetParametersResult(successful=False, reason=str(e))
-            if spec.live and self._p:
-                self._p[prm.name] = value
-                if prm.name == "score_threshold" and self._pipeline is not None:
-                    cfg = getattr(self._pipeline, "config", None)
-                    if cfg is not None and hasattr(cfg, "score_threshold"):
-                        try:
-                            cfg.score_threshold = value
-                        except dataclasses.FrozenInstanceError:
-                            pass
-        return SetParametersResult(successful=True)
+        reason = apply_parameter_changes(params, self._p, self._pipeline)  # live ones apply at once
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -306,6 +292,21 @@ class PerceptionNode(LifecycleNode):
             self._count("rejected")
             self._warn("processing_error", f"frame dropped: {type(e).__name__}: {e}", level="error")
 
+    def _warm_up(self) -> None:
+        """In the worker thread at activation: the model's and the pipeline's frame path once on blank frames (the
+        first calls pick kernels and fault in this thread's allocator arena: the first frames cost 2-5x otherwise)."""
+        with self._pipeline_lock:
+            pipeline = self._pipeline
+            if pipeline is None:
+                return
+            t0 = time.perf_counter()
+            if callable(getattr(self._grounder, "warm_up", None)):
+                self._grounder.warm_up()
+            pipeline.warm_up()
+        if self._freeze_gc:  # the objects alive now (modules, model, node) leave the collector's full passes: those
+            gc.freeze()  # took 50-130 ms each with the GIL held (frames stalled); release_context unfreezes
+        self.get_logger().debug(f"frame path warmed up in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
         st = self._stages  # per-stage wall time (find/status stage_ms)
         t_start = time.perf_counter()
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     SIGINT / SIGTERM (once or repeatedly, in any lifecycle state) stop the spin loop; the node then frees its model
     and field, joins its threads and the process exits 0 (:func:`find_ros.ros.shutdown.run_lifecycle_node`)."""
-    return run_lifecycle_node(PerceptionNode, argv)
+    return run_lifecycle_node(lambda: PerceptionNode(freeze_gc=True), argv)
 
 
 run = entry_point(main)  # console script (setup.py) and python -m

@@ -117,7 +117,9 @@ def release_context(context: Any = None) -> None:
     # rclpy's LifecycleNode sits in reference cycles that keep its rcl node, and with it the context's DDS
     # participant, alive after destroy_node() until the garbage collector runs; a process that then ends with
     # os._exit never deletes the participant, and its 64 MiB shared-memory segment stays in /dev/shm. Collect
-    # first (the caller has dropped its references to destroyed nodes).
+    # first (the caller has dropped its references to destroyed nodes), objects a node froze out of the collector's
+    # reach (PerceptionNode(freeze_gc=True)) included.
+    gc.unfreeze()
     gc.collect()
     context.try_shutdown()
     context.destroy()
