@@ -42,7 +42,10 @@ def test_model_stage_on_tiny_model_reports_overhead(tmp_path):
 def test_e2e_stage_reports_the_running_nodes_stages_and_ratio(monkeypatch):
     from find_ros.ros import demo
 
+    calls = []
+
     def fake_run_demo(**kw):
+        calls.append(kw)
         return {"latency_ms": {"median": 60.0}, "node_processing_ms": {"median": 50.0, "p95": 70.0},
                 "frames_in": 10, "frames_processed": 9, "dropped": 1, "samples": [],
                 "node_counters": {"stage_ms": {"convert_in": 1.0, "model_forward": 40.0, "total": 48.0}}}
@@ -55,6 +58,7 @@ def test_e2e_stage_reports_the_running_nodes_stages_and_ratio(monkeypatch):
     assert e["stage_ms"] == {"convert_in": 1.0, "model_forward": 40.0, "total": 48.0}
     assert b.ratios["node_processing_vs_model_forward"] == 2.0
     assert b.ratios["node_processing_vs_node_model_forward"] == 1.25
+    assert calls[0]["overlay_snapshots"] is False  # a headless consumer: nothing subscribes to find/overlay
 
 
 def test_missing_model_is_a_stage_error_not_a_crash(tmp_path):

@@ -84,7 +84,7 @@ def _send_interleaved(g: DemoGraph, iid: str, obj: dict, out: Path) -> str:
     return text
 
 
-def _drive_script(g: DemoGraph, *, out: Path, seconds: float) -> tuple[list[dict], list[str]]:
+def _drive_script(g: DemoGraph, *, out: Path, seconds: float, snapshots: bool = True) -> tuple[list[dict], list[str]]:
     """Two text instructions, then an interleaved one, each held for a third of the run; (script, overlay PNGs)."""
     import cv2
 
@@ -106,10 +106,12 @@ def _drive_script(g: DemoGraph, *, out: Path, seconds: float) -> tuple[list[dict
                                                           ("id", "category", "colour", "size", "description")},
                        "interleaved": text == "the <0>", "t_s": round(time.monotonic() - t0, 2)})
         hold = min(period, max(seconds - (time.monotonic() - t0), 0.0))
-        g.spin_until(lambda: False, max(hold - OVERLAY_SNAPSHOT_S, 0.0))
-        d.watch_overlay(True)  # the overlay snapshot: subscribed for the last second only
-        g.spin_until(lambda: False, min(hold, OVERLAY_SNAPSHOT_S))
-        d.watch_overlay(False)
+        shot = min(hold, OVERLAY_SNAPSHOT_S) if snapshots else 0.0
+        g.spin_until(lambda: False, hold - shot)
+        if shot:
+            d.watch_overlay(True)  # the overlay snapshot: subscribed for the last second only
+            g.spin_until(lambda: False, shot)
+            d.watch_overlay(False)
         if d.overlay_last is not None:
             png = out / f"overlay_{iid}.png"
             cv2.imwrite(str(png), cv2.cvtColor(d.overlay_last, cv2.COLOR_RGB2BGR))
@@ -161,8 +163,12 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
              grounder: str = "find", seed: int = 3, startup_timeout_s: float = 60.0,
              domain_id: int | None = None, sample_period_s: float = 1.0,
              node_params: dict[str, Any] | None = None, transport: str = DEFAULT_TRANSPORT,
-             stop: StopSignals | None = None) -> dict[str, Any]:
+             stop: StopSignals | None = None, overlay_snapshots: bool = True) -> dict[str, Any]:
     """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report.
+
+    ``overlay_snapshots``: subscribe to ``find/overlay`` for the last second of each instruction and save the PNGs
+    (``report["overlays"]``); without them nothing subscribes to the overlay (``find-ros bench``: a headless
+    consumer; the node then builds no overlay).
 
     ``node_params`` adds perception-node parameters; ``sample_period_s`` sets how often the node's and
     camera's RSS are sampled into ``report["samples"]`` (used by the soak benchmark). ``domain_id`` defaults
@@ -180,7 +186,7 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
         try:
             g.wait_started(startup_timeout_s)
             start_status = dict(g.driver.status)
-            script, overlays = _drive_script(g, out=out, seconds=seconds)
+            script, overlays = _drive_script(g, out=out, seconds=seconds, snapshots=overlay_snapshots)
             status = g.wind_down()
         finally:
             g.close()

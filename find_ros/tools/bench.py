@@ -179,7 +179,7 @@ class _Bench:
         from find_ros.ros.demo import run_demo
 
         with tempfile.TemporaryDirectory() as d:
-            rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder)
+            rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder, overlay_snapshots=False)
         stage_ms = dict(rep.get("node_counters", {}).get("stage_ms") or {})
         e2e = self.stages[f"e2e_{grounder}"] = {
             "rate_hz": rate_hz, "resolution": "640x480", "seconds": seconds,
@@ -212,6 +212,7 @@ def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0
     node_params = {"field_enable": True, "field_max_blocks": int(field_blocks)} if field_blocks > 0 else None
     with tempfile.TemporaryDirectory() as d:
         rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0,
+                       overlay_snapshots=False,
                        node_params=node_params)
     samples = [s for s in rep["samples"] if s["node_rss_mb"] is not None]
     n = len(samples)
