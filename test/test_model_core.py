@@ -470,7 +470,7 @@ def test_grounder_warm_up_runs_every_branch_and_leaves_the_instruction_alone(mod
     rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     before = g.ground(rgb)
     calls = g.embed_calls
-    assert g.warm_up(width=64, height=48) > 0.0
+    assert g.warm_up(width=64, height=48) > 0.0 and g.warm_up(frames=False) > 0.0  # frames=False: embedding only
     after = g.ground(rgb)
     assert g._instruction is ins and g.embed_calls == calls  # the cached prompts are still the ones in force
     for a, b in zip(before.entities, after.entities):

@@ -114,16 +114,19 @@ class FindGrounder:
         return self._frame_tensor(rgb)
 
     @torch.no_grad()
-    def warm_up(self, *, width: int = 640, height: int = 480) -> float:
+    def warm_up(self, *, width: int = 640, height: int = 480, frames: bool = True) -> float:
         """Run every frame-path branch once on a blank ``width`` x ``height`` frame (a reference embedded, the
         grounding task, the segmentation proposals), so the first camera frames after loading cost what the later
-        ones do (the first calls pick kernels and allocate: about 3x a frame); the instruction in force is untouched.
+        ones do (the first calls pick kernels and allocate: about 3x a frame); ``frames=False``: only the
+        instruction embedding (for the thread that embeds instructions). The instruction in force is untouched.
         Returns the milliseconds it took."""
         from find_ros.instruction import Reference, parse_instruction
 
         t0 = time.perf_counter()
         blank = np.zeros((height, width, 3), np.uint8)
-        prompts = self.model.encode_instructions([parse_instruction("<0>", [Reference(image=blank[:64, :64])])])
+        prompts = self.model.encode_instructions([parse_instruction("the <0>", [Reference(image=blank[:64, :64])])])
+        if not frames:
+            return (time.perf_counter() - t0) * 1e3
         feats = self.model.encode_image(self.prepare(blank))
         self.model(feats, prompts, task=self.task)
         self.model(feats, None, task="segment")

@@ -173,6 +173,8 @@ class PerceptionNode(LifecycleNode):
             self._model = ""
             self._grounder, self._model = build_grounder(self._p)
             self._pipeline = build_pipeline(self._grounder, self._p)
+            if callable(getattr(self._grounder, "warm_up", None)):  # this thread embeds instructions (cold: ~5x)
+                self._grounder.warm_up(frames=False)
         except Exception as e:  # a missing/corrupt model dir, an unavailable grounder
             self.get_logger().error(f"activate failed: {e}")
             self._grounder = self._pipeline = None
@@ -299,13 +301,11 @@ class PerceptionNode(LifecycleNode):
             pipeline = self._pipeline
             if pipeline is None:
                 return
-            t0 = time.perf_counter()
             if callable(getattr(self._grounder, "warm_up", None)):
                 self._grounder.warm_up()
             pipeline.warm_up()
-        if self._freeze_gc:  # the objects alive now (modules, model, node) leave the collector's full passes: those
-            gc.freeze()  # took 50-130 ms each with the GIL held (frames stalled); release_context unfreezes
-        self.get_logger().debug(f"frame path warmed up in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+        if self._freeze_gc:  # objects alive now leave the full collections (50-130 ms with the GIL held): unfrozen
+            gc.freeze()  # by release_context
 
     def _process(self, color: Image, depth: Image, info: CameraInfo, t_receipt: float) -> None:
         st = self._stages  # per-stage wall time (find/status stage_ms)
