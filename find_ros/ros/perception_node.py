@@ -13,16 +13,16 @@ A ``rclpy`` lifecycle node (``python -m find_ros.ros.perception_node`` or the ``
 
 With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed).
 
-Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp;
-the matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single
-worker thread, so the newest frame wins and inference never queues behind the camera (a set replaced before the
-worker took it counts as dropped). The worker converts and checks the set (:mod:`find_ros.ros.frame_checks`),
-looks the camera pose up by stamp, grounds it and publishes every output with the colour image's header: first
-the grounding, the target poses and the mask (:func:`find_ros.ros.grounding_msgs.frame_messages`; the grounding's
-``processing_ms`` is frame receipt -> this publish), then the overlay and the markers, built only when enabled and
-subscribed (:func:`~find_ros.ros.grounding_msgs.display_messages`), then the field hand-off. Bad input is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped
-and the node keeps running (no callback raises). Counters, and the frame path's per-stage medians (``stage_ms``,
-:class:`find_ros.ros.stage_timer.StageTimer`), are published as JSON on ``find/status``.
+Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp; the
+matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single worker
+thread, so the newest frame wins and inference never queues behind the camera (a set replaced before the worker took
+it counts as dropped). The worker checks the set (:mod:`find_ros.ros.frame_checks`), looks the camera pose up by
+stamp, grounds it and publishes, with the colour image's header, the grounding, target poses and mask first
+(:func:`find_ros.ros.grounding_msgs.frame_messages`; ``processing_ms`` = frame receipt -> this publish), then the
+overlay and markers when enabled and subscribed (:func:`~find_ros.ros.grounding_msgs.display_messages`), then the
+field hand-off. Bad input is counted per kind and logged once per kind per ``log_throttle_s``; the frame is dropped
+and the node keeps running (no callback raises). Counters and per-stage medians (``stage_ms``,
+:class:`find_ros.ros.stage_timer.StageTimer`) are published as JSON on ``find/status``.
 """
 from __future__ import annotations
 
