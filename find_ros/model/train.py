@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from find_ros.model.data import ShardDataset, build_shards
-from find_ros.model.train_batches import _mask_hw, _resize_masks, batch_losses, build_model, collate, validate  # noqa: F401
+from find_ros.model.train_batches import _mask_hw, batch_losses, build_model, collate, validate  # noqa: F401
 from find_ros.model.train_config import TRAIN_TASKS, TrainConfig, TrainError
 
 __all__ = ["TrainConfig", "TrainError", "Trainer", "collate", "cli", "TRAIN_TASKS", "validate"]
