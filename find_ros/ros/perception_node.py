@@ -8,10 +8,10 @@ A ``rclpy`` lifecycle node (``python -m find_ros.ros.perception_node`` or the ``
   (:mod:`find_ros.ros.field_bridge`);
 - activate: build the grounder (``find`` or the ``hsv-baseline`` colour baseline) and the video pipeline
   (:mod:`find_ros.ros.grounder_factory`), subscribe, offer the services, start the worker;
-- deactivate: stop the worker, drop subscriptions and services, free the model;
-- cleanup / shutdown: drop the publishers too.
+- deactivate: stop the worker, drop subscriptions and services, free the model; cleanup / shutdown: the publishers.
 
-With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed).
+With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed); ``executor`` picks the
+executor its process spins (:func:`find_ros.ros.shutdown.make_executor`).
 
 Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp; the
 matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single worker
@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
@@ -64,7 +65,8 @@ class PerceptionNode(LifecycleNode):
     def __init__(self, *, node_name: str = NODE_NAME, freeze_gc: bool = False, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._freeze_gc = bool(freeze_gc)  # the executable's: gc.freeze() after each warm-up (see _warm_up)
-        declare_one(self, PARAMS_BY_NAME["autostart"])  # read before configure (run_lifecycle_node)
+        for name in ("autostart", "executor"):  # read before configure (run_lifecycle_node)
+            declare_one(self, PARAMS_BY_NAME[name])
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
         self._tmrs: list[Any] = []
@@ -119,8 +121,6 @@ class PerceptionNode(LifecycleNode):
         return d
 
     def _on_set_parameters(self, params) -> Any:
-        from rcl_interfaces.msg import SetParametersResult
-
         reason = apply_parameter_changes(params, self._p, self._pipeline)  # live ones apply at once
         return SetParametersResult(successful=reason is None, reason=reason or "")
 

@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-__all__ = ["StopSignals", "spin_until_stopped", "release_context", "exit_process", "entry_point", "stop_process",
+__all__ = ["StopSignals", "make_executor", "spin_until_stopped", "release_context", "exit_process", "entry_point", "stop_process",
            "stop_processes"]
 
 
@@ -163,22 +163,43 @@ def entry_point(main: Callable[[], int]) -> Callable[[], None]:
     return run
 
 
+def make_executor(kind: str, *, context: Any = None, log: Any = None) -> Any:
+    """The executor an executable spins: ``"events"``, rclpy's EventsExecutor (its wait and dispatch are C++, so
+    the executor thread takes the GIL from a model thread for far less time per message), or ``"single"``, a
+    SingleThreadedExecutor, which is also what ``"events"`` falls back to where rclpy has no EventsExecutor (before
+    kilted; ``log`` says so); on ``context`` (default: rclpy's global one)."""
+    if kind not in ("events", "single"):
+        raise ValueError(f"executor must be 'events' or 'single', got {kind!r}")
+    from rclpy.executors import SingleThreadedExecutor
+
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            if log is not None:
+                log.info("executor: this rclpy has no EventsExecutor; using SingleThreadedExecutor")
+        else:
+            return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
+
+
 def run_lifecycle_node(make_node: Callable[[], Any], argv: list[str] | None = None) -> int:
     """``main()`` of a lifecycle node executable: rclpy without its signal handlers, the node from ``make_node()``,
-    with ``autostart:=true`` configure + activate (exit 1 when either fails), spin until SIGINT / SIGTERM (once or
+    spun by :func:`make_executor` of its ``executor`` parameter (``"single"`` when it has none), with
+    ``autostart:=true`` configure + activate (exit 1 when either fails), spin until SIGINT / SIGTERM (once or
     repeatedly, in any lifecycle state), then destroy the node (it frees what it holds and joins its threads) and
     release the context; returns the exit code (0 after a stop signal)."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.signals import SignalHandlerOptions
 
     stop = StopSignals.install()
     rclpy.init(args=sys.argv if argv is None else [sys.argv[0], *argv], signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    executor = SingleThreadedExecutor()
+    node = executor = None
     try:
         node = make_node()
+        executor = make_executor(node.get_parameter("executor").value if node.has_parameter("executor") else "single",
+                                 log=node.get_logger())
         executor.add_node(node)
         autostart = bool(node.get_parameter("autostart").value)
         if autostart and not stop.requested.is_set():
@@ -196,7 +217,8 @@ def run_lifecycle_node(make_node: Callable[[], Any], argv: list[str] | None = No
             node.get_logger().info("stop signal: shutting down")
         return 0
     finally:
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
         node = executor = None  # a LifecycleNode: release_context collects it, so its DDS participant goes too
