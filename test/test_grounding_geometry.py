@@ -256,3 +256,20 @@ def test_large_masks_take_order_statistics_on_a_sample_with_the_same_pose(monkey
                 assert np.all(np.abs(sampled.extent - full.extent) <= 0.005 * full.extent + 1e-4)
                 assert abs(sampled.num_points - full.num_points) <= 0.01 * full.num_points
     assert compared >= 4
+
+
+def test_row_order_statistics_are_numpys_bit_for_bit():
+    """The pose's medians and extent percentiles (single-kth partition, sorted rows) equal np.median / np.percentile
+    exactly, for odd and even counts, ties and one point."""
+    from find_ros.grounding import geometry as g
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 4, 7, 10, 101, 4096, 8191):
+        for _ in range(5):
+            a = rng.standard_normal((3, n)) * rng.uniform(0.01, 10.0)
+            if rng.random() < 0.4:
+                a = np.round(a, 1)  # ties
+            assert np.array_equal(g.row_medians(a), np.median(a, axis=1))
+            for qs in ((5.0, 95.0), (0.0, 100.0), (1.0, 99.0), (50.0,)):
+                for got, ref in zip(g.row_percentiles(a, qs), np.percentile(a, list(qs), axis=1)):
+                    assert np.array_equal(got, ref), (n, qs)

@@ -131,3 +131,24 @@ def test_pick_target_needs_an_unambiguous_name():
     t = pick_target(objs, baseline=False)
     assert [(o.colour, o.category) for o in objs].count((t.colour, t.category)) == 1
     assert pick_target(objs[:1] * 2, baseline=True) is None
+
+
+def test_shape_memory_counts_views_per_voxel_like_a_plain_unique_count():
+    """The sorted merge of ``add`` (no cap reached): each stored voxel's hits = the views that hit it, keys sorted and
+    unique, and the box = the min / max centre of the voxels hit twice (key_bounds), as numpy computes them plainly."""
+    from find_ros.voxel_keys import key_bounds, pack_keys, unpack_keys
+
+    rng = np.random.default_rng(5)
+    s = ShapeMemory(0.02, 10**6)
+    views = [rng.normal([1.0, 2.0, 0.5], 0.15, (int(rng.integers(1, 2000)), 3)) for _ in range(8)]
+    for v in views:
+        s.add(v)
+    origin = np.floor(views[0][0] / 0.02)
+    per_view = [np.unique(pack_keys(np.floor(v / 0.02) - origin)) for v in views]
+    keys, hits = np.unique(np.concatenate(per_view), return_counts=True)
+    assert np.array_equal(s._keys, keys) and np.array_equal(s._hits, hits)
+    centres = (unpack_keys(keys[hits >= 2]) + origin + 0.5) * 0.02
+    lo, hi = s.box()
+    assert np.array_equal(lo, centres.min(axis=0)) and np.array_equal(hi, centres.max(axis=0))
+    idx = unpack_keys(keys)
+    assert all(np.array_equal(a, b) for a, b in zip(key_bounds(keys), (idx.min(axis=0), idx.max(axis=0))))

@@ -39,6 +39,8 @@ __all__ = [
     "backproject",
     "depth_edges",
     "robust_centre",
+    "row_medians",
+    "row_percentiles",
     "target_pose_from_mask",
     "transform_pose",
     "facing_rotation",
@@ -172,16 +174,45 @@ def _sample(c: np.ndarray) -> np.ndarray:
     return c if n <= STATS_SAMPLE else c[:, :: -(-n // STATS_SAMPLE)]
 
 
+def row_medians(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """``np.median(a, axis=1)`` of a finite 2-D float array, bit for bit, from one single-``kth`` ``partition``
+    (numpy's median partitions at two ``kth`` for an even count, ~7x slower on a few thousand points); the
+    lower middle value is then the largest of the lower part. ``overwrite``: partition ``a`` itself."""
+    n = a.shape[1]
+    h = n // 2
+    p = a if overwrite else a.copy()
+    p.partition(h, axis=1)
+    return p[:, h].copy() if n % 2 else (p[:, :h].max(axis=1) + p[:, h]) / 2.0
+
+
+def row_percentiles(a: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """``np.percentile(a, qs, axis=1)`` (linear interpolation) of a finite 2-D float array, bit for bit, from
+    sorted rows (numpy partitions at several ``kth``, slower than a sort of a few thousand points) and numpy's
+    index and interpolation arithmetic (``_quantile``, ``_lerp``)."""
+    n = a.shape[1]
+    p = np.sort(a, axis=1)
+    out = []
+    for q in qs:
+        vi = (n - 1) * (q / 100.0)
+        lo = -1 if vi >= n - 1 else int(vi)  # floor (vi >= 0)
+        hi = -1 if lo == -1 else lo + 1
+        t = vi - (n - 1 if lo == -1 else lo)
+        x0, x1 = p[:, lo], p[:, hi]
+        d = x1 - x0
+        out.append(x1 - d * (1 - t) if t >= 0.5 else x0 + d * t)
+    return out
+
+
 def _robust_centre_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`robust_centre` of (3, N) rows x, y, z. Beyond :data:`STATS_SAMPLE` points the median and the MAD
     come from an evenly strided sample of about that many (the inlier test and the mean still use every point)."""
     s = _sample(c)
-    med = np.median(s, axis=1)
-    sigma = np.maximum(1.4826 * np.median(np.abs(s - med[:, None]), axis=1), _MAD_FLOOR_M)
+    med = row_medians(s)
+    sigma = np.maximum(1.4826 * row_medians(np.abs(s - med[:, None]), overwrite=True), _MAD_FLOOR_M)
     inl = np.all(np.abs(c - med[:, None]) <= _MAD_K * sigma[:, None], axis=0)
     if not inl.any():  # cannot happen (the median point is within 0 of itself) but stay safe
         inl = np.ones(c.shape[1], bool)
-    return c[:, inl].mean(axis=1), inl
+    return c.compress(inl, axis=1).mean(axis=1), inl  # (compress: C-ordered rows, ~5x faster than c[:, inl])
 
 
 # ---------------------------------------------------------------------------------------------- rotations
@@ -205,7 +236,8 @@ def facing_rotation(to_viewer: np.ndarray, up: np.ndarray) -> np.ndarray:
         alt = np.array([0.0, 0.0, 1.0]) if abs(x[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
         z = alt - np.dot(alt, x) * x
     z = _normalise(z)
-    y = np.cross(z, x)
+    (z0, z1, z2), (x0, x1, x2) = z.tolist(), x.tolist()
+    y = np.array([z1 * x2 - z2 * x1, z2 * x0 - z0 * x2, z0 * x1 - z1 * x0])  # z cross x (np.cross's arithmetic)
     return np.stack([x, y, z], axis=1)
 
 
@@ -276,8 +308,8 @@ def target_pose_from_mask(
     if n < min_points:
         return None
     R = facing_rotation(-centre, _CAM_UP)
-    kept = rows[:, inl]
-    lo, hi = np.percentile(R.T @ (_sample(kept) - centre[:, None]), [_PCT_LO, _PCT_HI], axis=1)  # target axes
+    kept = rows.compress(inl, axis=1)
+    lo, hi = row_percentiles(R.T @ (_sample(kept) - centre[:, None]), (_PCT_LO, _PCT_HI))  # target axes
     if n > MAX_POSE_POINTS:
         kept = kept[:, np.linspace(0, n - 1, MAX_POSE_POINTS).astype(np.int64)]
     kept = np.ascontiguousarray(kept.T)

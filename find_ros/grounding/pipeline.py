@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from find_ros.config_fields import setting, validate_settings
-from find_ros.grounder import FrameGrounding, Grounder, GrounderError
+from find_ros.grounder import FrameGrounding, Grounder, GrounderError, mask_box
 from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
 from find_ros.grounding.tracker_config import ConfigError, TrackerConfig
 from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
@@ -148,16 +148,30 @@ def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray
     """(D,) unit-norm mean of the (h, w, D) embeddings under a full-resolution (H, W) mask (area-weighted
     when the resolutions differ); None when the mask covers nothing."""
     h, w = pixel_embeddings.shape[:2]
-    if mask.shape == (h, w):
+    (H, W), emb = mask.shape, pixel_embeddings
+    if (H, W) == (h, w):
         wts = mask.astype(np.float32)
+    elif H % h == 0 and W % w == 0:  # whole cells (FIND: 8x8 pixels): INTER_AREA's block means, on the mask's box
+        sy, sx = H // h, W // w
+        y0, y1, x0, x1 = _cells_of(mask, sy, sx)
+        cells = mask[y0 * sy:y1 * sy, x0 * sx:x1 * sx].reshape(y1 - y0, sy, x1 - x0, sx)
+        wts = cells.sum(axis=(1, 3), dtype=np.float32) * np.float32(1.0 / (sy * sx))
+        emb = pixel_embeddings[y0:y1, x0:x1]
     else:
         wts = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     total = float(wts.sum())
     if total <= 0:
         return None
-    e = np.tensordot(wts, pixel_embeddings, axes=([0, 1], [0, 1])) / total
+    e = np.tensordot(wts, emb, axes=([0, 1], [0, 1])) / total
     n = float(np.linalg.norm(e))
     return (e / n).astype(np.float32) if n > 1e-12 else None
+
+
+def _cells_of(mask: np.ndarray, sy: int, sx: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the cells of ``sy`` x ``sx`` pixels that hold the mask's box (exclusive ends; all zero
+    for an empty mask)."""
+    x_lo, y_lo, x_hi, y_hi = mask_box(mask)
+    return y_lo // sy, -(-y_hi // sy), x_lo // sx, -(-x_hi // sx)
 
 
 class VideoGrounder:
@@ -228,10 +242,12 @@ class VideoGrounder:
         world = None if pose is None else transform_pose(pose, np.eye(4))
         emb = mean_embedding(np.ones((max(height // 8, 1), max(width // 8, 1), 8), np.float32), mask)
         tracker = EntityTracker(config=cfg, id_source=itertools.count(1))
-        tracker.update(Detection(score=1.0, box=(width // 4, height // 4, width // 2, height // 2), embedding=emb,
-                                 position=None if world is None else world.position,
-                                 extent=None if pose is None else pose.extent,
-                                 points=None if world is None else world.points))
+        det = Detection(score=1.0, box=(width // 4, height // 4, width // 2, height // 2), embedding=emb,
+                        position=None if world is None else world.position,
+                        extent=None if pose is None else pose.extent, points=None if world is None else world.points)
+        for _ in range(2):  # a new track, then an associated detection; the shape box of one view, then of two
+            tracker.update(det)
+            _ = tracker.centre
         entity = TrackedEntity(phrase="warm-up", entity_index=0, score=1.0, raw_score=1.0, mask=mask,
                                box=(width // 4, height // 4, width // 2, height // 2), track_id=1, lost=False,
                                pose_cam=pose, pose_world=world, found=True)
