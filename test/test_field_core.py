@@ -277,16 +277,34 @@ def test_connected_components_26_matches_a_breadth_first_search():
 
 
 def test_fusion_projects_voxels_to_the_nearest_pixel_as_float64_does_away_from_pixel_borders():
-    """The fusion projects in float32 (one multiply by 1/z): the nearest pixel is the float64 one except within
-    float32 rounding of a pixel border."""
-    from find_ros.field.fusion import _nearest_pixel
+    """The fusion projects in float32 ((a, b, z) = P (x, y, z, 1) per block origin + per local offset, pixel =
+    floor(a / z), floor(b / z)): the voxels it finds in view and their nearest pixels are the float64 ones except
+    within float32 rounding of a pixel border."""
+    from find_ros.field.fusion import _voxels_in_view
+    from find_ros.geometry import matrix_from_quaternion
 
     rng = np.random.default_rng(0)
-    c = rng.uniform(-3, 3, 200_000).astype(np.float32)
-    z = rng.uniform(0.2, 6, 200_000).astype(np.float32)
-    f, centre = 525.3, 319.7
-    exact = c.astype(np.float64) * f / z.astype(np.float64) + centre + 0.5
-    got = _nearest_pixel(c, (1.0 / z).astype(np.float32), f, centre)
-    near_border = np.abs(exact - np.round(exact)) < 1e-3
-    assert np.array_equal(got[~near_border], np.floor(exact[~near_border]).astype(np.int64))
-    assert np.all(np.abs(got - np.floor(exact)) <= 1) and near_border.mean() < 0.01
+    cfg = FieldConfig(voxel_size=0.05, embedding_dim=8)
+    r, vs, (H, W) = cfg.block_resolution, cfg.voxel_size, (480, 640)
+    loc = np.arange(r ** 3)
+    local = (np.stack([loc % r, (loc // r) % r, loc // (r * r)], axis=1) * vs).astype(np.float32)
+    keys = rng.integers(-12, 12, (600, 3)).astype(np.int32)
+    K = np.array([[525.3, 0.0, 319.7], [0.0, 523.1, 241.2], [0.0, 0.0, 1.0]])
+    T_cw = np.eye(4)
+    T_cw[:3, :3] = matrix_from_quaternion(np.array([0.1, -0.2, 0.05, 0.97]) / np.linalg.norm([0.1, -0.2, 0.05, 0.97]))
+    T_cw[:3, 3] = [0.3, -0.2, 3.0]
+    idx, first, z, pix = _voxels_in_view(np.arange(len(keys)), keys, local, (H, W), K, T_cw, config=cfg)
+    pts = (keys.astype(np.float64)[:, None, :] * (r * vs) + local.astype(np.float64)[None]).reshape(-1, 3)
+    cam = pts @ T_cw[:3, :3].T + T_cw[:3, 3]
+    u = K[0, 0] * cam[:, 0] / cam[:, 2] + K[0, 2] + 0.5
+    v = K[1, 1] * cam[:, 1] / cam[:, 2] + K[1, 2] + 0.5
+    in_view = (cam[:, 2] > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    near_border = (np.abs(u - np.round(u)) < 1e-3) | (np.abs(v - np.round(v)) < 1e-3)
+    assert in_view.sum() > 10_000 and near_border.mean() < 0.01  # a real test: many voxels, few on borders
+    got = np.zeros(len(pts), bool)
+    got[idx] = True
+    assert np.array_equal(got[~near_border], in_view[~near_border])
+    ref_pix = np.floor(v).astype(np.int64) * W + np.floor(u).astype(np.int64)
+    far = ~near_border[idx]
+    assert np.array_equal(pix[far], ref_pix[idx][far]) and np.array_equal(first, (idx // r ** 3) * r ** 3)
+    np.testing.assert_allclose(z, cam[idx, 2], rtol=1e-5)

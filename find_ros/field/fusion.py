@@ -69,27 +69,26 @@ def _voxels_in_view(buf: np.ndarray, block_keys: np.ndarray, local: np.ndarray, 
     H, W = shape
     r3 = local.shape[0]
     origin = block_keys.astype(np.float64) * (config.block_resolution * config.voxel_size)
-    R = T_cw[:3, :3]
-    # camera coordinates per block origin + per local offset, broadcast (no per-voxel matmul), one contiguous
-    # float32 row per axis
-    o = (origin @ R.T + T_cw[:3, 3]).astype(np.float32)
-    off = local @ R.T.astype(np.float32)
-    x, y, z = ((o[:, None, k] + off[None, :, k]).ravel() for k in range(3))
-    inv_z = np.divide(1.0, z, out=np.ones_like(z), where=z > 1e-6)  # float32
-    u = _nearest_pixel(x, inv_z, K[0, 0], K[0, 2])
-    v = _nearest_pixel(y, inv_z, K[1, 1], K[1, 2])
-    blk, vox = np.nonzero(((z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)).reshape(-1, r3))  # in view
+    # rows of P = [K with the centres shifted by half a pixel] @ T_cw: per voxel (a, b, z) = P @ (x, y, z, 1), so
+    # its nearest pixel is (floor(a / z), floor(b / z)); computed per block origin + per local offset, broadcast
+    # (no per-voxel matmul), one contiguous float32 row each
+    P = np.array([[K[0, 0], K[0, 1], K[0, 2] + 0.5], [0.0, K[1, 1], K[1, 2] + 0.5], [0.0, 0.0, 1.0]]) @ T_cw[:3]
+    o = (origin @ P[:, :3].T + P[:, 3]).astype(np.float32)
+    off = local @ P[:, :3].T.astype(np.float32)
+    a, b, z = ((o[:, None, k] + off[None, :, k]).ravel() for k in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):  # z <= 0 (behind the camera) is masked out below
+        a /= z
+        b /= z
+    ok = z > 1e-6
+    ok &= a >= 0
+    ok &= a < W
+    ok &= b >= 0
+    ok &= b < H
+    blk, vox = np.nonzero(ok.reshape(-1, r3))  # in view
     seen = blk * r3 + vox
     first = buf[blk] * r3
-    return first + vox, first, z[seen], v[seen] * W + u[seen]
-
-
-def _nearest_pixel(c: np.ndarray, inv_z: np.ndarray, f: float, centre: float) -> np.ndarray:
-    """floor(c * inv_z * f + centre + 0.5) as int64 (float32 arithmetic)."""
-    p = c * inv_z
-    p *= np.float32(f)
-    p += np.float32(centre + 0.5)
-    return np.floor(p, out=p).astype(np.int64)
+    # in view, a and b are >= 0: truncation is the floor
+    return first + vox, first, z[seen], b[seen].astype(np.int64) * W + a[seen].astype(np.int64)
 
 
 def _fuse_tsdf(store: dict[str, np.ndarray], idx: np.ndarray, sdf: np.ndarray, valid: np.ndarray, *,
@@ -119,3 +118,4 @@ def color_feature(rgb: np.ndarray, embedding_dim: int) -> np.ndarray:
     n = min(3, embedding_dim)
     f[:, :n] = c[:, :n]
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-6)
+
