@@ -121,3 +121,24 @@ def test_make_executor_spins_real_subscriptions(kind, ros):
         ex.shutdown()
         pub_node.destroy_node()
         sub_node.destroy_node()
+
+
+def test_single_threaded_executor_choice_starts_and_stops_cleanly(domain_id, tmp_path):
+    """perception_node with executor:=single (rclpy's SingleThreadedExecutor): active, then SIGINT twice: exit 0."""
+    from find_ros.ros.stress import Executable
+
+    exe = Executable("perception_node/single", ("-m", "find_ros.ros.perception_node", "--ros-args", "-p",
+                                                "autostart:=true", "-p", "grounder:=hsv-baseline", "-p",
+                                                "executor:=single"), "active: grounding")
+    r = signal_cycle(exe, gap_s=0.25, domain_id=domain_id, run_dir=tmp_path, exit_bound_s=20.0)
+    log = (tmp_path / "output.log").read_text(errors="replace")
+    assert r.started and r.exit_s is not None and r.returncode == 0 and not r.traceback, log[-3000:]
+
+
+@pytest.mark.parametrize("bad", ["executor:=threads", "autostart:=maybe"])
+def test_an_invalid_start_parameter_exits_one_with_its_name_and_no_traceback(bad, procs):
+    """A start-time parameter (read before configure) with an invalid value: one error line naming it, exit 1."""
+    p = procs.node("find_ros.ros.perception_node", ["-p", bad, "-p", "grounder:=hsv-baseline"], "node.log")
+    assert p.wait(timeout=60) == 1
+    log = procs.log_text(p)
+    assert f"cannot start: {bad.split(':=')[0]}=" in log and "Traceback" not in log, log[-3000:]

@@ -65,8 +65,6 @@ class PerceptionNode(LifecycleNode):
     def __init__(self, *, node_name: str = NODE_NAME, freeze_gc: bool = False, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._freeze_gc = bool(freeze_gc)  # the executable's: gc.freeze() after each warm-up (see _warm_up)
-        for name in ("autostart", "executor"):  # read before configure (run_lifecycle_node)
-            declare_one(self, PARAMS_BY_NAME[name])
         self._p: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
         self._tmrs: list[Any] = []
@@ -84,6 +82,8 @@ class PerceptionNode(LifecycleNode):
         self._field: Any = None  # field hook: FieldBridge when field_enable
         self._refs: ReferenceBridge | None = None  # stored references: clicks, find/reference/* services
         self._resolved: Any = None  # the instruction in force with its stored-reference names (ResolvedInstruction)
+        for name in ("autostart", "executor"):  # read before configure (run_lifecycle_node); may raise: last
+            declare_one(self, PARAMS_BY_NAME[name])
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ logging and counting

@@ -34,8 +34,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-__all__ = ["StopSignals", "make_executor", "spin_until_stopped", "release_context", "exit_process", "entry_point", "stop_process",
-           "stop_processes"]
+__all__ = ["StopSignals", "make_executor", "spin_until_stopped", "release_context", "exit_process", "entry_point",
+           "stop_process", "stop_processes"]
 
 
 class StopSignals:
@@ -188,7 +188,8 @@ def run_lifecycle_node(make_node: Callable[[], Any], argv: list[str] | None = No
     spun by :func:`make_executor` of its ``executor`` parameter (``"single"`` when it has none), with
     ``autostart:=true`` configure + activate (exit 1 when either fails), spin until SIGINT / SIGTERM (once or
     repeatedly, in any lifecycle state), then destroy the node (it frees what it holds and joins its threads) and
-    release the context; returns the exit code (0 after a stop signal)."""
+    release the context; returns the exit code (0 after a stop signal, 1 when ``make_node()`` raises a ValueError,
+    e.g. an invalid start-time parameter, which is logged)."""
     import rclpy
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.signals import SignalHandlerOptions
@@ -197,7 +198,11 @@ def run_lifecycle_node(make_node: Callable[[], Any], argv: list[str] | None = No
     rclpy.init(args=sys.argv if argv is None else [sys.argv[0], *argv], signal_handler_options=SignalHandlerOptions.NO)
     node = executor = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except ValueError as e:  # an invalid start-time parameter (ParameterError): one line, exit 1
+            rclpy.logging.get_logger("find_ros").error(f"cannot start: {e}")
+            return 1
         executor = make_executor(node.get_parameter("executor").value if node.has_parameter("executor") else "single",
                                  log=node.get_logger())
         executor.add_node(node)
