@@ -54,6 +54,7 @@ from find_ros.ros.params import (NODE_NAME, PARAMS_BY_NAME, ParameterError, appl
                                  declare_parameters)
 from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
+from find_ros.ros.allocator import keep_freed_memory
 from find_ros.ros.shutdown import entry_point, run_lifecycle_node
 from find_ros.ros.stage_timer import StageTimer
 
@@ -387,10 +388,10 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node (``--ros-args`` are passed through); with ``autostart:=true`` it activates itself.
-
+    """Run the node (``--ros-args`` are passed through; freed frame buffers stay in the process: allocator module);
     SIGINT / SIGTERM (once or repeatedly, in any lifecycle state) stop the spin loop; the node then frees its model
     and field, joins its threads and the process exits 0 (:func:`find_ros.ros.shutdown.run_lifecycle_node`)."""
+    keep_freed_memory()
     return run_lifecycle_node(lambda: PerceptionNode(freeze_gc=True), argv)
 
 
