@@ -388,9 +388,8 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node (``--ros-args`` are passed through; freed frame buffers stay in the process: allocator module);
-    SIGINT / SIGTERM (once or repeatedly, in any lifecycle state) stop the spin loop; the node then frees its model
-    and field, joins its threads and the process exits 0 (:func:`find_ros.ros.shutdown.run_lifecycle_node`)."""
+    """Run the node (``--ros-args`` passed through; freed frame buffers stay in the process: allocator module); any
+    SIGINT / SIGTERM stops the spin loop, the node frees its model and field and joins its threads, exit 0."""
     keep_freed_memory()
     return run_lifecycle_node(lambda: PerceptionNode(freeze_gc=True), argv)
 
