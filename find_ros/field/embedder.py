@@ -47,7 +47,7 @@ class FieldEmbedder:
         elif hasattr(g, "model") and callable(getattr(g, "prepare", None)):  # FindGrounder
             import torch
 
-            with torch.no_grad():
+            with torch.inference_mode():
                 feats = g.model.encode_image(g.prepare(rgb))
                 pe = g.model.heads.pixels(feats.mask_features)[0].float().cpu().numpy()
         else:

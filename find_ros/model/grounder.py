@@ -65,7 +65,7 @@ class FindGrounder:
 
     # ------------------------------------------------------------------ instruction
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _embed(self, instruction: Instruction) -> PromptBatch:
         self.embed_calls += 1
         return self.model.encode_instructions([instruction])
@@ -113,7 +113,7 @@ class FindGrounder:
         """The model input of a frame: resized to the model's image size, (1, 3, h, w) in [0, 1]."""
         return self._frame_tensor(rgb)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def warm_up(self, *, width: int = 640, height: int = 480, frames: bool = True) -> float:
         """Run every frame-path branch once on a blank ``width`` x ``height`` frame (the grounding task for an
         instruction with a reference and for text ones of one and two entities, the segmentation proposals), so
@@ -136,14 +136,14 @@ class FindGrounder:
         self.model(feats, None, task="segment")
         return (time.perf_counter() - t0) * 1e3
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward_only(self, x: torch.Tensor):
         """The model alone on a prepared frame against the cached prompts (the benchmark's reference)."""
         if self._prompts is None:
             raise GrounderError("no instruction set (call set_instruction first)")
         return self.model(self.model.encode_image(x), self._prompts, task=self.task)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def ground(self, rgb: np.ndarray) -> FrameGrounding:
         if self._prompts is None or self._instruction is None:
             raise GrounderError("no instruction set (call set_instruction first)")
@@ -167,7 +167,7 @@ class FindGrounder:
                              "model_post": (t3 - t2) * 1e3}
         return FrameGrounding(entities=ents, pixel_embeddings=pix)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def segment_proposals(self, rgb: np.ndarray) -> np.ndarray:
         """(Q, h, w) float32 mask logits of FIND's segmentation proposals for ``rgb`` (task ``segment``, no prompt;
         h, w = the model's mask resolution); the instruction in force is untouched. What a click selects from
@@ -177,7 +177,7 @@ class FindGrounder:
 
     # ------------------------------------------------------------------ query embeddings
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed_instruction(self, instruction: Instruction) -> np.ndarray:
         """(E, D) float32 unit-norm entity embeddings (instruction-only: prompts never attend to the image).
 
