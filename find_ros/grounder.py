@@ -81,5 +81,6 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys = np.flatnonzero(mask.any(axis=1))
     if ys.size == 0:
         return (0, 0, 0, 0)
-    xs = np.flatnonzero(mask.any(axis=0))
-    return (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+    y0, y1 = int(ys[0]), int(ys[-1]) + 1
+    xs = np.flatnonzero(mask[y0:y1].any(axis=0))  # columns of the occupied rows only (an object: ~5x fewer)
+    return (int(xs[0]), y0, int(xs[-1]) + 1, y1)

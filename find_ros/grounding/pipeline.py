@@ -162,7 +162,7 @@ def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray
     total = float(wts.sum())
     if total <= 0:
         return None
-    e = np.tensordot(wts, emb, axes=([0, 1], [0, 1])) / total
+    e = np.dot(wts.reshape(1, -1), emb.reshape(-1, emb.shape[-1]))[0] / total  # (np.tensordot's own product)
     n = float(np.linalg.norm(e))
     return (e / n).astype(np.float32) if n > 1e-12 else None
 
