@@ -35,6 +35,8 @@ def test_model_stage_on_tiny_model_reports_overhead(tmp_path):
     assert [(r["width"], r["height"]) for r in m["ground_per_frame"]] == [(320, 240), (640, 480), (1280, 720)]
     # the reference of the e2e node's processing time: the forward pass at the node's torch_threads (1)
     assert m["model_forward_640x480"]["median_ms"] > 0 and m["model_forward_640x480"]["torch_threads"] == 1
+    again = b._forward_reference()  # what the e2e stage times before and after its run: the same forward pass
+    assert again.n >= b.repeat and len(again.samples_ms) == again.n and torch.get_num_threads() == 1
     assert "node_path_640x480" not in m  # the synthetic node path is gone: the e2e stage measures the real node
     json.dumps(b.stages)  # JSON-ready
 
@@ -52,13 +54,38 @@ def test_e2e_stage_reports_the_running_nodes_stages_and_ratio(monkeypatch):
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     b = bench._Bench(quick=True)
-    b.stages["model"] = {"model_forward_640x480": {"median_ms": 25.0, "torch_threads": 1}}
+    b.stages["model"] = {"model_forward_640x480": {"median_ms": 30.0, "torch_threads": 1}}
+    timings = iter([(20.0, 24.0, 25.0), (25.0, 26.0, 30.0)])  # the reference just before, then just after the run
+    refs = []
+
+    def reference():
+        refs.append(len(calls))  # how many e2e runs had happened when the reference was timed
+        s = next(timings)
+        return bench.StageTiming(float(np.median(s)), max(s), len(s), None, s)
+
+    b._forward_reference = reference
     b.e2e(1.0, "find", 30.0)
     e = b.stages["e2e_find"]
     assert e["stage_ms"] == {"convert_in": 1.0, "model_forward": 40.0, "total": 48.0}
-    assert b.ratios["node_processing_vs_model_forward"] == 2.0
+    assert refs == [0, 1]  # timed right before and right after the run
+    r = e["model_forward_reference"]
+    assert (r["median_ms"], r["n"], r["before_median_ms"], r["after_median_ms"]) == (25.0, 6, 24.0, 26.0)
+    assert b.ratios["node_processing_vs_model_forward"] == 2.0  # 50 / the pooled median (not the model stage's 30)
     assert b.ratios["node_processing_vs_node_model_forward"] == 1.25
     assert calls[0]["overlay_snapshots"] is False  # a headless consumer: nothing subscribes to find/overlay
+
+
+def test_e2e_stage_without_a_model_reference_reports_no_ratio(monkeypatch):
+    from find_ros.ros import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: {
+        "latency_ms": {"median": 60.0}, "node_processing_ms": {"median": 50.0, "p95": 70.0}, "frames_in": 1,
+        "frames_processed": 1, "dropped": 0, "samples": [], "node_counters": {"stage_ms": {"model_forward": 40.0}}})
+    b = bench._Bench(quick=True)  # the model stage failed or did not run: no forward reference
+    b.e2e(1.0, "find", 30.0)
+    assert b.stages["e2e_find"]["model_forward_reference"] is None
+    assert b.ratios["node_processing_vs_model_forward"] is None
+    assert b.ratios["node_processing_vs_node_model_forward"] == 1.25
 
 
 def test_missing_model_is_a_stage_error_not_a_crash(tmp_path):

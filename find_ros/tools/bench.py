@@ -6,7 +6,8 @@ a reference timed in the same run, because absolute figures on shared machines d
 
 - conversions: ``find_ros.ros.conversions`` vs a plain ``np.frombuffer(...).copy()`` / ``tobytes()``;
 - model: the FIND model's own forward pass at 3 sizes, and at 640x480 with the node's ``torch_threads``
-  (``model_forward_640x480``), the reference of the node's processing time;
+  (``model_forward_640x480``); the same forward timed again just before and just after the end-to-end run, pooled,
+  is the reference of the node's processing time (``e2e_find.model_forward_reference``);
 - field: our embedding fusion vs open3d's own TSDF + colour integration, and vs a naive numpy
   scatter-mean;
 - end to end: stamp -> publish latency through real DDS between processes (``find-ros demo`` graph), the
@@ -50,6 +51,7 @@ class _Bench:
         self.stages: dict[str, Any] = {}
         self.ratios: dict[str, Any] = {}
         self.scaling: dict[str, list[dict]] = {}
+        self._forward_reference: Callable[[], StageTiming] | None = None  # set by model(): the e2e's reference
 
     def t(self, fn: Callable[[], Any], *, repeat: int | None = None) -> dict:
         return time_stage(fn, warmup=self.warmup, repeat=repeat or self.repeat).as_dict()
@@ -128,15 +130,30 @@ class _Bench:
         out["ground_640x480"] = rows[1]
         if forward is not None:
             threads = int(PARAMS_BY_NAME["torch_threads"].default) or torch.get_num_threads()
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                with torch.inference_mode():
-                    prepared = g.prepare(rgb)
-                    out["model_forward_640x480"] = {**self.t(lambda: forward(prepared)), "torch_threads": threads}
-            finally:
-                torch.set_num_threads(before)
+            with torch.inference_mode():
+                prepared = g.prepare(rgb)
+
+            def reference() -> StageTiming:
+                before = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    with torch.inference_mode():
+                        return time_stage(lambda: forward(prepared), warmup=self.warmup, repeat=self.repeat)
+                finally:
+                    torch.set_num_threads(before)
+
+            self._forward_reference = reference
+            out["model_forward_640x480"] = {**reference().as_dict(), "torch_threads": threads}
         self.stages["model"] = out
+
+    def _e2e_reference(self, before: StageTiming, after: StageTiming) -> dict[str, Any]:
+        """The model forward timed just before and just after the end-to-end run, pooled: the reference of the
+        node's processing time (the machine's speed drifts over a run; both halves are reported)."""
+        pooled = np.asarray(before.samples_ms + after.samples_ms)
+        return {"median_ms": round(float(np.median(pooled)), 4), "p95_ms": round(float(np.percentile(pooled, 95)), 4),
+                "n": int(pooled.size), "before_median_ms": round(before.median_ms, 4),
+                "after_median_ms": round(after.median_ms, 4),
+                "torch_threads": self.stages["model"]["model_forward_640x480"]["torch_threads"]}
 
     def geometry(self) -> None:
         from find_ros.grounding.geometry import target_pose_from_mask
@@ -178,8 +195,11 @@ class _Bench:
     def e2e(self, seconds: float, grounder: str, rate_hz: float) -> None:
         from find_ros.ros.demo import run_demo
 
+        reference = self._forward_reference if grounder == "find" else None
+        before = reference() if reference is not None else None
         with tempfile.TemporaryDirectory() as d:
             rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder, overlay_snapshots=False)
+        ref = self._e2e_reference(before, reference()) if reference is not None else None
         stage_ms = dict(rep.get("node_counters", {}).get("stage_ms") or {})
         e2e = self.stages[f"e2e_{grounder}"] = {
             "rate_hz": rate_hz, "resolution": "640x480", "seconds": seconds,
@@ -188,8 +208,8 @@ class _Bench:
             "stage_ms": stage_ms,
             "frames_in": rep["frames_in"], "frames_processed": rep["frames_processed"], "dropped": rep["dropped"],
             "node_rss_mb_last": (rep["samples"][-1]["node_rss_mb"] if rep["samples"] else None),
+            "model_forward_reference": ref,
         }
-        ref = self.stages.get("model", {}).get("model_forward_640x480") if grounder == "find" else None
         proc = (e2e["node_processing_ms"] or {}).get("median")
         self.ratios["node_processing_vs_model_forward"] = (
             round(proc / ref["median_ms"], 3) if proc and ref and ref.get("median_ms") else None)
