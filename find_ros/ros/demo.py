@@ -71,6 +71,7 @@ def _send_interleaved(g: DemoGraph, iid: str, obj: dict, out: Path) -> str:
     import cv2
 
     d = g.driver
+    d.watch_color(True)
     g.spin_until(lambda: d.reference_crop(int(obj["id"])) is not None, 3.0)
     ref = d.reference_crop(int(obj["id"]))
     if ref is None:  # the object is not in view right now: fall back to text
@@ -80,7 +81,7 @@ def _send_interleaved(g: DemoGraph, iid: str, obj: dict, out: Path) -> str:
         text = "the <0>"
         d.publish_instruction(iid, text, obj, reference=ref)
         cv2.imwrite(str(out / "reference_crop.png"), cv2.cvtColor(ref[0], cv2.COLOR_RGB2BGR))
-    d.stop_color()  # no more crops needed
+    d.watch_color(False)  # no more crops needed
     return text
 
 

@@ -48,7 +48,8 @@ class DemoDriver:
         n.create_subscription(Grounding, "find/grounding", self._on_grounding, OUTPUT_QOS)
         n.create_subscription(Image, "find/mask", self._on_mask, OUTPUT_QOS)
         n.create_subscription(String, "find/status", self._on_status, OUTPUT_QOS)
-        self._color_sub = n.create_subscription(Image, "camera/color/image_raw", self._on_color, SENSOR_QOS)
+        self._color_sub: Any = None  # only while a reference crop is wanted (watch_color): the benchmark's driver
+        # then copies no colour frames beside the node being measured
         self._overlay_sub: Any = None  # only while a snapshot is taken (watch_overlay): the node builds the overlay
         # for subscribers only, and a headless consumer is what the e2e benchmark measures
         self.pub = n.create_publisher(InterleavedInstruction, "find/instruction", OUTPUT_QOS)
@@ -63,13 +64,13 @@ class DemoDriver:
     def _on_color(self, msg) -> None:
         from find_ros.ros.conversions import image_to_rgb
 
-        self.camera_frames += 1
         self._put(self.color, stamp_to_ns(msg.header.stamp), image_to_rgb(msg).copy(), keep=4)
 
     def _on_gt_instance(self, msg) -> None:
         from find_ros.ros.conversions import image_to_numpy
 
-        self._put(self.gt_instance, stamp_to_ns(msg.header.stamp), image_to_numpy(msg).astype(np.int32), keep=60)
+        self.camera_frames += 1
+        self._put(self.gt_instance, stamp_to_ns(msg.header.stamp), image_to_numpy(msg), keep=60)  # (a view)
         self._match(stamp_to_ns(msg.header.stamp))
 
     def _on_mask(self, msg) -> None:
@@ -145,9 +146,19 @@ class DemoDriver:
             self.node.destroy_subscription(self._overlay_sub)
             self._overlay_sub = None
 
-    def stop_color(self) -> None:
-        """No more colour frames (reference crops are cut from them): drop the subscription."""
-        self.node.destroy_subscription(self._color_sub)
+    def watch_color(self, on: bool) -> None:
+        """Subscribe to the colour frames reference crops are cut from (``on``), or drop the subscription and the
+        frames kept."""
+        from find_ros.ros.qos import SENSOR_QOS
+        from sensor_msgs.msg import Image
+
+        if on and self._color_sub is None:
+            self._color_sub = self.node.create_subscription(Image, "camera/color/image_raw", self._on_color,
+                                                            SENSOR_QOS)
+        elif not on and self._color_sub is not None:
+            self.node.destroy_subscription(self._color_sub)
+            self._color_sub = None
+            self.color.clear()
 
     def reference_crop(self, obj_id: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A crop of ``obj_id`` (+ its mask) from the newest colour frame that has ground truth."""

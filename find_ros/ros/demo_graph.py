@@ -134,10 +134,11 @@ class DemoGraph:
         return cond()
 
     def wait_started(self, timeout_s: float) -> None:
-        """Until the driver has the objects, a node status, a subscriber and a camera frame; DemoError if not."""
+        """Until the driver has the objects, a node status, a subscriber and a camera frame (its ground truth);
+        DemoError if not."""
         d = self.driver
         if self.spin_until(lambda: d.objects is not None and d.status and d.pub.get_subscription_count() > 0
-                           and len(d.color) > 0, timeout_s):
+                           and d.camera_frames > 0, timeout_s):
             return
         seen = ", ".join(f"{t} {d.node.count_publishers(t)}"
                          for t in ("camera/color/image_raw", "camera/gt/objects", "find/status"))
