@@ -50,6 +50,16 @@ def test_found_entity_gets_label_pose_and_world_pose():
     assert np.array_equal(ov[100:110, 120:150], rgb[100:110, 120:150])  # untouched background
 
 
+def test_last_timings_split_the_per_entity_path_into_pose_and_tracking():
+    vg = pipeline("the red cube, the blue ball")
+    rgb, depth = frame([(60, 40, 30, RED), (10, 10, 20, BLUE)])
+    vg.process(rgb, depth, K, np.eye(4))
+    t = vg.last_timings
+    assert set(t) == {"ground", "pose", "tracking", "pose_tracking"}
+    assert t["ground"] > 0 and t["pose"] > 0 and t["tracking"] > 0  # two entities found: both parts ran
+    assert t["pose"] + t["tracking"] == pytest.approx(t["pose_tracking"])
+
+
 def test_no_world_pose_without_camera_pose_and_no_pose_without_depth():
     vg = pipeline()
     rgb, depth = frame([(60, 40, 30, RED)])

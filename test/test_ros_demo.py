@@ -45,8 +45,8 @@ def test_short_demo_writes_a_report(tmp_path, domain_id):
     assert "latency median" in r.stdout
     # the running node's per-stage medians (find/status stage_ms; find-ros bench reports them)
     stages = report["node_counters"]["stage_ms"]
-    assert {"queue_wait", "convert_in", "pose_lookup", "model_forward", "pose_tracking", "build_msgs", "publish",
-            "total"} <= set(stages), stages
+    assert {"queue_wait", "convert_in", "pose_lookup", "model_forward", "pose", "tracking", "pose_tracking",
+            "build_msgs", "publish", "total"} <= set(stages), stages
     assert 0 < stages["model_forward"] <= stages["total"]
 
 

@@ -339,7 +339,7 @@ class PerceptionNode(LifecycleNode):
             result = self._pipeline.process(rgb, depth_m, K, T_world_cam)
             st.record_many(getattr(self._grounder, "last_timings", None) or
                            {"ground": self._pipeline.last_timings.get("ground", 0.0)})
-            st.record("pose_tracking", self._pipeline.last_timings.get("pose_tracking", 0.0))
+            st.record_many({k: v for k, v in self._pipeline.last_timings.items() if k != "ground"})  # pose, tracking
         grounding = self._publish(color.header, instruction, result, t_receipt, resolved)
         self._count("processed")
         # after the grounding is out: the display outputs, the field hand-off, the references' last positions
