@@ -297,6 +297,31 @@ def test_grounder_masks_at_input_resolution_and_instruction_cache(model):
         g.ground(rgb)
 
 
+@pytest.mark.parametrize("size", [(480, 640), (720, 1280), (60, 80), (481, 640)])
+def test_mask_from_logits_upsamples_only_around_positive_cells_bit_for_bit(size):
+    import cv2
+
+    from find_ros.grounder import mask_box
+    from find_ros.model.grounder import mask_from_logits
+
+    rng = np.random.default_rng(size[0])
+    cases = [np.full((60, 80), -2.0, np.float32) for _ in range(4)]
+    cases[1][20:31, 30:45] = 1.5  # one object
+    cases[2][0, 79] = 0.25  # a single positive cell in a corner
+    cases[3][:] = np.round(rng.standard_normal((60, 80)) * 2) / 2 - 1  # exact zeros and ties
+    cases += [(rng.standard_normal((60, 80)) - rng.uniform(0, 3)).astype(np.float32) for _ in range(20)]
+    for logits in cases:
+        whole = cv2.resize(logits, size[::-1], interpolation=cv2.INTER_LINEAR) > 0  # every pixel upsampled
+        mask, box = mask_from_logits(logits, size)
+        assert mask.shape == size and mask.dtype == bool
+        assert np.array_equal(mask, whole) and box == mask_box(whole)
+    assert mask_from_logits(cases[0], size)[1] == (0, 0, 0, 0) and not mask_from_logits(cases[0], size)[0].any()
+    # and the same as torch's bilinear interpolation (half-pixel centres) on an object
+    up = torch.nn.functional.interpolate(torch.from_numpy(cases[1])[None, None], size=size, mode="bilinear",
+                                         align_corners=False)[0, 0] > 0
+    assert np.array_equal(mask_from_logits(cases[1], size)[0], up.numpy())
+
+
 def test_broadcast_one_instruction_over_frames(model, images):
     p = model.encode_instructions([parse_instruction("the red cube")])
     with torch.no_grad():
