@@ -76,15 +76,19 @@ def test_graph_that_does_not_start_names_the_missing_links(tmp_path, domain_id):
 
 
 def test_without_overlay_snapshots_nothing_watches_the_overlay(tmp_path, domain_id):
-    """``run_demo(overlay_snapshots=False)`` (what find-ros bench runs: a headless consumer) never subscribes to the
-    overlay: no snapshot, no PNG, frames still grounded."""
+    """``run_demo(overlay_snapshots=False, score=False)`` (what find-ros bench runs: a headless consumer, no ground
+    truth beside the node) never subscribes to the overlay: no snapshot, no PNG, frames still grounded, nothing
+    scored, and the interleaved instruction still gets its reference crop (ground truth taken for that only)."""
     code = ("import json, sys\nfrom pathlib import Path\nfrom find_ros.ros.demo import run_demo\n"
             "r = run_demo(seconds=4, rate_hz=10, out=Path(sys.argv[1]), grounder='hsv-baseline',\n"
-            "             domain_id=int(sys.argv[2]), overlay_snapshots=False)\n"
-            "print(json.dumps({'overlays': r['overlays'], 'processed': r['frames_processed']}))\n")
+            "             domain_id=int(sys.argv[2]), overlay_snapshots=False, score=False)\n"
+            "print(json.dumps({'overlays': r['overlays'], 'processed': r['frames_processed'],\n"
+            "                  'texts': [i['text'] for i in r['instructions']],\n"
+            "                  'scored': [i['frames_scored'] for i in r['instructions']]}))\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo"), str(domain_id)], capture_output=True,
                        text=True, timeout=120, env=process_env(domain_id=domain_id, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["overlays"] == [] and got["processed"] > 0, got
+    assert got["scored"] == [0, 0, 0] and got["texts"][2] == "the <0>", got
     assert not list((tmp_path / "demo").glob("overlay_*.png"))

@@ -71,7 +71,7 @@ def _send_interleaved(g: DemoGraph, iid: str, obj: dict, out: Path) -> str:
     import cv2
 
     d = g.driver
-    d.watch_color(True)
+    d.watch_crop_sources(True)
     g.spin_until(lambda: d.reference_crop(int(obj["id"])) is not None, 3.0)
     ref = d.reference_crop(int(obj["id"]))
     if ref is None:  # the object is not in view right now: fall back to text
@@ -81,7 +81,7 @@ def _send_interleaved(g: DemoGraph, iid: str, obj: dict, out: Path) -> str:
         text = "the <0>"
         d.publish_instruction(iid, text, obj, reference=ref)
         cv2.imwrite(str(out / "reference_crop.png"), cv2.cvtColor(ref[0], cv2.COLOR_RGB2BGR))
-    d.watch_color(False)  # no more crops needed
+    d.watch_crop_sources(False)  # no more crops needed
     return text
 
 
@@ -164,12 +164,14 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
              grounder: str = "find", seed: int = 3, startup_timeout_s: float = 60.0,
              domain_id: int | None = None, sample_period_s: float = 1.0,
              node_params: dict[str, Any] | None = None, transport: str = DEFAULT_TRANSPORT,
-             stop: StopSignals | None = None, overlay_snapshots: bool = True) -> dict[str, Any]:
+             stop: StopSignals | None = None, overlay_snapshots: bool = True, score: bool = True) -> dict[str, Any]:
     """Run the graph for ``seconds`` after start-up; write ``out/report.json`` and return the report.
 
     ``overlay_snapshots``: subscribe to ``find/overlay`` for the last second of each instruction and save the PNGs
     (``report["overlays"]``); without them nothing subscribes to the overlay (``find-ros bench``: a headless
-    consumer; the node then builds no overlay).
+    consumer; the node then builds no overlay). ``score``: IoU against the sim's ground-truth instance images, which
+    the driver then takes every frame; without it (``find-ros bench``) it takes them only to cut the interleaved
+    instruction's reference crop, and ``iou_*`` / ``found_rate`` are None.
 
     ``node_params`` adds perception-node parameters; ``sample_period_s`` sets how often the node's and
     camera's RSS are sampled into ``report["samples"]`` (used by the soak benchmark). ``domain_id`` defaults
@@ -183,7 +185,8 @@ def run_demo(*, seconds: float = 20.0, out: Path = Path("out/demo"), rate_hz: fl
     domain = lease.domain_id if lease is not None else int(domain_id)
     try:
         g = DemoGraph.start(out=out, domain=domain, transport=transport, rate_hz=rate_hz, seconds=seconds, seed=seed,
-                         grounder=grounder, node_params=node_params, stop=stop, sample_period_s=sample_period_s)
+                         grounder=grounder, node_params=node_params, stop=stop, sample_period_s=sample_period_s,
+                         score=score)
         try:
             g.wait_started(startup_timeout_s)
             start_status = dict(g.driver.status)

@@ -1,5 +1,7 @@
 """The ``find-ros demo`` driver node (:mod:`find_ros.ros.demo`): sim ground truth in, instructions out, results
-scored against the ground truth by stamp."""
+scored against the ground truth by stamp (``score``), or, for ``find-ros bench``, only timed: the driver then takes
+the 1.2 MB ground-truth instance image of every frame only while it cuts a reference crop (receiving it beside the
+node slowed the node's forward pass by 1.1-1.35 ms, against 0.15-0.34 without it)."""
 from __future__ import annotations
 
 import collections
@@ -18,10 +20,10 @@ __all__ = ["DemoDriver"]
 class DemoDriver:
     """In-process rclpy node: ground truth in, instructions out, results collected."""
 
-    def __init__(self, *, context: Any, out: Path, instruction_period_s: float) -> None:
+    def __init__(self, *, context: Any, out: Path, instruction_period_s: float, score: bool = True) -> None:
         from find_ros.msg import Grounding, InterleavedInstruction
         from find_ros.ros.qos import OUTPUT_QOS, SENSOR_QOS
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
         from std_msgs.msg import String
         import rclpy
 
@@ -42,13 +44,18 @@ class DemoDriver:
         self.found: dict[str, list[bool]] = collections.defaultdict(list)
         self.targets: dict[str, dict] = {}
         self.camera_frames = 0
+        """camera_info messages received (the camera runs)."""
+        self.score = bool(score)
         n = self.node
         n.create_subscription(String, "camera/gt/objects", self._on_objects, OUTPUT_QOS)
-        n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
+        n.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info, SENSOR_QOS)
+        self._gt_sub: Any = None  # always when scoring, else only while a reference crop is wanted
+        if self.score:
+            self._gt_sub = n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
         n.create_subscription(Grounding, "find/grounding", self._on_grounding, OUTPUT_QOS)
         n.create_subscription(Image, "find/mask", self._on_mask, OUTPUT_QOS)
         n.create_subscription(String, "find/status", self._on_status, OUTPUT_QOS)
-        self._color_sub: Any = None  # only while a reference crop is wanted (watch_color): the benchmark's driver
+        self._color_sub: Any = None  # only while a reference crop is wanted (watch_crop_sources): the driver
         # then copies no colour frames beside the node being measured
         self._overlay_sub: Any = None  # only while a snapshot is taken (watch_overlay): the node builds the overlay
         # for subscribers only, and a headless consumer is what the e2e benchmark measures
@@ -57,6 +64,9 @@ class DemoDriver:
     # -- callbacks (thin: store, then match by stamp)
     def _on_objects(self, msg) -> None:
         self.objects = json.loads(msg.data)
+
+    def _on_info(self, msg) -> None:
+        self.camera_frames += 1
 
     def _on_status(self, msg) -> None:
         self.status = json.loads(msg.data)
@@ -69,7 +79,6 @@ class DemoDriver:
     def _on_gt_instance(self, msg) -> None:
         from find_ros.ros.conversions import image_to_numpy
 
-        self.camera_frames += 1
         self._put(self.gt_instance, stamp_to_ns(msg.header.stamp), image_to_numpy(msg), keep=60)  # (a view)
         self._match(stamp_to_ns(msg.header.stamp))
 
@@ -101,6 +110,8 @@ class DemoDriver:
             d.popitem(last=False)
 
     def _match(self, stamp: int) -> None:
+        if not self.score:
+            return
         if stamp not in self.groundings or stamp not in self.masks or stamp not in self.gt_instance:
             return
         g = self.groundings.pop(stamp)
@@ -146,19 +157,25 @@ class DemoDriver:
             self.node.destroy_subscription(self._overlay_sub)
             self._overlay_sub = None
 
-    def watch_color(self, on: bool) -> None:
-        """Subscribe to the colour frames reference crops are cut from (``on``), or drop the subscription and the
-        frames kept."""
+    def watch_crop_sources(self, on: bool) -> None:
+        """Subscribe to what reference crops are cut from (``on``): the colour frames, and the ground-truth instance
+        images when not scoring (scoring keeps them throughout); or drop those subscriptions and their frames."""
         from find_ros.ros.qos import SENSOR_QOS
         from sensor_msgs.msg import Image
 
+        n = self.node
         if on and self._color_sub is None:
-            self._color_sub = self.node.create_subscription(Image, "camera/color/image_raw", self._on_color,
-                                                            SENSOR_QOS)
+            self._color_sub = n.create_subscription(Image, "camera/color/image_raw", self._on_color, SENSOR_QOS)
+            if self._gt_sub is None:
+                self._gt_sub = n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
         elif not on and self._color_sub is not None:
-            self.node.destroy_subscription(self._color_sub)
+            n.destroy_subscription(self._color_sub)
             self._color_sub = None
             self.color.clear()
+            if not self.score and self._gt_sub is not None:
+                n.destroy_subscription(self._gt_sub)
+                self._gt_sub = None
+                self.gt_instance.clear()
 
     def reference_crop(self, obj_id: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A crop of ``obj_id`` (+ its mask) from the newest colour frame that has ground truth."""

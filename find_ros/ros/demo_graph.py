@@ -88,8 +88,9 @@ class DemoGraph:
     @classmethod
     def start(cls, *, out: Path, domain: int, transport: str, rate_hz: float, seconds: float, seed: int,
               grounder: str, node_params: dict[str, Any] | None, stop: StopSignals | None,
-              sample_period_s: float) -> DemoGraph:
-        """Init a context on ``domain``, spawn the two nodes, create the driver node and its executor."""
+              sample_period_s: float, score: bool = True) -> DemoGraph:
+        """Init a context on ``domain``, spawn the two nodes, create the driver node (``score``: against the ground
+        truth, :class:`DemoDriver`) and its executor."""
         env = process_env(domain_id=domain, transport=transport, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
@@ -101,7 +102,7 @@ class DemoGraph:
         logs = {"camera": out / "sim_camera_node.log", "node": out / "perception_node.log"}
         procs = _spawn_nodes(env=env, logs=logs, rate_hz=rate_hz, seconds=seconds, seed=seed, grounder=grounder,
                              node_params=node_params)
-        driver = DemoDriver(context=ctx, out=out, instruction_period_s=max(seconds / 3.0, 1.0))
+        driver = DemoDriver(context=ctx, out=out, instruction_period_s=max(seconds / 3.0, 1.0), score=score)
         executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(driver.node)
         return cls(ctx=ctx, procs=procs, logs=logs, driver=driver, executor=executor, stop=stop,

@@ -4,8 +4,9 @@ Topics (relative): ``camera/color/image_raw`` (rgb8), ``camera/depth/image_raw``
 invalid, REP 118), ``camera/color/camera_info``, ``camera/pose`` (PoseStamped: optical frame -> ``world_frame``),
 ``camera/odom`` (Odometry, with ``publish_odom``), ``/tf`` (``world_frame -> frame_id``, tf2_msgs/TFMessage, with
 ``publish_tf`` when tf2_msgs is importable: :mod:`find_ros.ros.tf`), and with ``publish_gt``: ``camera/gt/instance``
-(32SC1 object ids, 0 = room) and ``camera/gt/objects`` (std_msgs/String, JSON list of ObjectSpec.to_json(), reliable
-transient-local so late joiners get it; republished with every frame for volatile subscribers).
+(32SC1 object ids, 0 = room; built and published only while something subscribes: 1.2 MB a 640x480 frame) and
+``camera/gt/objects`` (std_msgs/String, JSON list of ObjectSpec.to_json(), reliable transient-local so late joiners
+get it; republished with every frame for volatile subscribers).
 
 All messages of one frame share one stamp (the clock at render time); images and camera_info are in ``frame_id``
 (an optical frame: x right, y down, z forward, REP 103/105), poses in ``world_frame``. A timer at ``rate_hz``
@@ -68,7 +69,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("noise_std", float, 0.0, "depth noise standard deviation in metres", range=(0.0, None), want=">= 0"),
     ParamSpec("frame_id", str, "camera_color_optical_frame", "optical frame of the images and camera_info"),
     ParamSpec("world_frame", str, "map", "frame of camera/pose and camera/odom, parent of the camera's /tf transform"),
-    ParamSpec("publish_gt", bool, False, "publish camera/gt/instance and camera/gt/objects"),
+    ParamSpec("publish_gt", bool, False,
+              "publish camera/gt/instance (only while it has a subscriber) and camera/gt/objects"),
     ParamSpec("publish_odom", bool, False, "publish camera/odom (nav_msgs/Odometry)"),
     ParamSpec("publish_tf", bool, True,
               "publish world_frame -> frame_id on /tf (tf2_msgs/TFMessage) when tf2_msgs is importable"),
@@ -308,8 +310,9 @@ class SimCameraNode(Node):
         h = self.out.publish(stamp=stamp, color=frame.color, depth_m=frame.depth, K=frame.K,
                              T_world_cam=frame.T_world_cam)
         if self.gt_instance is not None:
-            self.gt_instance.publish(conv.numpy_to_image(frame.instance.astype(np.int32, copy=False), "32SC1",
-                                                         header=h))
+            if self.gt_instance.get_subscription_count() > 0:  # 1.2 MB a frame: built only for a subscriber
+                self.gt_instance.publish(conv.numpy_to_image(frame.instance.astype(np.int32, copy=False), "32SC1",
+                                                             header=h))
             self.gt_objects.publish(String(data=self._objects_json))
         self.published += 1
         n_total = int(self.p["n_frames"])

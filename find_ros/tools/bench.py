@@ -198,7 +198,9 @@ class _Bench:
         reference = self._forward_reference if grounder == "find" else None
         before = reference() if reference is not None else None
         with tempfile.TemporaryDirectory() as d:
-            rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder, overlay_snapshots=False)
+            # a headless consumer, no ground-truth scoring: what runs beside the node is a camera and a consumer
+            rep = run_demo(seconds=seconds, out=Path(d), rate_hz=rate_hz, grounder=grounder, overlay_snapshots=False,
+                           score=False)
         ref = self._e2e_reference(before, reference()) if reference is not None else None
         stage_ms = dict(rep.get("node_counters", {}).get("stage_ms") or {})
         e2e = self.stages[f"e2e_{grounder}"] = {
@@ -232,8 +234,7 @@ def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0
     node_params = {"field_enable": True, "field_max_blocks": int(field_blocks)} if field_blocks > 0 else None
     with tempfile.TemporaryDirectory() as d:
         rep = run_demo(seconds=minutes * 60.0, out=Path(d), rate_hz=rate_hz, grounder=grounder, sample_period_s=5.0,
-                       overlay_snapshots=False,
-                       node_params=node_params)
+                       overlay_snapshots=False, score=False, node_params=node_params)
     samples = [s for s in rep["samples"] if s["node_rss_mb"] is not None]
     n = len(samples)
     k = max(n // 5, 1)
