@@ -60,6 +60,15 @@ def test_last_timings_split_the_per_entity_path_into_pose_and_tracking():
     assert t["pose"] + t["tracking"] == pytest.approx(t["pose_tracking"])
 
 
+def test_a_grounder_without_prepare_instruction_prepares_nothing_and_switches_as_before():
+    vg = pipeline("the red cube")
+    second = parse_instruction("the blue ball")
+    assert vg.prepare_instruction(second) is None and vg.instruction.entities[0].phrase == "the red cube"
+    vg.set_instruction(second, prepared=None)
+    rgb, depth = frame([(10, 10, 20, BLUE)])
+    assert vg.process(rgb, depth, K).entities[0].found
+
+
 def test_no_world_pose_without_camera_pose_and_no_pose_without_depth():
     vg = pipeline()
     rgb, depth = frame([(60, 40, 30, RED)])

@@ -322,6 +322,40 @@ def test_mask_from_logits_upsamples_only_around_positive_cells_bit_for_bit(size)
     assert np.array_equal(mask_from_logits(cases[1], size)[0], up.numpy())
 
 
+def test_instruction_prepared_in_advance_switches_without_embedding_again(model):
+    """``prepare_instruction`` embeds without touching the instruction in force (the node embeds outside its
+    pipeline lock while the worker grounds); ``set_instruction(prepared=...)`` then switches without a second
+    embedding, with the same masks and scores as a plain switch."""
+    from find_ros.grounder import GrounderError
+    from find_ros.grounding.pipeline import VideoGrounder
+    from find_ros.model.grounder import FindGrounder
+
+    rgb = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    depth = np.full((48, 64), 1.5, np.float32)
+    K = np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
+    first, second = parse_instruction("the red cube"), parse_instruction("the blue ball, the <0>", [_ref(5)])
+    plain = FindGrounder(model=model)
+    plain.set_instruction(second)
+    want = plain.ground(rgb)
+    vg = VideoGrounder(FindGrounder(model=model))
+    vg.set_instruction(first)
+    before = vg.process(rgb, depth, K)
+    prepared = vg.prepare_instruction(second)
+    assert vg.grounder.embed_calls == 2 and vg.instruction is first  # embedded, not switched
+    again = vg.process(rgb, depth, K)
+    assert [e.phrase for e in again.entities] == ["the red cube"]
+    assert np.array_equal(again.entities[0].mask, before.entities[0].mask)
+    vg.set_instruction(second, prepared=prepared)
+    assert vg.grounder.embed_calls == 2 and vg.instruction is second  # no second embedding
+    got = vg.grounder.ground(rgb)
+    for a, b in zip(got.entities, want.entities):
+        assert np.array_equal(a.mask, b.mask) and a.score == pytest.approx(b.score, abs=1e-6)
+    with pytest.raises(GrounderError, match="prepare_instruction"):
+        vg.grounder.set_instruction(first, prepared="prompts")
+    with pytest.raises(GrounderError, match="needs an Instruction"):
+        vg.grounder.prepare_instruction("the red cube")
+
+
 def test_broadcast_one_instruction_over_frames(model, images):
     p = model.encode_instructions([parse_instruction("the red cube")])
     with torch.no_grad():

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -214,9 +215,20 @@ class VideoGrounder:
         """One tracker per entity of the current instruction (for counters: tracks, losses, re-acquisitions)."""
         return tuple(self._trackers)
 
-    def set_instruction(self, instruction: Instruction) -> None:
-        """Embed ``instruction`` once (in the grounder) and start fresh tracks for its entities."""
-        self.grounder.set_instruction(instruction)
+    def prepare_instruction(self, instruction: Instruction) -> Any:
+        """The grounder's embedding of ``instruction`` (``grounder.prepare_instruction``; None for a grounder
+        without one), computed without touching the instruction in force or the tracks: a caller embeds here in
+        one thread while another keeps processing frames, then passes it to :meth:`set_instruction`."""
+        prepare = getattr(self.grounder, "prepare_instruction", None)
+        return prepare(instruction) if callable(prepare) else None
+
+    def set_instruction(self, instruction: Instruction, *, prepared: Any = None) -> None:
+        """Embed ``instruction`` once (in the grounder; ``prepared``: :meth:`prepare_instruction`'s result, used
+        instead) and start fresh tracks for its entities."""
+        if prepared is None:
+            self.grounder.set_instruction(instruction)
+        else:
+            self.grounder.set_instruction(instruction, prepared=prepared)
         self._instruction = instruction
         self._trackers = [EntityTracker(config=self._config, id_source=self._ids) for _ in instruction.entities]
         self.frames = 0

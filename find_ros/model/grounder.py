@@ -111,12 +111,22 @@ class FindGrounder:
                         known_words_summary(self.model.tokenizer))
         return unknown
 
-    def set_instruction(self, instruction: Instruction) -> None:
+    def prepare_instruction(self, instruction: Instruction) -> PromptBatch:
+        """The prompts of ``instruction`` (its embedding, the costly part of :meth:`set_instruction`), leaving the
+        instruction in force alone: one thread may embed while another grounds frames with the model."""
+        if not isinstance(instruction, Instruction):
+            raise GrounderError(f"prepare_instruction needs an Instruction, got {type(instruction).__name__}")
+        return self._embed(instruction)
+
+    def set_instruction(self, instruction: Instruction, *, prepared: PromptBatch | None = None) -> None:
+        """Make ``instruction`` the one grounded (embedded here, or ``prepared`` by :meth:`prepare_instruction`)."""
         if not isinstance(instruction, Instruction):
             raise GrounderError(f"set_instruction needs an Instruction, got {type(instruction).__name__}")
         if self._instruction is instruction and self._prompts is not None:
             return
-        self._prompts = self._embed(instruction)
+        if prepared is not None and not isinstance(prepared, PromptBatch):
+            raise GrounderError(f"prepared must come from prepare_instruction, got {type(prepared).__name__}")
+        self._prompts = prepared if prepared is not None else self._embed(instruction)
         self._instruction = instruction
         self.unknown_words = self.find_unknown_words([e.text for e in instruction.entities])
 

@@ -10,8 +10,7 @@ A ``rclpy`` lifecycle node (``python -m find_ros.ros.perception_node`` or the ``
   (:mod:`find_ros.ros.grounder_factory`), subscribe, offer the services, start the worker;
 - deactivate: stop the worker, drop subscriptions and services, free the model; cleanup / shutdown: the publishers.
 
-With ``autostart:=true`` it configures and activates itself (no lifecycle manager needed); ``executor`` picks the
-executor its process spins (:func:`find_ros.ros.shutdown.make_executor`).
+With ``autostart:=true`` it configures and activates itself; ``executor``: what its process spins (``shutdown``).
 
 Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp; the
 matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single worker
@@ -76,8 +75,7 @@ class PerceptionNode(LifecycleNode):
         self._pipeline: Any = None
         self._instruction: Any = None
         self._pipeline_lock = threading.Lock()
-        self._worker = LatestWorker(self._work, name="find_ros-worker",  # one-slot mailbox: newest frame set wins
-                                    on_start=self._warm_up)
+        self._worker = LatestWorker(self._work, name="find_ros-worker", on_start=self._warm_up)  # newest set wins
         self._counters = NodeCounters()  # find/status counters and the per-kind warning throttle
         self._stages = StageTimer(window=200)  # find/status stage_ms: rolling medians of the frame path's stages
         self._field: Any = None  # field hook: FieldBridge when field_enable
@@ -270,11 +268,13 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ instructions
     def _apply_instruction(self, instruction: Any, resolved: Any) -> None:
-        """Embed an instruction (InstructionInput) and make it the one in force."""
+        """Embed an instruction (InstructionInput) outside the pipeline lock, then make it the one in force."""
+        pipeline = self._pipeline  # the worker keeps grounding frames meanwhile (a reference: 17-30 ms to embed)
+        prepared = None if pipeline is None else pipeline.prepare_instruction(instruction)
         with self._pipeline_lock:
-            if self._pipeline is None:
+            if pipeline is None or self._pipeline is not pipeline:  # not active, or deactivated meanwhile
                 raise InstructionError("node is not active")
-            self._pipeline.set_instruction(instruction)
+            self._pipeline.set_instruction(instruction, prepared=prepared)
             self._instruction, self._resolved = instruction, resolved
 
     def _clear_instruction(self) -> None:
