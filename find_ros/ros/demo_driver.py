@@ -51,7 +51,7 @@ class DemoDriver:
         n.create_subscription(CameraInfo, "camera/color/camera_info", self._on_info, SENSOR_QOS)
         self._gt_sub: Any = None  # always when scoring, else only while a reference crop is wanted
         if self.score:
-            self._gt_sub = n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
+            self._subscribe_gt()
         n.create_subscription(Grounding, "find/grounding", self._on_grounding, OUTPUT_QOS)
         n.create_subscription(Image, "find/mask", self._on_mask, OUTPUT_QOS)
         n.create_subscription(String, "find/status", self._on_status, OUTPUT_QOS)
@@ -157,6 +157,12 @@ class DemoDriver:
             self.node.destroy_subscription(self._overlay_sub)
             self._overlay_sub = None
 
+    def _subscribe_gt(self) -> None:
+        from find_ros.ros.qos import SENSOR_QOS
+        from sensor_msgs.msg import Image
+
+        self._gt_sub = self.node.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
+
     def watch_crop_sources(self, on: bool) -> None:
         """Subscribe to what reference crops are cut from (``on``): the colour frames, and the ground-truth instance
         images when not scoring (scoring keeps them throughout); or drop those subscriptions and their frames."""
@@ -167,7 +173,7 @@ class DemoDriver:
         if on and self._color_sub is None:
             self._color_sub = n.create_subscription(Image, "camera/color/image_raw", self._on_color, SENSOR_QOS)
             if self._gt_sub is None:
-                self._gt_sub = n.create_subscription(Image, "camera/gt/instance", self._on_gt_instance, SENSOR_QOS)
+                self._subscribe_gt()
         elif not on and self._color_sub is not None:
             n.destroy_subscription(self._color_sub)
             self._color_sub = None

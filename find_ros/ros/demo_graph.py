@@ -135,7 +135,7 @@ class DemoGraph:
         return cond()
 
     def wait_started(self, timeout_s: float) -> None:
-        """Until the driver has the objects, a node status, a subscriber and a camera frame (its ground truth);
+        """Until the driver has the objects, a node status, a subscriber and a camera frame (its camera_info);
         DemoError if not."""
         d = self.driver
         if self.spin_until(lambda: d.objects is not None and d.status and d.pub.get_subscription_count() > 0

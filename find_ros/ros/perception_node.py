@@ -10,7 +10,7 @@ A ``rclpy`` lifecycle node (``python -m find_ros.ros.perception_node`` or the ``
   (:mod:`find_ros.ros.grounder_factory`), subscribe, offer the services, start the worker;
 - deactivate: stop the worker, drop subscriptions and services, free the model; cleanup / shutdown: the publishers.
 
-With ``autostart:=true`` it configures and activates itself; ``executor``: what its process spins (``shutdown``).
+With ``autostart:=true`` it configures and activates itself; ``executor``: what its process spins (see ``shutdown``).
 
 Frame path: the camera side checks each message on arrival and matches colour, depth and camera_info by stamp; the
 matched set goes into a one-slot mailbox (:class:`find_ros.ros.latest_worker.LatestWorker`) read by a single worker
