@@ -1,5 +1,6 @@
 """find-ros bench: stage timing, a stage on a tiny random FIND model, missing model reported as a stage error."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,18 @@ def test_time_stage_repeats_and_orders_percentiles():
     t = bench.time_stage(lambda: calls.append(sum(range(2000))), warmup=3, repeat=7)
     assert len(calls) == 10 and t.n == 7
     assert 0 < t.median_ms <= t.p95_ms
+
+
+def test_time_stage_paced_starts_each_call_one_period_after_the_last():
+    starts = []
+    t = bench.time_stage(lambda: starts.append(time.perf_counter()), warmup=2, repeat=5, period_s=0.02)
+    assert t.n == 5 and len(starts) == 7
+    gaps = np.diff(starts[1:])  # the first timed call follows the warm-up by a period too
+    assert (gaps >= 0.0195).all() and gaps.min() < 0.06, gaps  # paced, not back to back (and not stalled)
+    slow = bench.time_stage(lambda: time.sleep(0.03), warmup=0, repeat=3, period_s=0.01)  # longer than the period
+    assert slow.n == 3 and slow.median_ms >= 29.0  # the next call starts at once, no sleep is timed
+    with pytest.raises(ValueError, match="period_s"):
+        bench.time_stage(lambda: None, warmup=0, repeat=1, period_s=-1.0)
 
 
 def test_soak_fifths_are_medians_of_consecutive_fifths():
@@ -37,6 +50,8 @@ def test_model_stage_on_tiny_model_reports_overhead(tmp_path):
     assert m["model_forward_640x480"]["median_ms"] > 0 and m["model_forward_640x480"]["torch_threads"] == 1
     again = b._forward_reference()  # what the e2e stage times before and after its run: the same forward pass
     assert again.n >= b.repeat and len(again.samples_ms) == again.n and torch.get_num_threads() == 1
+    paced = b._forward_reference(0.01)  # and paced at a camera period
+    assert paced.n >= b.repeat and paced.median_ms > 0
     assert "node_path_640x480" not in m  # the synthetic node path is gone: the e2e stage measures the real node
     json.dumps(b.stages)  # JSON-ready
 
@@ -55,22 +70,26 @@ def test_e2e_stage_reports_the_running_nodes_stages_and_ratio(monkeypatch):
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     b = bench._Bench(quick=True)
     b.stages["model"] = {"model_forward_640x480": {"median_ms": 30.0, "torch_threads": 1}}
-    timings = iter([(20.0, 24.0, 25.0), (25.0, 26.0, 30.0)])  # the reference just before, then just after the run
+    # the reference just before the run (back to back, then paced), then just after it (paced, then back to back)
+    timings = {0.0: iter([(20.0, 24.0, 25.0), (25.0, 26.0, 30.0)]), 1 / 30.0: iter([(40.0,), (50.0,)])}
     refs = []
 
-    def reference():
-        refs.append(len(calls))  # how many e2e runs had happened when the reference was timed
-        s = next(timings)
+    def reference(period_s=0.0):
+        refs.append((len(calls), period_s))  # how many e2e runs had happened when the reference was timed
+        s = next(timings[period_s])
         return bench.StageTiming(float(np.median(s)), max(s), len(s), None, s)
 
     b._forward_reference = reference
     b.e2e(1.0, "find", 30.0)
     e = b.stages["e2e_find"]
     assert e["stage_ms"] == {"convert_in": 1.0, "model_forward": 40.0, "total": 48.0}
-    assert refs == [0, 1]  # timed right before and right after the run
+    assert refs == [(0, 0.0), (0, 1 / 30.0), (1, 1 / 30.0), (1, 0.0)]  # right before and right after the run
     r = e["model_forward_reference"]
     assert (r["median_ms"], r["n"], r["before_median_ms"], r["after_median_ms"]) == (25.0, 6, 24.0, 26.0)
     assert b.ratios["node_processing_vs_model_forward"] == 2.0  # 50 / the pooled median (not the model stage's 30)
+    p = e["model_forward_reference_paced"]  # one call per camera period, as the node runs the model
+    assert (p["median_ms"], p["before_median_ms"], p["after_median_ms"], p["period_ms"]) == (45.0, 40.0, 50.0, 33.333)
+    assert b.ratios["node_processing_vs_paced_model_forward"] == round(50.0 / 45.0, 3)
     assert b.ratios["node_processing_vs_node_model_forward"] == 1.25
     assert calls[0]["overlay_snapshots"] is False  # a headless consumer: nothing subscribes to find/overlay
 
@@ -84,7 +103,9 @@ def test_e2e_stage_without_a_model_reference_reports_no_ratio(monkeypatch):
     b = bench._Bench(quick=True)  # the model stage failed or did not run: no forward reference
     b.e2e(1.0, "find", 30.0)
     assert b.stages["e2e_find"]["model_forward_reference"] is None
+    assert b.stages["e2e_find"]["model_forward_reference_paced"] is None
     assert b.ratios["node_processing_vs_model_forward"] is None
+    assert b.ratios["node_processing_vs_paced_model_forward"] is None
     assert b.ratios["node_processing_vs_node_model_forward"] == 1.25
 
 

@@ -48,14 +48,27 @@ def peak_rss_mb() -> float | None:
     return None
 
 
-def time_stage(fn: Callable[[], Any], *, warmup: int, repeat: int, min_s: float = 0.0) -> StageTiming:
-    """Call ``fn`` ``warmup`` times, then at least ``repeat`` times (and at least ``min_s`` seconds)."""
+def time_stage(fn: Callable[[], Any], *, warmup: int, repeat: int, min_s: float = 0.0,
+               period_s: float = 0.0) -> StageTiming:
+    """Call ``fn`` ``warmup`` times, then at least ``repeat`` times (and at least ``min_s`` seconds).
+
+    ``period_s`` > 0 paces the calls as a camera would: each timed call starts ``period_s`` after the one before
+    (the thread sleeps in between; a call longer than the period starts the next at once). On shared VMs a call
+    after an idle gap runs slower than back to back (caches refilled), so this is how a node sees the callable."""
+    if period_s < 0:
+        raise ValueError(f"period_s must be >= 0, got {period_s}")
     for _ in range(warmup):
         fn()
     reset_peak_rss()
     times: list[float] = []
     t_end = time.perf_counter() + min_s
+    next_start = time.perf_counter() + period_s  # paced: the first timed call, too, follows a gap
     while len(times) < repeat or time.perf_counter() < t_end:
+        if period_s > 0:
+            wait = next_start - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            next_start = max(next_start + period_s, time.perf_counter())
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
