@@ -47,13 +47,12 @@ from find_ros.ros.instruction_input import InstructionInput
 from find_ros.ros.counters import Counters, NodeCounters
 from find_ros.ros.grounder_factory import build_grounder, build_pipeline
 from find_ros.ros import frame_checks as checks
-from find_ros.ros.frame_checks import FrameRejected
 from find_ros.ros.latest_worker import LatestWorker
 from find_ros.ros.params import (NODE_NAME, PARAMS_BY_NAME, ParameterError, apply_parameter_changes, declare_one,
                                  declare_parameters)
 from find_ros.ros.qos import OUTPUT_QOS
 from find_ros.ros.reference_bridge import ReferenceBridge
-from find_ros.ros.allocator import keep_freed_memory
+from find_ros.ros.allocator import keep_freed_memory, reserve_heap
 from find_ros.ros.shutdown import entry_point, run_lifecycle_node
 from find_ros.ros.stage_timer import StageTimer
 
@@ -288,7 +287,7 @@ class PerceptionNode(LifecycleNode):
         """The worker thread's handler of one frame set: a bad frame is counted and logged, never raised."""
         try:
             self._process(*item)
-        except FrameRejected as e:
+        except checks.FrameRejected as e:
             self._count("rejected")
             self._warn(e.kind, str(e))
         except Exception as e:  # never let one frame kill the worker
@@ -296,8 +295,8 @@ class PerceptionNode(LifecycleNode):
             self._warn("processing_error", f"frame dropped: {type(e).__name__}: {e}", level="error")
 
     def _warm_up(self) -> None:
-        """In the worker thread at activation: the model's and the pipeline's frame path once on blank frames (the
-        first calls pick kernels and fault in this thread's allocator arena: the first frames cost 2-5x otherwise)."""
+        """In the worker thread at activation: the model's and the pipeline's frame path once on blank frames, then
+        the arena grown to the frames' high-water mark (allocator.reserve_heap): first frames cost 2-5x otherwise."""
         with self._pipeline_lock:
             pipeline = self._pipeline
             if pipeline is None:
@@ -305,6 +304,7 @@ class PerceptionNode(LifecycleNode):
             if callable(getattr(self._grounder, "warm_up", None)):
                 self._grounder.warm_up()
             pipeline.warm_up()
+        reserve_heap()  # (a no-op unless main() kept freed memory in this process)
         if self._freeze_gc:  # objects alive now leave the full collections (50-130 ms with the GIL held): unfrozen
             gc.freeze()  # by release_context
 
