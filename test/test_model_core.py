@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -276,6 +277,10 @@ def test_grounder_masks_at_input_resolution_and_instruction_cache(model):
     # the mask is the model's logits upsampled to the frame and thresholded at 0
     with torch.no_grad():
         x = g._frame_tensor(rgb)
+        # plain NCHW in [0, 1] (a channels-last view costs the forward ~3 %), the frame's pixels / 255 exactly
+        h, w = model.config.vision.image_size
+        small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        assert x.is_contiguous() and torch.equal(x[0], torch.from_numpy(small).permute(2, 0, 1).float() / 255.0)
         out = model(model.encode_image(x), model.encode_instructions([ins]), task="interleaved")
         up = torch.nn.functional.interpolate(out.entity_masks[:, :2], size=(61, 83), mode="bilinear",
                                              align_corners=False)[0] > 0

@@ -144,7 +144,9 @@ class FindGrounder:
         h, w = self.model.config.vision.image_size
         small = rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(np.ascontiguousarray(small)).to(self.device)
-        return x.permute(2, 0, 1)[None].to(self.model.dtype).div_(255.0)  # one float copy, scaled in place
+        # one float copy into plain NCHW (a permuted view would stay channels-last: the forward costs ~3 % more on it),
+        # scaled in place
+        return x.permute(2, 0, 1)[None].to(self.model.dtype, memory_format=torch.contiguous_format).div_(255.0)
 
     def prepare(self, rgb: np.ndarray) -> torch.Tensor:
         """The model input of a frame: resized to the model's image size, (1, 3, h, w) in [0, 1]."""
