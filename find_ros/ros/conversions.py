@@ -196,7 +196,7 @@ def image_to_depth_m(msg: Image, *, depth_scale: float = 0.001) -> np.ndarray:
         raise ConversionError(f"depth_scale must be finite and > 0, got {depth_scale}")
     a = image_to_numpy(msg)
     if a.dtype == np.uint16:
-        return a.astype(np.float32) * np.float32(depth_scale)
+        return np.multiply(a, np.float32(depth_scale), dtype=np.float32)  # (one pass: no float copy first)
     d = np.array(a, dtype=np.float32)  # copy: never write into the message buffer
     d[~np.isfinite(d) | (d < 0)] = 0.0
     return d
