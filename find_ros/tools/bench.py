@@ -9,7 +9,7 @@ a reference timed in the same run, because absolute figures on shared machines d
   (``model_forward_640x480``); the same forward timed again just before and just after the end-to-end run, pooled,
   is the reference of the node's processing time (``e2e_find.model_forward_reference``); the same again with one
   call per camera period (``model_forward_reference_paced``, ``ratios.node_processing_vs_paced_model_forward``),
-  because on shared VMs a forward that follows 15 ms of idle runs 5-10 % slower than back to back;
+  because on shared VMs a forward that follows 15 ms of idle runs slower than back to back (7-18 % on 2026-12-03);
 - field: our embedding fusion vs open3d's own TSDF + colour integration, and vs a naive numpy
   scatter-mean;
 - end to end: stamp -> publish latency through real DDS between processes (``find-ros demo`` graph), the

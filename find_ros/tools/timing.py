@@ -54,7 +54,7 @@ def time_stage(fn: Callable[[], Any], *, warmup: int, repeat: int, min_s: float 
 
     ``period_s`` > 0 paces the calls as a camera would: each timed call starts ``period_s`` after the one before
     (the thread sleeps in between; a call longer than the period starts the next at once). On shared VMs a call
-    after an idle gap runs slower than back to back (caches refilled), so this is how a node sees the callable."""
+    after an idle gap can run slower than back to back; paced, it is timed as a node driven by a camera runs it."""
     if period_s < 0:
         raise ValueError(f"period_s must be >= 0, got {period_s}")
     for _ in range(warmup):
