@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 __all__ = ["keep_freed_memory", "reserve_heap", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "RESERVE_MB"]
@@ -30,13 +31,15 @@ TRIM_THRESHOLD = 1 << 30
 """Free memory at the top of a heap is handed back to the kernel only beyond this."""
 RESERVE_MB = 48
 """What :func:`reserve_heap` adds to a thread's heap by default: the node's worker grew by ~27 MB over its first
-frames (the margin covers instructions of several entities)."""
+frames of a one-entity instruction (measured); the rest is margin, not a measured need."""
 _RESERVE_BLOCK = 4 << 20  # below MMAP_THRESHOLD: the blocks come from the thread's heap, not their own mmap
 
 _kept = False  # keep_freed_memory() has set the thresholds in this process
 
 
+@functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (None where there is none to load)."""
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name) if name else None
@@ -71,17 +74,18 @@ def reserve_heap(mb: int = RESERVE_MB) -> int:
     libc = _libc() if _kept and mb else None
     if libc is None:
         return 0
-    libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
-    libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
+    malloc, free = libc.malloc, libc.free
+    malloc.argtypes, malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
+    free.argtypes, free.restype = [ctypes.c_void_p], None
     blocks = []
     try:
         for _ in range(-(-(mb << 20) // _RESERVE_BLOCK)):
-            b = libc.malloc(_RESERVE_BLOCK)
+            b = malloc(_RESERVE_BLOCK)
             if not b:  # out of memory: keep what was reserved
                 break
             ctypes.memset(b, 0, _RESERVE_BLOCK)  # touch every page
             blocks.append(b)
     finally:
         for b in reversed(blocks):  # the top of the heap first: the blocks merge back into one free top chunk
-            libc.free(b)
+            free(b)
     return len(blocks) * _RESERVE_BLOCK
