@@ -27,7 +27,7 @@ import open3d.core as o3c
 
 from find_ros.field import io as field_io
 from find_ros.field.config import FieldConfig, FieldInputError, check_pose
-from find_ros.field.fusion import fuse_frame
+from find_ros.field.fusion import fuse_frame, in_range_or_zero
 from find_ros.field.query import QueryResult, query_voxels, similarity_scores
 from find_ros.field.raycast import raycast_tsdf
 from find_ros.voxel_keys import pack_keys
@@ -207,8 +207,7 @@ class FeatureField:
             color = np.asarray(color)
             if color.shape != (H, W, 3) or color.dtype != np.uint8:
                 raise FieldInputError(f"color must be ({H},{W},3) uint8, got {color.shape} {color.dtype}")
-        depth = depth.copy()  # out of [depth_min, depth_max] (NaN and +-inf included) -> 0
-        depth[~((depth >= cfg.depth_min) & (depth <= cfg.depth_max))] = 0.0
+        depth = in_range_or_zero(depth, cfg.depth_min, cfg.depth_max)
         T_cam_world = np.linalg.inv(T)
         hm = self._hm
         trunc_mult = cfg.trunc_voxels if cfg.use_tsdf else cfg.surface_voxels + 1.0
