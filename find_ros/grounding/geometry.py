@@ -148,7 +148,7 @@ def _backproject_rows(d: np.ndarray, K: np.ndarray, keep: np.ndarray) -> np.ndar
     v, u = np.nonzero(keep)
     out = np.empty((3, v.size))
     z = out[2]
-    z[:] = d[v, u]
+    z[:] = d[keep]  # (the same row-major order as nonzero's; ~1.5x faster than d[v, u])
     out[0] = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) * z / K[0, 0]
     out[1] = (v - K[1, 2]) * z / K[1, 1]
     return out
@@ -168,7 +168,8 @@ def depth_edges(depth_m: np.ndarray, threshold_m: float) -> np.ndarray:
 
 def robust_centre(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median + per-axis MAD outlier rejection, then the mean of the inliers. Returns (centre, inlier mask)."""
-    return _robust_centre_rows(np.ascontiguousarray(np.asarray(points, dtype=np.float64).T))
+    centre, inl, _ = _robust_centre_rows(np.ascontiguousarray(np.asarray(points, dtype=np.float64).T))
+    return centre, inl
 
 
 def _sample(c: np.ndarray) -> np.ndarray:
@@ -207,16 +208,18 @@ def row_percentiles(a: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
     return out
 
 
-def _robust_centre_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`robust_centre` of (3, N) rows x, y, z. Beyond :data:`STATS_SAMPLE` points the median and the MAD
-    come from an evenly strided sample of about that many (the inlier test and the mean still use every point)."""
+def _robust_centre_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`robust_centre` of (3, N) rows x, y, z, and the (3, n) inlier rows. Beyond :data:`STATS_SAMPLE`
+    points the median and the MAD come from an evenly strided sample of about that many (the inlier test and the
+    mean still use every point)."""
     s = _sample(c)
     med = row_medians(s)
     sigma = np.maximum(1.4826 * row_medians(np.abs(s - med[:, None]), overwrite=True), _MAD_FLOOR_M)
     inl = np.all(np.abs(c - med[:, None]) <= _MAD_K * sigma[:, None], axis=0)
     if not inl.any():  # cannot happen (the median point is within 0 of itself) but stay safe
         inl = np.ones(c.shape[1], bool)
-    return c.compress(inl, axis=1).mean(axis=1), inl  # (compress: C-ordered rows, ~5x faster than c[:, inl])
+    kept = c.compress(inl, axis=1)  # (compress: C-ordered rows, ~5x faster than c[:, inl])
+    return kept.mean(axis=1), inl, kept
 
 
 # ---------------------------------------------------------------------------------------------- rotations
@@ -302,21 +305,21 @@ def target_pose_from_mask(
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode_px + 1, 2 * erode_px + 1))
         eroded = cv2.erode(m.astype(np.uint8), k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
         keep_eroded = eroded & usable
-        if int(keep_eroded.sum()) >= min_points:
+        if np.count_nonzero(keep_eroded) >= min_points:  # (count_nonzero: ~5x faster than a bool sum)
             keep = keep_eroded
-    if int(keep.sum()) < min_points:
+    if np.count_nonzero(keep) < min_points:
         return None
     rows = _backproject_rows(d, K, keep)  # (3, N)
-    centre, inl = _robust_centre_rows(rows)
-    n = int(inl.sum())
+    centre, _, kept = _robust_centre_rows(rows)
+    n = kept.shape[1]
     if n < min_points:
         return None
     R = facing_rotation(-centre, _CAM_UP)
-    kept = rows.compress(inl, axis=1)
     lo, hi = row_percentiles(R.T @ (_sample(kept) - centre[:, None]), (_PCT_LO, _PCT_HI))  # target axes
-    if n > MAX_POSE_POINTS:
-        kept = kept[:, np.linspace(0, n - 1, MAX_POSE_POINTS).astype(np.int64)]
-    kept = np.ascontiguousarray(kept.T)
+    if n > MAX_POSE_POINTS:  # (take along the transposed rows: (k, 3) C-ordered in one copy)
+        kept = kept.T.take(np.linspace(0, n - 1, MAX_POSE_POINTS).astype(np.int64), axis=0)
+    else:
+        kept = np.ascontiguousarray(kept.T)
     return TargetPose(position=centre, orientation_xyzw=quaternion_from_matrix(R), extent=hi - lo,
                       num_points=n, frame="camera", points=kept)
 
