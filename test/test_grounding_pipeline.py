@@ -185,6 +185,22 @@ def test_mean_embedding_resizes_the_mask():
     assert mean_embedding(emb, np.zeros_like(mask)) is None
 
 
+def test_mean_embedding_weights_cells_by_the_mask_area_they_hold_bit_for_bit():
+    """Whole cells (mask 4x the grid): each embedding cell weighs the fraction of its 4x4 pixels in the mask (block
+    sums; mean_embedding takes them with OpenCV's INTER_AREA, on the mask's box), on masks that cut cells."""
+    rng = np.random.default_rng(0)
+    emb = rng.random((30, 40, 5)).astype(np.float32)
+    for _ in range(30):
+        mask = np.zeros((120, 160), bool)
+        y, x, r = rng.integers(0, 120), rng.integers(0, 160), rng.integers(1, 40)
+        yy, xx = np.mgrid[0:120, 0:160]
+        mask[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = True
+        w = mask.reshape(30, 4, 40, 4).sum(axis=(1, 3), dtype=np.float32) * np.float32(1 / 16)
+        assert 0 < (w % 1).nonzero()[0].size  # a real test: partly covered cells
+        e = np.dot(w.reshape(1, -1), emb.reshape(-1, 5))[0] / float(w.sum())
+        np.testing.assert_allclose(mean_embedding(emb, mask), e / np.linalg.norm(e), rtol=1e-6, atol=1e-7)
+
+
 def test_errors_and_instruction_lifecycle():
     vg = VideoGrounder(HsvBaselineGrounder())
     rgb, depth = frame([(60, 40, 30, RED)])

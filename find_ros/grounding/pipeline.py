@@ -155,8 +155,11 @@ def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray
     elif H % h == 0 and W % w == 0:  # whole cells (FIND: 8x8 pixels): INTER_AREA's block means, on the mask's box
         sy, sx = H // h, W // w
         y0, y1, x0, x1 = _cells_of(mask, sy, sx)
-        cells = mask[y0 * sy:y1 * sy, x0 * sx:x1 * sx].reshape(y1 - y0, sy, x1 - x0, sx)
-        wts = cells.sum(axis=(1, 3), dtype=np.float32) * np.float32(1.0 / (sy * sx))
+        if y1 == y0:  # an empty mask
+            return None
+        # cell means = counts * float32(1 / (sy * sx)), bit for bit numpy's block sums (~4x faster)
+        wts = cv2.resize(mask[y0 * sy:y1 * sy, x0 * sx:x1 * sx].astype(np.float32), (x1 - x0, y1 - y0),
+                         interpolation=cv2.INTER_AREA)
         emb = pixel_embeddings[y0:y1, x0:x1]
     else:
         wts = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
