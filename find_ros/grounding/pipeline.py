@@ -145,16 +145,18 @@ class FrameResult:
         return out
 
 
-def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray, *,
+                   box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
     """(D,) unit-norm mean of the (h, w, D) embeddings under a full-resolution (H, W) mask (area-weighted
-    when the resolutions differ); None when the mask covers nothing."""
+    when the resolutions differ); None when the mask covers nothing. ``box``: the mask's
+    :func:`~find_ros.grounder.mask_box` when the caller has it (not checked)."""
     h, w = pixel_embeddings.shape[:2]
     (H, W), emb = mask.shape, pixel_embeddings
     if (H, W) == (h, w):
         wts = mask.astype(np.float32)
     elif H % h == 0 and W % w == 0:  # whole cells (FIND: 8x8 pixels): INTER_AREA's block means, on the mask's box
         sy, sx = H // h, W // w
-        y0, y1, x0, x1 = _cells_of(mask, sy, sx)
+        y0, y1, x0, x1 = _cells_of(mask if box is None else box, sy, sx)
         if y1 == y0:  # an empty mask
             return None
         # cell means = counts * float32(1 / (sy * sx)), bit for bit numpy's block sums (~4x faster)
@@ -171,10 +173,10 @@ def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray) -> np.ndarray
     return (e / n).astype(np.float32) if n > 1e-12 else None
 
 
-def _cells_of(mask: np.ndarray, sy: int, sx: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the cells of ``sy`` x ``sx`` pixels that hold the mask's box (exclusive ends; all zero
-    for an empty mask)."""
-    x_lo, y_lo, x_hi, y_hi = mask_box(mask)
+def _cells_of(mask: np.ndarray | tuple[int, int, int, int], sy: int, sx: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the cells of ``sy`` x ``sx`` pixels that hold the mask's box (or the box given; exclusive
+    ends; all zero for an empty mask)."""
+    x_lo, y_lo, x_hi, y_hi = mask_box(mask) if isinstance(mask, np.ndarray) else mask
     return y_lo // sy, -(-y_hi // sy), x_lo // sx, -(-x_hi // sx)
 
 
@@ -307,13 +309,15 @@ class VideoGrounder:
                 raise GrounderError(f"grounder mask for {r.phrase!r} is {mask.shape}, frame is {(H, W)}")
             t_pose = time.perf_counter()
             det, pose_cam, pose_world = None, None, None
-            if mask.any():
+            mbox = mask_box(mask)  # once for the pose and the mean embedding
+            if mbox[2]:  # (not empty)
                 pose_cam = target_pose_from_mask(mask, depth_m, K, erode_px=int(cfg.erode_px),
-                                                 min_points=int(cfg.min_points), depth_edge_m=cfg.depth_edge_m)
+                                                 min_points=int(cfg.min_points), depth_edge_m=cfg.depth_edge_m,
+                                                 box=mbox)
                 if pose_cam is not None and T_world_cam is not None:
                     pose_world = transform_pose(pose_cam, T_world_cam)
                 det = Detection(score=float(r.score), box=tuple(int(v) for v in r.box),
-                                embedding=None if emb is None else mean_embedding(emb, mask),
+                                embedding=None if emb is None else mean_embedding(emb, mask, box=mbox),
                                 position=None if pose_world is None else pose_world.position,
                                 extent=None if pose_cam is None else pose_cam.extent,
                                 points=None if pose_world is None else pose_world.points)
@@ -322,9 +326,10 @@ class VideoGrounder:
             own = st.matched or st.track_id is None
             if not own:
                 mask = np.zeros((H, W), bool)
-            found = bool(st.score >= cfg.score_threshold and not st.lost and own and mask.any())
+            found = bool(st.score >= cfg.score_threshold and not st.lost and own and mbox[2] > 0)
             if found:
-                label[mask] = r.entity_index + 1
+                x0, y0, x1, y1 = mbox  # (the mask is empty outside its box: ~10x less to scan)
+                label[y0:y1, x0:x1][mask[y0:y1, x0:x1]] = r.entity_index + 1
                 centre = tracker.centre if pose_world is not None and st.matched else None
                 if centre is not None:  # the track's amodal centre, in both frames
                     pose_world = dataclasses.replace(pose_world, position=centre)
