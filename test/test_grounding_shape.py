@@ -152,3 +152,24 @@ def test_shape_memory_counts_views_per_voxel_like_a_plain_unique_count():
     assert np.array_equal(lo, centres.min(axis=0)) and np.array_equal(hi, centres.max(axis=0))
     idx = unpack_keys(keys)
     assert all(np.array_equal(a, b) for a, b in zip(key_bounds(keys), (idx.min(axis=0), idx.max(axis=0))))
+
+
+def test_shape_memory_merge_is_np_insert_at_the_searchsorted_places():
+    """One view's sorted unique keys merged into the stored ones: a hit more where a key is stored, the others
+    inserted with one hit, exactly what ``np.insert`` at their ``searchsorted`` places gives (empty sides too)."""
+    from find_ros.grounding.tracking import _merge_keys
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        stored = np.unique(rng.integers(-100, 100, rng.integers(0, 40))).astype(np.int64)
+        hits = rng.integers(1, 9, stored.size).astype(np.int64)
+        keys = np.unique(rng.integers(-120, 120, rng.integers(0, 40))).astype(np.int64)
+        pos = np.searchsorted(stored, keys)
+        old = np.isin(keys, stored)
+        want_hits = hits.copy()
+        want_hits[pos[old]] += 1
+        want = (np.insert(stored, pos[~old], keys[~old]), np.insert(want_hits, pos[~old], 1))
+        before = hits.copy()
+        got = _merge_keys(stored, hits, keys)
+        assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want))
+        assert np.array_equal(hits, before)  # the stored hits are not written in place

@@ -143,15 +143,7 @@ class ShapeMemory:
             if not len(rel):
                 return
         keys = _sorted_unique(pack_keys(rel))  # one hit per voxel per view
-        # merge into the sorted stored keys: a hit more where a key is stored, sorted insertion of the others
-        pos = np.searchsorted(self._keys, keys)
-        stored = pos < len(self._keys)
-        stored[stored] = self._keys[pos[stored]] == keys[stored]
-        hits = self._hits.copy()
-        hits[pos[stored]] += 1
-        fresh = ~stored
-        uniq = np.insert(self._keys, pos[fresh], keys[fresh])
-        hits = np.insert(hits, pos[fresh], 1)
+        uniq, hits = _merge_keys(self._keys, self._hits, keys)
         if len(uniq) > self.max_voxels:
             current = np.isin(uniq, keys, assume_unique=True)
             order = np.lexsort((-hits, ~current))  # current view first, then most hits
@@ -192,7 +184,30 @@ class ShapeMemory:
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
     """``np.unique`` of a 1-D int array by sorting (numpy 2's hash-based unique is ~10x slower on 4k keys)."""
     s = np.sort(a)
-    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+    return s.compress(np.concatenate(([True], s[1:] != s[:-1]))) if s.size else s
+
+
+def _merge_keys(stored: np.ndarray, hits: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, hits) of sorted unique ``stored`` with ``hits`` after one view of sorted unique ``keys``: a hit more
+    where a key is stored, the others inserted in order with one hit (what ``np.insert`` at their
+    ``searchsorted`` places gives; positions and ``take`` instead: ~2x faster on a few thousand keys)."""
+    n = stored.size
+    pos = np.searchsorted(stored, keys)
+    found = pos < n
+    if n:
+        found &= stored.take(np.minimum(pos, n - 1)) == keys
+    hits = hits.copy()
+    hits[pos.compress(found)] += 1  # (keys are unique: so are their places)
+    fresh = np.flatnonzero(~found)
+    if not fresh.size:
+        return stored, hits
+    at = pos.take(fresh) + np.arange(fresh.size)  # the new keys' places in the merged array
+    old = np.ones(n + fresh.size, bool)
+    old[at] = False
+    out_keys, out_hits = np.empty(n + fresh.size, stored.dtype), np.empty(n + fresh.size, hits.dtype)
+    out_keys[at], out_hits[at] = keys.take(fresh), 1
+    out_keys[old], out_hits[old] = stored, hits
+    return out_keys, out_hits
 
 
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
