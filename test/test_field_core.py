@@ -340,7 +340,7 @@ def _fuse_reference(store, idx, first, z, pix, depth, pe, color, cfg, frame):
 def test_fuse_frame_matches_a_voxel_by_voxel_reference_bit_for_bit():
     """The vectorised fusion (positions + take, 1-D views, one ``seen`` write per block) updates TSDF, weight,
     colour, embedding, observation count and ``seen`` exactly as a per-voxel loop does, over frames that overlap,
-    with invalid depth (0, NaN, out of range) in them."""
+    with invalid depth (0, NaN, out of range) in them, from contiguous and channels-first pixel embeddings."""
     from find_ros.field.fusion import _voxels_in_view, fuse_frame, in_range_or_zero
 
     rng = np.random.default_rng(3)
@@ -365,6 +365,8 @@ def test_fuse_frame_matches_a_voxel_by_voxel_reference_bit_for_bit():
         depth[50:52] = 9.0
         depth = in_range_or_zero(depth, cfg.depth_min, cfg.depth_max)
         pe = rng.normal(size=(30, 40, D)).astype(np.float32)
+        if frame == 1:  # a channels-first view, as a grounder's embeddings may be
+            pe = np.ascontiguousarray(pe.transpose(2, 0, 1)).transpose(1, 2, 0)
         color = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         T_cw = np.linalg.inv(_pose(0.02 * frame, 0.0, 0.01 * frame))
         fuse_frame(got, buf, keys, local, depth, K, T_cw, pe, color, config=cfg, frame=frame)

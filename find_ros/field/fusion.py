@@ -54,7 +54,8 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
         sv, su = np.divmod(spix, W)
         eu = np.minimum((su * w_) // W, w_ - 1)
         ev = np.minimum((sv * h) // H, h - 1)
-        e_new = pe.reshape(h * w_, -1).take(ev * w_ + eu, axis=0)
+        # (a grounder's embeddings may be a channels-first view: reshaping that would copy it whole)
+        e_new = pe.reshape(h * w_, -1).take(ev * w_ + eu, axis=0) if pe.flags.c_contiguous else pe[ev, eu]
     elif rgb is not None:
         e_new = color_feature(rgb, cfg.embedding_dim)
     else:
