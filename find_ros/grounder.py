@@ -10,13 +10,14 @@ A top-level module (like :mod:`find_ros.instruction`) so that :mod:`find_ros.mod
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from find_ros.instruction import Instruction
 
-__all__ = ["EntityResult", "FrameGrounding", "Grounder", "GrounderError", "QueryEmbedder", "mask_box"]
+__all__ = ["EntityResult", "FrameGrounding", "Grounder", "GrounderError", "LazyPixelEmbeddings", "QueryEmbedder",
+           "mask_box"]
 
 
 class GrounderError(RuntimeError):
@@ -39,15 +40,47 @@ class EntityResult:
     """(x0, y0, x1, y1) pixel box of the mask, x1/y1 exclusive; (0, 0, 0, 0) when the mask is empty."""
 
 
+class LazyPixelEmbeddings:
+    """(h, w, D) float32 per-pixel embeddings computed where they are asked for: :meth:`window` (the cells under a
+    mask, on the frame path) or the whole grid once (:meth:`array`, ``np.asarray``: the feature field, off it).
+
+    ``window(y0, y1, x0, x1)`` must return the (y1 - y0, x1 - x0, D) float32 block of the whole grid (a per-pixel
+    head run on those cells). Thread-safe: a race computes the grid twice, never a wrong one."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 3
+
+    def __init__(self, *, shape: tuple[int, int, int], window: Callable[[int, int, int, int], np.ndarray]) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self._window = window
+        self._array: np.ndarray | None = None
+
+    def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        if self._array is not None:
+            return self._array[y0:y1, x0:x1]
+        return self._window(y0, y1, x0, x1)
+
+    def array(self) -> np.ndarray:
+        """The whole (h, w, D) grid, computed on the first call."""
+        if self._array is None:
+            self._array = self._window(0, self.shape[0], 0, self.shape[1])
+        return self._array
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.array()
+        return a if dtype is None else a.astype(dtype, copy=bool(copy))
+
+
 @dataclasses.dataclass
 class FrameGrounding:
     """Everything a grounder returns for one frame."""
 
     entities: list[EntityResult]
     """One result per instruction entity, in instruction order."""
-    pixel_embeddings: np.ndarray | None = None
+    pixel_embeddings: np.ndarray | LazyPixelEmbeddings | None = None
     """(h, w, D) float32 unit-norm per-pixel embeddings in the grounder's semantic space, at any
-    resolution (callers resize); ``None`` for grounders without an embedding space."""
+    resolution (callers resize), computed on demand when lazy (``np.asarray`` gives the array); ``None`` for
+    grounders without an embedding space."""
 
 
 @runtime_checkable

@@ -201,6 +201,26 @@ def test_mean_embedding_weights_cells_by_the_mask_area_they_hold_bit_for_bit():
         np.testing.assert_allclose(mean_embedding(emb, mask), e / np.linalg.norm(e), rtol=1e-6, atol=1e-7)
 
 
+def test_mean_embedding_of_lazy_embeddings_asks_only_for_the_masks_cells():
+    """Lazy pixel embeddings (FindGrounder's) are asked for the cells under the mask's box only, and the mean is
+    the one of the whole array."""
+    from find_ros.grounder import LazyPixelEmbeddings
+
+    emb = np.random.default_rng(0).random((30, 40, 5)).astype(np.float32)
+    asked = []
+
+    def window(y0, y1, x0, x1):
+        asked.append((y0, y1, x0, x1))
+        return emb[y0:y1, x0:x1]
+
+    mask = np.zeros((120, 160), bool)
+    mask[50:61, 70:93] = True  # cells 12..16 x 17..24
+    lazy = LazyPixelEmbeddings(shape=emb.shape, window=window)
+    assert np.array_equal(mean_embedding(lazy, mask), mean_embedding(emb, mask))
+    assert asked == [(12, 16, 17, 24)]
+    assert mean_embedding(lazy, np.zeros_like(mask)) is None and len(asked) == 1
+
+
 def test_errors_and_instruction_lifecycle():
     vg = VideoGrounder(HsvBaselineGrounder())
     rgb, depth = frame([(60, 40, 30, RED)])

@@ -243,6 +243,34 @@ def test_config_json_round_trip_and_errors():
         FindConfig.from_dict({"bogus": 1})
 
 
+def test_grounder_pixel_embeddings_are_computed_where_asked(model):
+    """FindGrounder.ground leaves the model's pixel head out of its forward pass and hands back lazy pixel
+    embeddings: a window (the cells under a mask) is the head on those cells; the whole grid, computed once and in
+    any thread (the feature field's), is the model's own ``pixel_sem`` bit for bit."""
+    import threading
+
+    from find_ros.grounder import LazyPixelEmbeddings
+    from find_ros.model.grounder import FindGrounder
+
+    g = FindGrounder(model=model)
+    g.set_instruction(parse_instruction("the red cube"))
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    pe = g.ground(rgb).pixel_embeddings
+    assert isinstance(pe, LazyPixelEmbeddings) and pe.shape == (8, 12, 16) and pe.dtype == np.float32
+    full = g.forward_only(g.prepare(rgb)).pixel_sem[0].numpy()
+    np.testing.assert_allclose(pe.window(2, 5, 3, 9), full[2:5, 3:9], rtol=0, atol=1e-6)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("grid", np.asarray(pe)))
+    t.start()
+    t.join()
+    assert np.array_equal(got["grid"], full) and np.asarray(pe) is got["grid"]  # computed once
+    assert np.array_equal(pe.window(2, 5, 3, 9), full[2:5, 3:9])
+    out, mask_features = g.forward_only(g.prepare(rgb), pixel_sem=False)
+    assert out.pixel_sem is None
+    with torch.inference_mode():
+        assert torch.equal(model.heads.pixels(mask_features)[0], torch.from_numpy(full))
+
+
 def test_grounder_masks_at_input_resolution_and_instruction_cache(model):
     from find_ros.grounder import FrameGrounding, Grounder, GrounderError, QueryEmbedder
     from find_ros.model.grounder import FindGrounder

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from find_ros.config_fields import setting, validate_settings
-from find_ros.grounder import FrameGrounding, Grounder, GrounderError, mask_box
+from find_ros.grounder import FrameGrounding, Grounder, GrounderError, LazyPixelEmbeddings, mask_box
 from find_ros.grounding.geometry import TargetPose, target_pose_from_mask, transform_pose
 from find_ros.grounding.tracker_config import ConfigError, TrackerConfig
 from find_ros.grounding.tracking import Detection, EntityTracker, TrackState
@@ -104,8 +104,9 @@ class FrameResult:
     """One per instruction entity, in instruction order."""
     label_mask: np.ndarray
     """(H, W) uint8: ``entity_index + 1`` on found entities' pixels, 0 elsewhere."""
-    pixel_embeddings: np.ndarray | None = None
-    """(h, w, D) float32 unit-norm pixel embeddings from the grounder (None when it has none)."""
+    pixel_embeddings: np.ndarray | LazyPixelEmbeddings | None = None
+    """(h, w, D) float32 unit-norm pixel embeddings from the grounder (None when it has none; ``np.asarray``
+    computes lazy ones)."""
 
     def overlay(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 copy of ``rgb`` with found masks tinted, their boxes, and phrase/score/id labels;
@@ -145,15 +146,16 @@ class FrameResult:
         return out
 
 
-def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray, *,
+def mean_embedding(pixel_embeddings: np.ndarray | LazyPixelEmbeddings, mask: np.ndarray, *,
                    box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
     """(D,) unit-norm mean of the (h, w, D) embeddings under a full-resolution (H, W) mask (area-weighted
     when the resolutions differ); None when the mask covers nothing. ``box``: the mask's
-    :func:`~find_ros.grounder.mask_box` when the caller has it (not checked)."""
+    :func:`~find_ros.grounder.mask_box` when the caller has it (not checked). Lazy embeddings are computed on the
+    mask's cells only (whole cells) or whole."""
     h, w = pixel_embeddings.shape[:2]
-    (H, W), emb = mask.shape, pixel_embeddings
+    H, W = mask.shape
     if (H, W) == (h, w):
-        wts = mask.astype(np.float32)
+        wts, emb = mask.astype(np.float32), np.asarray(pixel_embeddings)
     elif H % h == 0 and W % w == 0:  # whole cells (FIND: 8x8 pixels): INTER_AREA's block means, on the mask's box
         sy, sx = H // h, W // w
         y0, y1, x0, x1 = _cells_of(mask if box is None else box, sy, sx)
@@ -162,9 +164,11 @@ def mean_embedding(pixel_embeddings: np.ndarray, mask: np.ndarray, *,
         # cell means = counts * float32(1 / (sy * sx)), bit for bit numpy's block sums (~4x faster)
         wts = cv2.resize(mask[y0 * sy:y1 * sy, x0 * sx:x1 * sx].astype(np.float32), (x1 - x0, y1 - y0),
                          interpolation=cv2.INTER_AREA)
-        emb = pixel_embeddings[y0:y1, x0:x1]
+        emb = (pixel_embeddings.window(y0, y1, x0, x1) if isinstance(pixel_embeddings, LazyPixelEmbeddings)
+               else pixel_embeddings[y0:y1, x0:x1])
     else:
         wts = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        emb = np.asarray(pixel_embeddings)
     total = float(wts.sum())
     if total <= 0:
         return None

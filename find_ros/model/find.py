@@ -236,7 +236,10 @@ class FindModel(nn.Module):
 
     # ------------------------------------------------------------------ interface
 
-    def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str) -> FindOutput:
+    def forward(self, features: ImageFeatures, prompts: PromptBatch | None, *, task: str,
+                pixel_sem: bool = True) -> FindOutput:
+        """``pixel_sem=False``: no per-pixel embeddings (``FindOutput.pixel_sem`` None; ``heads.pixels`` of the
+        mask features gives them, or a window of them, later)."""
         if task not in TASKS:
             raise InterfaceError(f"unknown task {task!r}; tasks are {TASKS}")
         B = features.batch
@@ -276,8 +279,8 @@ class FindModel(nn.Module):
         return FindOutput(
             object_masks=masks[:, :Q], object_logits=self.heads.objectness(qo).squeeze(-1), object_sem=object_sem,
             entity_masks=masks[:, Q:], entity_score_logits=score, entity_sem=entity_sem, entity_query_sem=eq_sem,
-            entity_valid=lay["entity_valid"], image_sem=self.heads.semantic(iq), pixel_sem=self.heads.pixels(mf),
-            class_logits=class_logits, logit_scale=scale,
+            entity_valid=lay["entity_valid"], image_sem=self.heads.semantic(iq),
+            pixel_sem=self.heads.pixels(mf) if pixel_sem else None, class_logits=class_logits, logit_scale=scale,
             aux_object_masks=[p[:, :Q] for p in preds], aux_entity_masks=[p[:, Q:] for p in preds],
         )
 

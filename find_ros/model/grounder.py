@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from find_ros.grounder import EntityResult, FrameGrounding, GrounderError, mask_box
+from find_ros.grounder import EntityResult, FrameGrounding, GrounderError, LazyPixelEmbeddings, mask_box
 from find_ros.instruction import Instruction
 from find_ros.model.find import FindModel, _entity_instruction
 from find_ros.model.sampler import PromptBatch
@@ -79,7 +79,8 @@ class FindGrounder:
         self._warned: set[tuple[str, ...]] = set()
         self.last_timings: dict[str, float] = {}
         """Milliseconds of the last :meth:`ground`: ``model_prepare`` (resize, tensor), ``model_forward`` (the model
-        itself: :meth:`forward_only`) and ``model_post`` (mask upsampling, scores, pixel embeddings to numpy)."""
+        itself, without its per-pixel embedding head: :meth:`forward_only` less that) and ``model_post`` (mask
+        upsampling, scores)."""
 
     @property
     def embedding_dim(self) -> int:
@@ -176,11 +177,29 @@ class FindGrounder:
         return (time.perf_counter() - t0) * 1e3
 
     @torch.inference_mode()
-    def forward_only(self, x: torch.Tensor):
-        """The model alone on a prepared frame against the cached prompts (the benchmark's reference)."""
+    def forward_only(self, x: torch.Tensor, *, pixel_sem: bool = True):
+        """The model alone on a prepared frame against the cached prompts (the benchmark's reference: every
+        output); ``pixel_sem=False``: without the per-pixel embeddings (what :meth:`ground` runs), then
+        ``(output, mask_features)``."""
         if self._prompts is None:
             raise GrounderError("no instruction set (call set_instruction first)")
-        return self.model(self.model.encode_image(x), self._prompts, task=self.task)
+        feats = self.model.encode_image(x)
+        out = self.model(feats, self._prompts, task=self.task, pixel_sem=pixel_sem)
+        return out if pixel_sem else (out, feats.mask_features)
+
+    def _lazy_pixels(self, mask_features: torch.Tensor) -> LazyPixelEmbeddings:
+        """The frame's per-pixel embeddings, computed where asked (the pipeline asks for the cells under each mask;
+        the feature field, in its own thread, for all of them): the model's pixel head is ~6 % of its forward pass
+        at 640x480, and a mask covers a few percent of the grid."""
+        mf = mask_features[:1]
+        heads = self.model.heads
+
+        def window(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            with torch.inference_mode():  # (any thread: the mode is per thread)
+                px = heads.pixels(mf[:, :, y0:y1, x0:x1])[0]
+            return px.float().cpu().numpy().astype(np.float32, copy=False)
+
+        return LazyPixelEmbeddings(shape=(mf.shape[2], mf.shape[3], int(heads.pixel_sem.out_channels)), window=window)
 
     @torch.inference_mode()
     def ground(self, rgb: np.ndarray) -> FrameGrounding:
@@ -190,7 +209,7 @@ class FindGrounder:
         t0 = time.perf_counter()
         x = self.prepare(rgb)
         t1 = time.perf_counter()
-        out = self.forward_only(x)
+        out, mask_features = self.forward_only(x, pixel_sem=False)
         t2 = time.perf_counter()
         E = len(self._instruction.entities)
         logits = out.entity_masks[0, :E].float().cpu().numpy()
@@ -198,7 +217,7 @@ class FindGrounder:
         scores = out.entity_scores[0, :E].float().cpu().numpy()
         ents = [EntityResult(phrase=e.phrase, entity_index=i, score=float(scores[i]), mask=masks[i][0],
                              box=masks[i][1]) for i, e in enumerate(self._instruction.entities)]
-        pix = out.pixel_sem[0].float().cpu().numpy().astype(np.float32, copy=False)
+        pix = self._lazy_pixels(mask_features)
         t3 = time.perf_counter()
         self.last_timings = {"model_prepare": (t1 - t0) * 1e3, "model_forward": (t2 - t1) * 1e3,
                              "model_post": (t3 - t2) * 1e3}

@@ -33,8 +33,8 @@ class FindOutput:
     """(B, E) bool, False for padding entities."""
     image_sem: torch.Tensor
     """(B, D) unit-norm image embedding (image query) for retrieval."""
-    pixel_sem: torch.Tensor
-    """(B, h, w, D) unit-norm per-pixel embeddings in the semantic space."""
+    pixel_sem: torch.Tensor | None
+    """(B, h, w, D) unit-norm per-pixel embeddings in the semantic space (None when not asked for)."""
     class_logits: torch.Tensor | None
     """(B, Q, E) scaled cosine of object queries vs entity prompts (segmentation with class names), or None."""
     logit_scale: torch.Tensor
