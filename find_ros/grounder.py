@@ -68,7 +68,9 @@ class LazyPixelEmbeddings:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         a = self.array()
-        return a if dtype is None else a.astype(dtype, copy=bool(copy))
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
 
 @dataclasses.dataclass
