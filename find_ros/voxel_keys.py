@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["KEY_OFFSET", "in_key_range", "key_bounds", "pack_keys", "unpack_keys"]
+__all__ = ["KEY_OFFSET", "in_key_range", "key_bounds", "pack_keys", "run_starts", "unpack_keys"]
 
 KEY_OFFSET = 1 << 20
 """Coordinates in [-KEY_OFFSET, KEY_OFFSET) pack without collision (+-1e6 voxels: 10 km at 1 cm)."""
@@ -38,3 +38,12 @@ def key_bounds(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = np.asarray(keys, dtype=np.int64)
     axes = [(k >> shift) & _MASK for shift in (42, 21, 0)]
     return (np.array([a.min() for a in axes]) - KEY_OFFSET, np.array([a.max() for a in axes]) - KEY_OFFSET)
+
+
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """(N,) bool: where a run of equal values starts in the 1-D ``keys`` (the first of each run; of a sorted
+    array, its unique values)."""
+    out = np.empty(keys.shape, bool)
+    out[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=out[1:])
+    return out

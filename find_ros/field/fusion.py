@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from find_ros.field.config import FieldConfig
+from find_ros.voxel_keys import run_starts
 
 
 def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.ndarray, local: np.ndarray,
@@ -68,15 +69,7 @@ def fuse_frame(store: dict[str, np.ndarray], buf: np.ndarray, block_keys: np.nda
         emb[si] = e
     obs[si] = o_old[:, 0] + 1.0
     rows = first.take(band if cfg.use_tsdf else surf)  # in runs, one per block: each block written once
-    store["seen"][rows.compress(_run_starts(rows)), 0] = float(frame + 1)
-
-
-def _run_starts(a: np.ndarray) -> np.ndarray:
-    """bool: where a new run of equal values starts in the 1-D ``a``."""
-    out = np.empty(a.shape, bool)
-    out[:1] = True
-    np.not_equal(a[1:], a[:-1], out=out[1:])
-    return out
+    store["seen"][rows.compress(run_starts(rows)), 0] = float(frame + 1)
 
 
 def _voxels_in_view(buf: np.ndarray, block_keys: np.ndarray, local: np.ndarray, shape: tuple[int, int],

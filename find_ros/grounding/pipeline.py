@@ -158,7 +158,7 @@ def mean_embedding(pixel_embeddings: np.ndarray | LazyPixelEmbeddings, mask: np.
         wts, emb = mask.astype(np.float32), np.asarray(pixel_embeddings)
     elif H % h == 0 and W % w == 0:  # whole cells (FIND: 8x8 pixels): INTER_AREA's block means, on the mask's box
         sy, sx = H // h, W // w
-        y0, y1, x0, x1 = _cells_of(mask if box is None else box, sy, sx)
+        y0, y1, x0, x1 = _cells_of(mask_box(mask) if box is None else box, sy, sx)
         if y1 == y0:  # an empty mask
             return None
         # cell means = counts * float32(1 / (sy * sx)), bit for bit numpy's block sums (~4x faster)
@@ -177,10 +177,10 @@ def mean_embedding(pixel_embeddings: np.ndarray | LazyPixelEmbeddings, mask: np.
     return (e / n).astype(np.float32) if n > 1e-12 else None
 
 
-def _cells_of(mask: np.ndarray | tuple[int, int, int, int], sy: int, sx: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the cells of ``sy`` x ``sx`` pixels that hold the mask's box (or the box given; exclusive
+def _cells_of(box: tuple[int, int, int, int], sy: int, sx: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the cells of ``sy`` x ``sx`` pixels that hold a mask's box (:func:`mask_box`; exclusive
     ends; all zero for an empty mask)."""
-    x_lo, y_lo, x_hi, y_hi = mask_box(mask) if isinstance(mask, np.ndarray) else mask
+    x_lo, y_lo, x_hi, y_hi = box
     return y_lo // sy, -(-y_hi // sy), x_lo // sx, -(-x_hi // sx)
 
 

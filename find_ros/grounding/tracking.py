@@ -38,7 +38,7 @@ import numpy as np
 
 from find_ros.grounding.geometry import row_percentiles
 from find_ros.grounding.tracker_config import TrackerConfig
-from find_ros.voxel_keys import KEY_OFFSET, in_key_range, key_bounds, pack_keys, unpack_keys
+from find_ros.voxel_keys import KEY_OFFSET, in_key_range, key_bounds, pack_keys, run_starts, unpack_keys
 
 __all__ = ["Detection", "TrackState", "EntityTracker", "ShapeMemory", "box_iou"]
 
@@ -184,7 +184,7 @@ class ShapeMemory:
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
     """``np.unique`` of a 1-D int array by sorting (numpy 2's hash-based unique is ~10x slower on 4k keys)."""
     s = np.sort(a)
-    return s.compress(np.concatenate(([True], s[1:] != s[:-1]))) if s.size else s
+    return s.compress(run_starts(s))
 
 
 def _merge_keys(stored: np.ndarray, hits: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

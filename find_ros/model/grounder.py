@@ -156,8 +156,10 @@ class FindGrounder:
     @torch.inference_mode()
     def warm_up(self, *, width: int = 640, height: int = 480, frames: bool = True) -> float:
         """Run every frame-path branch once on a blank ``width`` x ``height`` frame (the grounding task for an
-        instruction with a reference and for text ones of one and two entities, the segmentation proposals), so
-        the first camera frames after loading cost what the later ones do (the first calls pick kernels and
+        instruction with a reference and for text ones of one and two entities, without the pixel head as
+        :meth:`ground` runs it; the head on a window of cells, as the pipeline asks for it; the segmentation
+        proposals with the whole pixel head, as the feature field computes it), so the first camera frames after
+        loading cost what the later ones do (the first calls pick kernels and
         allocate: about 3x a frame; in the node, the first frame of the first text instruction cost 43 ms against
         17 while the warm-up had only the reference one); ``frames=False``: only the instruction embeddings (for
         the thread that embeds instructions). The instruction in force is untouched. Returns the milliseconds."""
@@ -172,7 +174,8 @@ class FindGrounder:
             return (time.perf_counter() - t0) * 1e3
         feats = self.model.encode_image(self.prepare(blank))
         for p in prompts:
-            self.model(feats, p, task=self.task)
+            self.model(feats, p, task=self.task, pixel_sem=False)
+        self._lazy_pixels(feats.mask_features).window(0, 2, 0, 2)
         self.model(feats, None, task="segment")
         return (time.perf_counter() - t0) * 1e3
 
@@ -199,7 +202,7 @@ class FindGrounder:
                 px = heads.pixels(mf[:, :, y0:y1, x0:x1])[0]
             return px.float().cpu().numpy().astype(np.float32, copy=False)
 
-        return LazyPixelEmbeddings(shape=(mf.shape[2], mf.shape[3], int(heads.pixel_sem.out_channels)), window=window)
+        return LazyPixelEmbeddings(shape=(mf.shape[2], mf.shape[3], self.embedding_dim), window=window)
 
     @torch.inference_mode()
     def ground(self, rgb: np.ndarray) -> FrameGrounding:
@@ -228,7 +231,7 @@ class FindGrounder:
         """(Q, h, w) float32 mask logits of FIND's segmentation proposals for ``rgb`` (task ``segment``, no prompt;
         h, w = the model's mask resolution); the instruction in force is untouched. What a click selects from
         (:func:`find_ros.grounding.click.mask_at_click`)."""
-        out = self.model(self.model.encode_image(self.prepare(rgb)), None, task="segment")
+        out = self.model(self.model.encode_image(self.prepare(rgb)), None, task="segment", pixel_sem=False)
         return out.object_masks[0].float().cpu().numpy().astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ query embeddings
@@ -243,7 +246,7 @@ class FindGrounder:
         prompts = self.model.encode_instructions([instruction])
         h, w = self.model.config.vision.image_size
         feats = self.model.encode_image(torch.zeros(1, 3, h, w, device=self.device, dtype=self.model.dtype))
-        out = self.model(feats, prompts, task=self.task)
+        out = self.model(feats, prompts, task=self.task, pixel_sem=False)
         e = out.entity_sem[0, : len(instruction.entities)].float()
         return F.normalize(e, dim=-1).cpu().numpy().astype(np.float32)
 
