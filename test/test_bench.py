@@ -122,3 +122,31 @@ def test_conversions_stage_has_references():
     c = b.stages["conversions"]
     assert {"rgb8_in", "depth16_in_m", "rgb8_out", "ref_frombuffer_copy", "cloud2_pack_100k"} <= set(c)
     assert np.isfinite(b.ratios["conversion_rgb8_in_vs_frombuffer_copy"])
+
+
+def test_source_revision_names_the_checkouts_commit_and_whether_it_is_dirty(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "HEAD")
+    assert bench.source_revision(repo) == {"commit": head, "dirty": False}
+    (repo / "b.txt").write_text("untracked files do not count\n")
+    assert bench.source_revision(repo) == {"commit": head, "dirty": False}
+    (repo / "a.txt").write_text("two\n")
+    assert bench.source_revision(repo) == {"commit": head, "dirty": True}
+    (repo / "sub").mkdir()  # a folder inside a checkout is not its top: nothing is claimed for it
+    assert bench.source_revision(repo / "sub") == {"commit": None, "dirty": None}
+    assert bench.source_revision(tmp_path / "plain") == {"commit": None, "dirty": None}  # (does not exist)

@@ -16,7 +16,8 @@ a reference timed in the same run, because absolute figures on shared machines d
   node's processing time per frame and its per-stage breakdown (``stage_ms``: rolling medians the running node
   publishes on ``find/status``), and ``ratios.node_processing_vs_model_forward``.
 
-A stage whose layer is missing from the install is reported with ``"error"`` instead of figures.
+A stage whose layer is missing from the install is reported with ``"error"`` instead of figures; ``"source"`` names
+the git commit the figures come from (and whether tracked files differed from it).
 ``--soak-minutes M`` runs the demo graph for M minutes and reports RSS and latency drift.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +38,7 @@ import numpy as np
 
 from find_ros.tools.timing import StageTiming, peak_rss_mb, reset_peak_rss, time_stage
 
-__all__ = ["cli", "run_bench", "time_stage", "StageTiming", "peak_rss_mb", "reset_peak_rss"]
+__all__ = ["cli", "run_bench", "source_revision", "time_stage", "StageTiming", "peak_rss_mb", "reset_peak_rss"]
 
 
 def _ratio(a: dict, b: dict) -> float | None:
@@ -270,6 +272,24 @@ def soak(minutes: float, grounder: str, rate_hz: float, *, field_blocks: int = 0
             "rss_series_mb": [(s["t_s"], s["node_rss_mb"]) for s in samples]}
 
 
+def source_revision(root: Path | None = None) -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the git checkout ``root`` (default: the one this package runs from): its HEAD commit
+    and whether tracked files differ from it, so that a report is read with the code that produced it; both None
+    when ``root`` is not the top of a git checkout (an installed package) or git cannot tell."""
+    root = (Path(root) if root is not None else Path(__file__).resolve().parents[2]).resolve()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:  # (inside some other repository)
+            return {"commit": None, "dirty": None}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def run_bench(*, quick: bool, model_dir: str | None = None, e2e_seconds: float | None = None,
               grounder: str = "find", soak_minutes: float = 0.0, soak_field_blocks: int = 0) -> dict[str, Any]:
     """Run every stage; returns the JSON-ready report."""
@@ -287,7 +307,7 @@ def run_bench(*, quick: bool, model_dir: str | None = None, e2e_seconds: float |
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine()},
-        "quick": quick, "stages": b.stages, "ratios": b.ratios, "scaling": b.scaling,
+        "source": source_revision(), "quick": quick, "stages": b.stages, "ratios": b.ratios, "scaling": b.scaling,
     }
     if soak_minutes > 0:
         def _soak() -> None:
@@ -340,7 +360,7 @@ def cli(argv: list[str] | None = None) -> int:
     failed = [k for k, v in report["stages"].items() if isinstance(v, dict) and "error" in v]
     node_stages = {k: v.get("stage_ms") for k, v in report["stages"].items() if k.startswith("e2e_") and "stage_ms" in v}
     print(json.dumps({"ratios": report["ratios"], "node_stage_ms": node_stages, "failed_stages": failed,
-                      "wall_s": report["wall_s"]}, indent=2))
+                      "source": report["source"], "wall_s": report["wall_s"]}, indent=2))
     return 1 if failed else 0
 
 
