@@ -149,7 +149,7 @@ def test_sim_camera_topics(ros, procs, depth_encoding):
     assert hits >= 1, "no object visible in 4 frames"
 
 
-def test_sim_camera_finite_run_and_bad_parameter(procs):
+def test_sim_camera_finite_run_and_bad_parameter(procs, tmp_path):
     g = _start(procs, "find_ros.ros.sim_camera_node",
                ["-p", "rate_hz:=20", "-p", "n_frames:=3", "-p", f"width:={W}", "-p", f"height:={H}",
                 "-p", "trajectory:=walk"], "finite.log")
@@ -157,7 +157,12 @@ def test_sim_camera_finite_run_and_bad_parameter(procs):
     assert "published 3 frames; done" in _tail(procs, g)
     bad = _start(procs, "find_ros.ros.sim_camera_node", ["-p", "trajectory:=spiral"], "bad.log")
     assert _wait_exit(procs, bad, 40) == 2, _tail(procs, bad)
-    assert "trajectory must be orbit or walk, got 'spiral'" in _tail(procs, bad)
+    assert "sim_camera_node: ParameterValueError: trajectory must be orbit or walk, got 'spiral'" in _tail(procs, bad)
+    # the replay node starts and ends through the same main (run_source_node): one line naming it and the error, 2
+    missing = _start(procs, "find_ros.ros.replay_node", ["-p", f"path:={tmp_path / 'nope'}"], "bad_replay.log")
+    assert _wait_exit(procs, missing, 40) == 2, _tail(procs, missing)
+    assert f"replay_node: DatasetError: TUM folder {tmp_path / 'nope'} does not exist" in _tail(procs, missing)
+    assert "Traceback" not in _tail(procs, bad) + _tail(procs, missing)
 
 
 def test_sim_camera_prerender_replays_the_rendered_frames_and_bounds_its_memory(ros, procs):

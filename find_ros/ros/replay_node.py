@@ -32,21 +32,18 @@ The perception node subscribes best effort, which receives both.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from typing import Any, Iterator
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 
 from find_ros.ros.conversions import stamp_from_ns as stamp_msg  # re-exported: Time of ns nanoseconds
-from find_ros.ros.shutdown import StopSignals, entry_point, release_context
+from find_ros.ros.shutdown import entry_point
 from find_ros.ros.param_spec import ParamSpec
 from find_ros.ros.sim_camera_node import (DEPTH_ENCODINGS, FrameTimer, ParameterValueError, RgbdPublisher, declare,
-                                          spin_until_done)
+                                          run_source_node)
 
 try:
     from find_ros.sim.datasets import open_dataset
@@ -302,22 +299,8 @@ class ReplayNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Replay the recording; SIGINT / SIGTERM (also twice) end it with exit code 0."""
-    stop = StopSignals.install()
-    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = ReplayNode()
-        spin_until_done(node, node.timer, stop)
-        return 0
-    except (ParameterValueError, ImportError, ValueError, OSError) as e:
-        print(f"replay_node: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        release_context()
-        stop.teardown_done()
+    return run_source_node(lambda _stop_requested: ReplayNode(), argv, name="replay_node",
+                           errors=(ParameterValueError, ImportError, ValueError, OSError))
 
 
 run = entry_point(main)  # console script (setup.py) and python -m

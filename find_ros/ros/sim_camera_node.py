@@ -24,7 +24,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import rclpy
@@ -218,6 +218,37 @@ def spin_until_done(node: Node, timer: FrameTimer, stop: StopSignals) -> None:
         executor.shutdown()
 
 
+def run_source_node(make_node: Callable[[threading.Event], Node], argv: list[str] | None, *, name: str,
+                    errors: tuple[type[Exception], ...]) -> int:
+    """``main()`` of a node that publishes until its ``timer`` (:class:`FrameTimer`) is done: this camera, the bag
+    replay. rclpy without its signal handlers, ``make_node(stop_requested)``, :func:`spin_until_done`; exit code 0
+    after the last frame or a stop signal (SIGINT / SIGTERM, also twice, also as ``InterruptedError`` from
+    ``make_node``: a stop while it sets up), 2 with one line ``<name>: <Type>: <message>`` on stderr for ``errors``
+    (an invalid parameter, a missing library, an unreadable bag). Then the node is shut down and destroyed, the
+    reference cycles through its callbacks collected (they would keep Open3D buffers until exit) and the context
+    released."""
+    stop = StopSignals.install()
+    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    try:
+        node = make_node(stop.requested)
+        spin_until_done(node, node.timer, stop)
+        return 0
+    except InterruptedError:  # the stop signal arrived while the node set itself up (prerendering)
+        return 0
+    except errors as e:
+        print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+            node = None
+        gc.collect()
+        release_context()
+        stop.teardown_done()
+
+
 def declare(node: Node, specs: tuple[ParamSpec, ...]) -> dict[str, Any]:
     """Declare every row of ``specs`` with its descriptor (:func:`find_ros.ros.param_spec.declare_table`); return
     name -> value. Raises :class:`ParameterValueError` naming every invalid value (ints are taken for floats)."""
@@ -331,26 +362,8 @@ class SimCameraNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the camera; SIGINT / SIGTERM (also twice, also during prerender) end it with exit code 0."""
-    stop = StopSignals.install()
-    rclpy.init(args=sys.argv if argv is None else argv, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    try:
-        node = SimCameraNode(stop_requested=stop.requested)
-        spin_until_done(node, node.timer, stop)
-        return 0
-    except InterruptedError:  # the stop signal arrived while prerendering
-        return 0
-    except (ParameterValueError, ImportError) as e:
-        print(f"sim_camera_node: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-            node = None
-        gc.collect()  # reference cycles through the node's callbacks would keep Open3D buffers until exit
-        release_context()
-        stop.teardown_done()
+    return run_source_node(lambda stop_requested: SimCameraNode(stop_requested=stop_requested), argv,
+                           name="sim_camera_node", errors=(ParameterValueError, ImportError))
 
 
 run = entry_point(main)  # console script (setup.py) and python -m
